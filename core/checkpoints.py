@@ -1,0 +1,189 @@
+"""Run folders (DESIGN contract): safetensors weights + JSON card + CSV history and predictions.
+
+Nothing here unpickles. Every file is written atomically, and the weights' sha256 stored in the
+card is verified before a single tensor is read, so a tampered or truncated file is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.atomic import atomic_path, atomic_write
+
+SCHEMA_VERSION = 1
+WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
+    "model.safetensors", "card.json", "history.csv", "predictions.csv", "split.csv")
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
+                   "img_per_s", "data_wait_s", "compute_s"]
+PREDICTION_COLUMNS = ["split", "id", "path", "label", "prob"]
+
+
+class CheckpointError(ValueError):
+    """A run folder or model that cannot be trusted or read; one readable sentence."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_jsonable(value):
+    """Cards hold plain JSON: numpy scalars become Python numbers, tuples lists, NaN null."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> str:
+    """Atomically write a safetensors file; returns its sha256."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+        digest = sha256_file(tmp)
+    return digest
+
+
+def load_weights(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Weights file {path} is missing.")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"Weights file {path} does not match the sha256 in its card "
+                              "(tampered, truncated or replaced); refusing to load it.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"Weights file {path} is not a readable safetensors file ({err}).") from None
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    atomic_write(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err.__class__.__name__}).") from None
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, frame.to_csv(index=False))
+
+
+def save_model(model_dir: str | Path, state_dict, card: dict, history: pd.DataFrame,
+               predictions: pd.DataFrame) -> dict:
+    """Write one model's folder; the card is written last, so a folder with a card is complete."""
+    model_dir = Path(model_dir)
+    digest = save_weights(model_dir / WEIGHTS, state_dict)
+    write_csv(model_dir / HISTORY, history)
+    write_csv(model_dir / PREDICTIONS, predictions[PREDICTION_COLUMNS + [c for c in predictions.columns
+                                                                          if c not in PREDICTION_COLUMNS]])
+    card = {**card, "schema_version": SCHEMA_VERSION, "weights_sha256": digest,
+            "size_bytes": (model_dir / WEIGHTS).stat().st_size}
+    write_json(model_dir / CARD, card)
+    return card
+
+
+def load_card(model_dir: str | Path) -> dict:
+    card = read_json(Path(model_dir) / CARD)
+    if card.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{model_dir}: card schema {card.get('schema_version')!r} is not "
+                              f"the supported {SCHEMA_VERSION}.")
+    return card
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    card: dict
+
+    @property
+    def thresholds(self) -> dict:
+        return self.card["thresholds"]
+
+
+def load(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """An eval-ready model with its card (preprocessing: input_size, mean, std, window; thresholds)."""
+    from core.models import create_model   # models import timm/torchvision: only when a model is loaded
+
+    card = load_card(model_dir)
+    state = load_weights(Path(model_dir) / WEIGHTS, card.get("weights_sha256"))
+    model = create_model(card["model"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{model_dir}: weights do not fit model {card['model']} "
+                              f"({str(err).splitlines()[0]}).") from None
+    return LoadedModel(model.to(device).eval(), card)
+
+
+def save_resume_state(model_dir: str | Path, model_state: dict, optimizer_state: dict,
+                      best_state: dict, meta: dict) -> None:
+    """Everything `--resume` needs after a completed epoch, as safetensors + JSON (no pickle).
+
+    The optimizer's per-parameter tensors are flattened to "opt.<param>.<name>" keys; its
+    param_groups (plain numbers) go to JSON. The JSON is written last: it names a complete state."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    for pid, slots in optimizer_state["state"].items():
+        tensors.update({f"opt.{pid}.{name}": torch.as_tensor(value) for name, value in slots.items()})
+    digest = save_weights(Path(model_dir) / "last.safetensors", tensors)
+    write_json(Path(model_dir) / "last.json", {**meta, "weights_sha256": digest,
+                                               "param_groups": optimizer_state["param_groups"]})
+
+
+def load_resume_state(model_dir: str | Path) -> tuple[dict, dict, dict, dict] | None:
+    """(model_state, optimizer_state, best_state, meta) of the last completed epoch, or None."""
+    if not (Path(model_dir) / "last.json").is_file():
+        return None
+    meta = read_json(Path(model_dir) / "last.json")
+    tensors = load_weights(Path(model_dir) / "last.safetensors", meta["weights_sha256"])
+    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    opt_state: dict[int, dict] = {}
+    for key, value in part("opt.").items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = value
+    optimizer_state = {"state": opt_state, "param_groups": meta.pop("param_groups")}
+    return part("model."), optimizer_state, part("best."), meta
+
+
+def clear_resume_state(model_dir: str | Path) -> None:
+    for name in ("last.json", "last.safetensors"):
+        (Path(model_dir) / name).unlink(missing_ok=True)
+
+
+def list_runs(root: str | Path = "checkpoints") -> list[Path]:
+    """Run folders under root (those with a split manifest), newest first."""
+    root = Path(root)
+    runs = [p.parent for p in root.glob(f"*/{SPLIT}")] if root.is_dir() else []
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def list_models(run_dir: str | Path) -> list[str]:
+    """Completed models of a run (a model counts once its card is written)."""
+    return sorted(p.parent.name for p in Path(run_dir).glob(f"*/{CARD}"))

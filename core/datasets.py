@@ -1,0 +1,131 @@
+"""Decode every image once into a uint8 cache, and the torch Dataset + augmentation built on it.
+
+Resize policy: pad to square with black (windowed air), then resize. Resizing non-square scans
+straight to a square would stretch them by an amount that depends on their size, and in the
+public Kaggle set image size alone predicts the class.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import imagehash
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.imaging import ScanError, load_scan
+
+RESIZE_POLICY = "pad_to_square_then_resize_bilinear"
+HASH_SIZE = 64  # near-duplicate hashes come from this fixed size, so the split never depends on --image-size
+
+
+@dataclass
+class DecodedSet:
+    images: np.ndarray                 # (N, S, S) uint8, rows aligned with `paths` minus failures
+    paths: list[str]
+    sha256: list[str]
+    phash: np.ndarray                  # (N,) uint64 perceptual hashes
+    dhash: np.ndarray                  # (N,) uint64 difference hashes
+    series_uid: list[str | None]
+    failed: dict[str, str] = field(default_factory=dict)   # path -> one-line reason
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    side = max(h, w)
+    out = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top:top + h, left:left + w] = image
+    return out
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pad_to_square(image)).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def _hash64(h: imagehash.ImageHash) -> np.uint64:
+    return np.uint64(int("".join("1" if b else "0" for b in h.hash.flatten()), 2))
+
+
+def _decode_one(path: str, size: int):
+    raw = open(path, "rb").read()
+    scan = load_scan(raw)
+    square = Image.fromarray(pad_to_square(scan.image))
+    small = square.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
+    return (np.asarray(square.resize((size, size), Image.Resampling.BILINEAR)),
+            hashlib.sha256(raw).hexdigest(), _hash64(imagehash.phash(small)),
+            _hash64(imagehash.dhash(small)), scan.series_uid)
+
+
+def decode_images(paths: list[str], size: int, workers: int | None = None) -> DecodedSet:
+    """Decode each file once (threads: Pillow and pydicom release the GIL while decoding).
+
+    Unreadable files are skipped and listed in `failed`; they never stop a large dataset.
+    """
+    def safe(path):
+        try:
+            return _decode_one(path, size)
+        except (ScanError, OSError) as err:
+            return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(safe, paths))
+    ok = [(p, r) for p, r in zip(paths, results) if not isinstance(r, str)]
+    images = np.stack([r[0] for _, r in ok]) if ok else np.zeros((0, size, size), np.uint8)
+    return DecodedSet(
+        images=images, paths=[p for p, _ in ok], sha256=[r[1] for _, r in ok],
+        phash=np.array([r[2] for _, r in ok], dtype=np.uint64),
+        dhash=np.array([r[3] for _, r in ok], dtype=np.uint64),
+        series_uid=[r[4] for _, r in ok],
+        failed={p: r for p, r in zip(paths, results) if isinstance(r, str)})
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Decoded slices as uint8 (1, S, S) tensors with float labels; augmentation runs per batch on
+    the training device (`augment_batch`), so the same code serves CPU and a GPU-resident cache."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu"):
+        self.images = torch.as_tensor(images).unsqueeze(1).to(device)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,1,S,S) uint8 -> (B,3,S,S) float normalised; grey is replicated to the 3 ImageNet channels.
+    With a generator the batch is augmented first (training only)."""
+    x = batch_uint8.float().div_(255.0)
+    if generator is not None:
+        x = augment_batch(x, generator)
+    x = x.expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 15.0,
+                  zoom: tuple[float, float] = (0.9, 1.1), jitter: float = 0.1) -> torch.Tensor:
+    """The studies' augmentations on a (B,C,S,S) batch in [0,1]: rotation, zoom, horizontal flip,
+    plus mild brightness/contrast jitter. One affine grid per batch, so it is cheap on any device."""
+    b = x.shape[0]
+    rand = torch.rand(b, 5, generator=generator, device=generator.device).to(x.device)
+    angle = (rand[:, 0] * 2 - 1) * math.radians(max_degrees)
+    scale = 1.0 / (zoom[0] + rand[:, 1] * (zoom[1] - zoom[0]))
+    flip = torch.where(rand[:, 2] < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast = (1 + (rand[:, 3] * 2 - 1) * jitter).view(b, 1, 1, 1)
+    brightness = ((rand[:, 4] * 2 - 1) * jitter).view(b, 1, 1, 1)
+    return (out * contrast + brightness).clamp_(0.0, 1.0)

@@ -1,0 +1,174 @@
+"""Metrics for one binary model: labels 0 normal / 1 hemorrhage, prob = P(hemorrhage).
+
+Conventions relied on by training, evaluation and the dashboard:
+- Predicted positive means prob >= threshold (as sklearn's roc_curve counts it).
+- Metrics are plain floats, NaN where undefined, and one-class data never raises:
+  sensitivity without hemorrhages, specificity without normals, precision (PPV) without predicted
+  positives, NPV without predicted negatives, F1 when there is no positive case or call at all,
+  balanced accuracy when sensitivity or specificity is NaN (sklearn averages the one it has),
+  MCC when a row or column of the confusion matrix is empty (sklearn reports 0 there), and ROC AUC,
+  PR AUC and their intervals when a class is missing. Empty input raises ValueError.
+- Constant scores give ROC AUC 0.5; tied scores count 1/2 (sklearn and DeLong's midranks agree).
+- Intervals (95%): Wilson for proportions, DeLong for ROC AUC (see core.stats), and with
+  binary_metrics(bootstrap=N) a stratified percentile bootstrap for F1, MCC, balanced accuracy
+  and PR AUC, where no closed form exists.
+- Calibration bins are equal-width and match sklearn's calibration_curve(strategy="uniform"):
+  (lo, hi], with 0 in the first bin. ECE is the count-weighted mean |frac_pos - mean_prob|.
+Every count-based metric goes through from_confusion, so a published confusion matrix and a
+model's predictions are scored by the same code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (average_precision_score, brier_score_loss, classification_report,
+                             precision_recall_curve, roc_auc_score, roc_curve)
+
+from core.stats import check_labels, check_scores, bootstrap_ci, delong_auc, delong_test, mcnemar_test, wilson_interval
+
+__all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
+           "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",
+           "mcnemar_test", "bootstrap_ci", "CLASSES"]
+
+CLASSES = ["normal", "hemorrhage"]
+NAN = float("nan")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else NAN
+
+
+def from_confusion(tn: int, fp: int, fn: int, tp: int) -> dict[str, float]:
+    """Count-based metrics of a 2x2 confusion matrix (NaN where undefined, see module docstring)."""
+    tn, fp, fn, tp = (int(v) for v in (tn, fp, fn, tp))
+    if min(tn, fp, fn, tp) < 0:
+        raise ValueError("confusion counts must be non-negative")
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "accuracy": _ratio(tp + tn, tn + fp + fn + tp),
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2,
+        "mcc": _ratio(tp * tn - fp * fn, math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))),
+    }
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp); a bincount, fast enough to run inside the bootstrap."""
+    return tuple(int(c) for c in np.bincount(2 * y + pred, minlength=4))
+
+
+def _at_threshold(key: str, threshold: float):
+    """A bootstrap metric_fn for one count-based metric at a fixed threshold."""
+    return lambda y, p: from_confusion(*_confusion(y, (p >= threshold).astype(int)))[key]
+
+
+def binary_metrics(y_true, prob, threshold: float = 0.5, bootstrap: int = 0, seed: int = 0) -> dict:
+    """Every metric at one threshold, with Wilson, DeLong and (bootstrap > 0) bootstrap intervals."""
+    y = check_labels(y_true)
+    p = check_scores(prob, len(y))
+    if len(y) == 0:
+        raise ValueError("no cases to score")
+    tn, fp, fn, tp = _confusion(y, (p >= threshold).astype(int))
+    out = {"threshold": float(threshold), "n": len(y), "n_pos": tp + fn, "tn": tn, "fp": fp, "fn": fn, "tp": tp,
+           **from_confusion(tn, fp, fn, tp)}
+    for key, (k, n) in {"accuracy": (tp + tn, len(y)), "sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
+                        "precision": (tp, tp + fp), "npv": (tn, tn + fn)}.items():
+        out[f"{key}_ci"] = wilson_interval(k, n)
+    two_classes = 0 < tp + fn < len(y)
+    out["roc_auc"] = float(roc_auc_score(y, p)) if two_classes else NAN
+    out["roc_auc_ci"] = delong_auc(y, p)[1:]
+    out["pr_auc"] = float(average_precision_score(y, p)) if two_classes else NAN
+    out["brier"] = float(brier_score_loss(y, p, labels=[0, 1]))
+    bins = reliability_bins(y, p)
+    seen = bins[bins["count"] > 0]
+    out["ece"] = float((seen["count"] * (seen["frac_pos"] - seen["mean_prob"]).abs()).sum() / len(y))
+    if bootstrap > 0:
+        fns = {key: _at_threshold(key, threshold) for key in ("f1", "mcc", "balanced_accuracy")}
+        fns["pr_auc"] = average_precision_score
+        for key, fn in fns.items():
+            out[f"{key}_ci"] = bootstrap_ci(y, p, fn, n_boot=bootstrap, seed=seed)
+    return out
+
+
+def choose_thresholds(y_val, prob_val) -> dict[str, float]:
+    """Operating points picked on validation, to be applied unchanged on test.
+
+    youden: maximises sensitivity + specificity - 1 (ties: the highest threshold);
+    sens95: the highest threshold with sensitivity >= 0.95; spec95: the lowest threshold with
+    specificity >= 0.95. Thresholds are observed scores; sklearn's leading inf ("call nothing
+    positive") is clipped to 1.0. A validation set lacking a class gives 0.5 for every point, so
+    a card always holds usable numbers.
+    """
+    y = check_labels(y_val)
+    p = check_scores(prob_val, len(y))
+    if y.all() or not y.any():
+        return {"default": 0.5, "youden": 0.5, "sens95": 0.5, "spec95": 0.5}
+    # Keep every threshold: the first one reaching 95% sensitivity may sit on a straight stretch.
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    thr = np.clip(thr, 0.0, 1.0)
+    return {"default": 0.5,
+            "youden": float(thr[np.argmax(tpr - fpr)]),
+            "sens95": float(thr[np.argmax(tpr >= 0.95)]),           # thresholds fall as tpr rises
+            "spec95": float(thr[np.flatnonzero(fpr <= 0.05)[-1]])}
+
+
+def ppv_npv_at_prevalence(sensitivity: float, specificity: float, prevalence: float) -> tuple[float, float]:
+    """PPV and NPV a test with this sensitivity/specificity would have at another prevalence (Bayes)."""
+    if not 0.0 <= prevalence <= 1.0:
+        raise ValueError(f"prevalence must lie in [0, 1], got {prevalence}")
+    true_pos, false_pos = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    true_neg, false_neg = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    return _ratio(true_pos, true_pos + false_pos), _ratio(true_neg, true_neg + false_neg)
+
+
+def reliability_bins(y_true, prob, n_bins: int = 10) -> pd.DataFrame:
+    """Equal-width calibration bins: bin_lo, bin_hi, mean_prob, frac_pos, count (empty bins: NaN, 0)."""
+    y = check_labels(y_true)
+    p = check_scores(prob, len(y))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.searchsorted(edges[1:-1], p)  # calibration_curve's binning, so the two agree exactly
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        mean_prob = np.bincount(idx, weights=p, minlength=n_bins) / count
+        frac_pos = np.bincount(idx, weights=y, minlength=n_bins) / count
+    return pd.DataFrame({"bin_lo": edges[:-1], "bin_hi": edges[1:], "mean_prob": mean_prob, "frac_pos": frac_pos,
+                         "count": count})
+
+
+def per_class_report(y_true, pred) -> pd.DataFrame:
+    """The studies' classification report: rows normal, hemorrhage, accuracy, macro avg, weighted avg."""
+    y = check_labels(y_true)
+    report = classification_report(y, check_labels(pred), labels=[0, 1], target_names=CLASSES, output_dict=True,
+                                   zero_division=np.nan)
+    accuracy = report.pop("accuracy")
+    frame = pd.DataFrame(report).T
+    # Printed reports put accuracy in the f1-score column, over all cases.
+    frame.loc["accuracy"] = [NAN, NAN, accuracy, len(y)]
+    frame["support"] = frame["support"].astype(int)
+    return frame.loc[[*CLASSES, "accuracy", "macro avg", "weighted avg"], ["precision", "recall", "f1-score", "support"]]
+
+
+def roc_points(y_true, prob) -> pd.DataFrame:
+    """ROC curve points (fpr, tpr, threshold; the first threshold is sklearn's inf); empty for one class."""
+    y = check_labels(y_true)
+    p = check_scores(prob, len(y))
+    if y.all() or not y.any():
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold"], dtype=float)
+    fpr, tpr, thr = roc_curve(y, p)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})
+
+
+def pr_points(y_true, prob) -> pd.DataFrame:
+    """Precision-recall points (recall, precision, threshold; NaN for the final recall-0 point)."""
+    y = check_labels(y_true)
+    p = check_scores(prob, len(y))
+    if y.all() or not y.any():
+        return pd.DataFrame(columns=["recall", "precision", "threshold"], dtype=float)
+    precision, recall, thr = precision_recall_curve(y, p)
+    return pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.append(thr, NAN)})

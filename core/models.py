@@ -1,0 +1,170 @@
+"""The model registry: every architecture of the source studies, built the same way.
+
+In the style of timm: one REGISTRY of ModelSpec entries and one `create_model(name)` that returns
+a binary classifier (one logit = hemorrhage). Backbones are the stock torchvision / timm ImageNet
+models; only the last Linear is swapped, so their ImageNet weights load unchanged.
+
+ImageNet weights (`pretrained=True`) come through torchvision's `weights=` enums and timm's
+`pretrained=True`; both download with torch.hub into $TORCH_HOME/hub/checkpoints (legacy_xception's
+weights are a GitHub URL, not the Hugging Face hub, so HF_HUB_OFFLINE plays no part and this module
+leaves the environment alone). Offline, the download fails at name resolution in well under a
+second. With `weights_dir`, the same file is read from that folder instead (for machines without
+network). Weights that cannot be had are not fatal: one line on stderr and a random initialisation;
+`model.pretrained_loaded` says which happened.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import timm
+import torch
+import torchvision.models as tvm
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    display_name: str
+    family: str                                      # cnn | sequence | classical | ensemble
+    input_size: int                                  # native input side in pixels
+    builder: Callable[[bool], nn.Module]             # builder(pretrained) -> 1000-class ImageNet model
+    cam_layers: Callable[[nn.Module], list[nn.Module]]   # Grad-CAM targets of the built binary model
+    reference: str
+    study: str                                       # source study that used it: "A", "B", "A,B", "" (variant)
+    weights_url: str = ""                            # ImageNet checkpoint; its file name is looked up in weights_dir
+
+    @property
+    def weights_files(self) -> tuple[str, ...]:
+        """File names accepted in a `weights_dir`: the download's own name, or <name>.safetensors."""
+        return (Path(urlsplit(self.weights_url).path).name, f"{self.name}.safetensors")
+
+
+def _build_torchvision(arch: str, kwargs: dict, pretrained: bool) -> nn.Module:
+    return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
+
+
+def _build_timm(arch: str, pretrained: bool) -> nn.Module:
+    return timm.create_model(arch, pretrained=pretrained)
+
+
+def _torchvision(name, display_name, cam_layers, reference, study, input_size=224, **kwargs) -> ModelSpec:
+    return ModelSpec(name, display_name, "cnn", input_size, partial(_build_torchvision, name, kwargs),
+                     cam_layers, reference, study, tvm.get_model_weights(name).DEFAULT.url)
+
+
+_SPECS = [
+    _torchvision("alexnet", "AlexNet", lambda m: [m.features[-1]],
+                 "Krizhevsky et al., NeurIPS 2012", "A"),
+    _torchvision("vgg16", "VGG-16", lambda m: [m.features[-1]],
+                 "Simonyan & Zisserman, ICLR 2015", "B"),
+    _torchvision("vgg16_bn", "VGG-16 (BN)", lambda m: [m.features[-1]],
+                 "Simonyan & Zisserman, ICLR 2015; Ioffe & Szegedy, ICML 2015", ""),
+    _torchvision("resnet18", "ResNet-18", lambda m: [m.layer4[-1]],
+                 "He et al., CVPR 2016", ""),
+    _torchvision("resnet50", "ResNet-50", lambda m: [m.layer4[-1]],
+                 "He et al., CVPR 2016", "A,B"),
+    _torchvision("mobilenet_v2", "MobileNetV2", lambda m: [m.features[-1]],
+                 "Sandler et al., CVPR 2018", "A,B"),
+    _torchvision("mobilenet_v3_large", "MobileNetV3-Large", lambda m: [m.features[-1]],
+                 "Howard et al., ICCV 2019", ""),
+    # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
+    # must compute the same function whether built for training or rebuilt to load a checkpoint.
+    # init_weights=False: PyTorch's default init, not torchvision's slow truncated normal.
+    _torchvision("inception_v3", "Inception-v3", lambda m: [m.Mixed_7c],
+                 "Szegedy et al., CVPR 2016", "A", input_size=299,
+                 aux_logits=False, transform_input=True, init_weights=False),
+    ModelSpec("xception", "Xception", "cnn", 299, partial(_build_timm, "legacy_xception"),
+              lambda m: [m.act4], "Chollet, CVPR 2017", "A",
+              timm.get_pretrained_cfg("legacy_xception").url),
+]
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+CNN_NAMES: tuple[str, ...] = tuple(spec.name for spec in _SPECS if spec.family == "cnn")
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None) -> nn.Module:
+    """A binary classifier (one logit). `model.pretrained_loaded` is True only if ImageNet weights were loaded."""
+    spec = get_spec(name)
+    model, missing = _backbone(spec, pretrained, weights_dir)
+    if missing:
+        print(f"hemolens: ImageNet weights for {name} {missing}; training from scratch.", file=sys.stderr)
+    _binary_head(model)
+    model.pretrained_loaded = pretrained and not missing
+    return model
+
+
+def _backbone(spec: ModelSpec, pretrained: bool, weights_dir: str | Path | None) -> tuple[nn.Module, str]:
+    """The 1000-class model, and why asked-for weights could not be had ("" when they were or were not asked)."""
+    if not pretrained:
+        return spec.builder(False), ""
+    if weights_dir is None:
+        try:
+            return spec.builder(True), ""
+        except OSError as err:   # URLError (no network, HTTP error) or a cache folder that cannot be written
+            return spec.builder(False), f"are unreachable (no network? {str(err).splitlines()[0]})"
+    found = [Path(weights_dir) / f for f in spec.weights_files if (Path(weights_dir) / f).is_file()]
+    if not found:
+        return spec.builder(False), f"are not in {weights_dir} (expected {' or '.join(spec.weights_files)})"
+    model = spec.builder(False)
+    _load_weights_file(model, found[0])
+    return model, ""
+
+
+def _load_weights_file(model: nn.Module, path: Path) -> None:
+    """Loads a local ImageNet checkpoint; a file that does not fit the architecture is the user's error."""
+    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                              weights_only=True)
+    try:
+        # strict=False only for extra keys: torchvision's inception_v3 file carries the auxiliary
+        # head that we build without. Every parameter of the model must be in the file.
+        missing = model.load_state_dict(state, strict=False).missing_keys
+    except RuntimeError as err:   # shape mismatch
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {str(err).splitlines()[-1].strip()}") from None
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} weights of {type(model).__name__}, e.g. {missing[0]}")
+
+
+def _binary_head(model: nn.Module) -> None:
+    """Replaces the 1000-way classifier by one logit, in place."""
+    if hasattr(model, "reset_classifier"):   # timm keeps num_classes and pooling in step itself
+        model.reset_classifier(1)
+        return
+    # In every torchvision classifier here the head is the last Linear registered: resnet/inception
+    # `fc`, the last Linear of vgg/alexnet/mobilenet `classifier`.
+    path, old = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent), attr, nn.Linear(old.in_features, 1))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, input_size: int) -> float:
+    """Multiply-accumulates (G) of one 1x3xSxS forward, counted on a real run (conv, linear, matmul)."""
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, input_size, input_size, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()   # batch-norm statistics untouched, and batch 1 is legal everywhere
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9

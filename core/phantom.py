@@ -1,0 +1,191 @@
+"""Synthetic head CT phantoms: axial slices and short slice stacks in Hounsfield units with bleed masks.
+
+The embedded default dataset and the teaching set. Anatomy lives in core.phantom_anatomy; this module
+holds the public API, the dataset writer (`python -m core.phantom --out DIR --n N --size S --seed K`)
+and the labelled preview grid. Labels come from the per-slice mask, so a slice of a hemorrhagic stack
+that the bleed does not reach is a normal slice.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+from tqdm import tqdm
+
+from core.atomic import atomic_write
+from core.imaging import WINDOWS, apply_window
+from core.phantom_anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
+                                  sample_patient)
+
+__all__ = ["SUBTYPES", "FOV_MM", "SLICE_MM", "TISSUES", "HARD_NEGATIVES", "LABEL_COLUMNS", "PhantomSlice",
+           "generate_slice", "generate_stack", "render", "write_dataset", "write_grid", "main"]
+LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "stack_id", "slice_index",
+                 "pixel_spacing_mm"]
+
+
+@dataclass
+class PhantomSlice:
+    hu: np.ndarray            # float32 HxW, Hounsfield units
+    mask: np.ndarray          # bool HxW, blood
+    label: int                # 1 when the mask is not empty
+    subtype: str              # "" for a normal slice
+    difficulty: float
+    bleed_area_mm2: float
+    stack_id: int
+    slice_index: int
+    tissue: np.ndarray | None = field(default=None, repr=False)  # uint8 HxW, index into TISSUES
+
+    @property
+    def pixel_spacing_mm(self) -> float:
+        return FOV_MM / self.hu.shape[1]
+
+
+def generate_stack(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str | None = None,
+                   difficulty: float = 0.5, stack_id: int = 0, *, hard_negatives=None) -> list[PhantomSlice]:
+    """k adjacent slices (SLICE_MM apart) of one patient; a bleed covers a contiguous run of them.
+
+    difficulty in [0, 1]: higher gives smaller bleeds closer to ~50 HU. hard_negatives: names from
+    HARD_NEGATIVES to force, or None to draw them at random (for normal and bleed stacks alike, so
+    they never give the label away).
+    """
+    if subtype not in (None, "", *SUBTYPES):
+        raise ValueError(f"unknown subtype {subtype!r}; choose from {', '.join(SUBTYPES)}")
+    difficulty = float(np.clip(difficulty, 0, 1))
+    p = sample_patient(rng, subtype, difficulty, k, hard_negatives)
+    spacing = FOV_MM / size
+    slices = []
+    for j in range(k):
+        hu, tissue = paint_slice(p, j, size, rng)
+        mask = tissue == BLOOD
+        label = int(mask.any())
+        slices.append(PhantomSlice(hu=hu, mask=mask, label=label, subtype=subtype if label else "",
+                                   difficulty=difficulty, bleed_area_mm2=float(mask.sum()) * spacing ** 2,
+                                   stack_id=stack_id, slice_index=j, tissue=tissue))
+    return slices
+
+
+def generate_slice(rng: np.random.Generator, size: int = 256, subtype: str | None = None,
+                   difficulty: float = 0.5, *, hard_negatives=None) -> PhantomSlice:
+    """One axial slice; a hemorrhagic one always shows its bleed."""
+    return generate_stack(rng, size, 1, subtype, difficulty, hard_negatives=hard_negatives)[0]
+
+
+def render(hu: np.ndarray) -> np.ndarray:
+    """uint8 display image through the brain window, as real scans are rendered."""
+    return (apply_window(hu, *WINDOWS["brain"]) * 255 + 0.5).astype(np.uint8)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    # Temp name then rename, so a killed run never leaves a half PNG. Unlike core.atomic there is no
+    # fsync: on a busy disk it costs ~4 ms a file, and the set is regenerated from its seed anyway.
+    tmp = path.with_name(f".{path.name}.partial")
+    Image.fromarray(image).save(tmp, format="PNG", compress_level=3)  # no metadata: same bytes every run
+    os.replace(tmp, path)
+
+
+def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size: int = 5,
+                  hemorrhage_fraction: float = 0.5, difficulty=(0.2, 0.8)) -> pd.DataFrame:
+    """Write n slices as stacks into OUT/{hemorrhage,normal,masks}/<id>.png plus OUT/labels.csv."""
+    if n < 1 or stack_size < 1:
+        raise ValueError("need n >= 1 slices and stack_size >= 1")
+    out, sp = Path(out), FOV_MM / size
+    for folder in ("hemorrhage", "normal", "masks"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    n_stacks = -(-n // stack_size)
+    n_hem = round(hemorrhage_fraction * n_stacks)
+    # Hemorrhagic stacks spread evenly over the stack ids, cycling through the subtypes.
+    subtype_of = {int(s): SUBTYPES[i % len(SUBTYPES)]
+                  for i, s in enumerate(np.arange(n_hem) * n_stacks // max(n_hem, 1))}
+    rows, written = [], set()
+    with tqdm(total=n, unit="slice", desc="phantoms", leave=False) as bar:
+        for sid in range(n_stacks):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, sid]))  # order-independent
+            d = float(rng.uniform(*difficulty))
+            k = min(stack_size, n - sid * stack_size)  # the last stack may be shorter
+            for s in generate_stack(rng, size, k, subtype_of.get(sid), d, sid):
+                slice_id = f"ph{sid:06d}_s{s.slice_index:02d}"
+                folder = "hemorrhage" if s.label else "normal"
+                _write_png(out / folder / f"{slice_id}.png", render(s.hu))
+                _write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
+                written |= {(folder, slice_id), ("masks", slice_id)}
+                rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
+                             s.slice_index, round(sp, 6)))
+                bar.update()
+    # A rerun into the same folder must not leave slices of an earlier run (or in the wrong class),
+    # nor temp files of a killed one.
+    for folder in ("hemorrhage", "normal", "masks"):
+        for f in [*(out / folder).glob("ph*_s*.png"), *(out / folder).glob(".ph*.partial")]:
+            if (folder, f.stem) not in written:
+                f.unlink()
+    table = pd.DataFrame(rows, columns=LABEL_COLUMNS)
+    atomic_write(out / "labels.csv", table.to_csv(index=False))
+    return table
+
+
+def write_grid(path: Path, size: int = 256, seed: int = 0) -> None:
+    """A labelled preview: one slice per subtype and three normals, bleeds outlined in red."""
+    rng = np.random.default_rng(seed)
+    tiles = [(s, generate_slice(rng, size, s, 0.25, hard_negatives=())) for s in SUBTYPES]
+    tiles += [("normal", generate_slice(rng, size, hard_negatives=())),
+              ("normal: calcifications", generate_slice(rng, size, hard_negatives=("pineal", "choroid"))),
+              ("normal: streaks, skull base",
+               generate_slice(rng, size, hard_negatives=("streaks", "skull_base")))]
+    text = int(np.clip(size // 18, 8, 14))  # labels must fit their tile at small sizes too
+    head, cols = text + 6, 4
+    grid = Image.new("RGB", (cols * size, 2 * (size + head)), "black")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=text)
+    for i, (name, s) in enumerate(tiles):
+        rgb = np.repeat(render(s.hu)[..., None], 3, axis=2)
+        rgb[s.mask & ~ndimage.binary_erosion(s.mask)] = (255, 0, 0)
+        x0, y0 = (i % cols) * size, (i // cols) * (size + head)
+        grid.paste(Image.fromarray(rgb), (x0, y0 + head))
+        draw.text((x0 + 4, y0 + 2), name, fill=(255, 255, 255), font=font)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG", optimize=True)
+    atomic_write(path, buf.getvalue())
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m core.phantom", description="Write a synthetic head CT dataset.")
+    ap.add_argument("--out", type=Path, help="dataset folder to write")
+    ap.add_argument("--n", type=int, default=400, help="number of slices")
+    ap.add_argument("--size", type=int, default=256, help="image size in pixels")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stack-size", type=int, default=5, help="slices per patient stack")
+    ap.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="share of hemorrhagic stacks")
+    ap.add_argument("--difficulty", type=float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"))
+    ap.add_argument("--grid", type=Path, help="also write a labelled preview grid PNG here")
+    args = ap.parse_args(argv)
+    lo, hi = args.difficulty
+    if args.out is None and args.grid is None:
+        ap.error("give --out DIR and/or --grid PATH")
+    if args.n < 1 or args.size < 32 or args.stack_size < 1 or not 0 <= lo <= hi <= 1 \
+            or not 0 <= args.hemorrhage_fraction <= 1:
+        ap.error("need --n >= 1, --size >= 32, --stack-size >= 1, 0 <= LO <= HI <= 1 and a fraction in [0, 1]")
+    if args.grid:
+        write_grid(args.grid, args.size, args.seed)
+        print(f"grid written to {args.grid}")
+    if args.out:
+        start = time.perf_counter()
+        table = write_dataset(args.out, args.n, args.size, args.seed, args.stack_size,
+                              args.hemorrhage_fraction, (lo, hi))
+        seconds = time.perf_counter() - start
+        counts = table[table.label == 1].subtype.value_counts()
+        per_subtype = ", ".join(f"{s} {counts.get(s, 0)}" for s in SUBTYPES)
+        print(f"{len(table)} slices ({args.size} px) in {args.out}: hemorrhage {int(table.label.sum())} "
+              f"({per_subtype}), normal {int((table.label == 0).sum())}; "
+              f"{seconds:.1f} s, {len(table) / seconds:.0f} slices/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

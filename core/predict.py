@@ -1,0 +1,23 @@
+"""Batched inference over decoded uint8 slices."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.datasets import to_model_input
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
+                  device: str | torch.device = "cpu", batch_size: int = 64) -> np.ndarray:
+    """Hemorrhage probability for each (S, S) uint8 slice; the model must end in one logit."""
+    device = torch.device(device)
+    model.eval()
+    images = torch.as_tensor(images)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device).unsqueeze(1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(to_model_input(batch, mean, std))
+        out.append(torch.sigmoid(logits.float()).flatten().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

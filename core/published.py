@@ -1,0 +1,57 @@
+"""What the source studies reported (see REFERENCE.md), for labelled "published" reference rows.
+
+Figures are stored as fractions like every metric in core.metrics (the papers print percent).
+Keys are the studies' own model names and metric words: study A says "recall" without saying
+which class or average it is, so it is not relabelled as sensitivity here.
+Study B also printed its confusion matrices; published_rows() recomputes its figures from them,
+which exposes the slips REFERENCE.md notes (sensitivity, specificity, VGG16's F1).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from core.metrics import from_confusion
+
+PUBLISHED = {
+    "A": {
+        "citation": "Study A (undergraduate thesis, 2024): five CNNs, Keras transfer learning, 10 epochs",
+        "test_set": {"n": 511, "normal": 194, "hemorrhage": 317},
+        "models": {
+            "ResNet": {"accuracy": 0.73, "precision": 0.71, "recall": 0.96, "f1": 0.82},
+            "MobileNet": {"accuracy": 0.91, "precision": 0.89, "recall": 0.94, "f1": 0.88},
+            "AlexNet": {"accuracy": 0.96, "precision": 0.93, "recall": 0.98, "f1": 0.95},
+            "Xception": {"accuracy": 0.92, "precision": 0.90, "recall": 0.88, "f1": 0.89},
+            "Inception": {"accuracy": 0.98, "precision": 0.99, "recall": 0.96, "f1": 0.98},
+        },
+        # The one per-class report given in full (two decimals, accuracy to four).
+        "per_class": {"Inception": {"normal": {"precision": 1.00, "recall": 0.96},
+                                    "hemorrhage": {"precision": 0.98, "recall": 1.00},
+                                    "accuracy": 0.9843}},
+    },
+    "B": {
+        "citation": "Study B (journal paper, 2025): MobileNet, ResNet, VGG16 and a web app",
+        "test_set": {"n": 1016, "normal": 406, "hemorrhage": 610},
+        "models": {
+            "MobileNet": {"accuracy": 0.9951, "sensitivity": 0.918, "specificity": 0.932, "inference_ms": 12},
+            "ResNet": {"accuracy": 0.9970, "sensitivity": 0.969, "specificity": 0.976, "inference_ms": 28},
+            "VGG16": {"accuracy": 0.9734, "sensitivity": 0.952, "specificity": 0.959, "f1": 0.9777,
+                      "inference_ms": 45},
+        },
+        "confusion": {
+            "VGG16": {"tn": 379, "fp": 27, "fn": 0, "tp": 610},
+            "ResNet": {"tn": 403, "fp": 3, "fn": 0, "tp": 610},
+            "MobileNet": {"tn": 405, "fp": 1, "fn": 4, "tp": 606},
+        },
+    },
+}
+
+RECOMPUTED = "recomputed from the published confusion matrix"
+
+
+def published_rows() -> pd.DataFrame:
+    """One row per study and model as published, plus rows recomputed from any published matrix."""
+    rows = [{"study": study, "model": model, "figures": "published", **figures}
+            for study, entry in PUBLISHED.items() for model, figures in entry["models"].items()]
+    rows += [{"study": study, "model": model, "figures": RECOMPUTED, **from_confusion(**matrix)}
+             for study, entry in PUBLISHED.items() for model, matrix in entry.get("confusion", {}).items()]
+    return pd.DataFrame(rows)

@@ -1,0 +1,93 @@
+"""Evaluation report files: predictions.csv, report.json, leaderboard.csv, report.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core import checkpoints as ckpt
+from core.atomic import atomic_write
+
+LEADERBOARD_METRICS = ["accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc"]
+
+
+def _fmt(value, ci=None) -> str:
+    if value is None or value != value:
+        return "n/a"
+    text = f"{value:.3f}"
+    if ci and ci[0] is not None and ci[0] == ci[0]:
+        text += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+    return text
+
+
+def leaderboard(report: dict, threshold: str = "default") -> pd.DataFrame:
+    rows = []
+    for name, m in report["models"].items():
+        met = m["metrics"][threshold]
+        row = {"model": name, "display_name": m["display_name"], "threshold": m["thresholds"][threshold]}
+        for key in LEADERBOARD_METRICS:
+            row[key] = met[key]
+            lo, hi = met.get(f"{key}_ci") or (None, None)
+            row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+        row["delong_p_vs_best"] = m["delong_p_vs_best"]
+        row["latency_ms_p50"] = (m.get("latency") or {}).get("batch1_ms_p50")
+        row["params"] = m.get("params")
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("roc_auc", ascending=False, na_position="last")
+
+
+def misclassified(report: dict, threshold: str = "youden") -> pd.DataFrame:
+    preds = report["predictions"]
+    cut = preds["model"].map({n: m["thresholds"][threshold] for n, m in report["models"].items()})
+    wrong = preds[(preds["prob"] >= cut).astype(int) != preds["label"]]
+    return wrong.assign(error=wrong["label"].map({1: "false negative", 0: "false positive"}))
+
+
+def markdown(report: dict, board: pd.DataFrame, wrong: pd.DataFrame) -> str:
+    ds = report["dataset"]
+    lines = [f"# Evaluation of {report['run']}", "",
+             f"Dataset: {ds['kind']} ({ds['source']}), {report['n_cases']} cases, {report['n_hemorrhage']} hemorrhage.",
+             *([f"Dropped {ds['dropped_seen_in_training']} files also present in the run's train/val split."]
+               if ds.get("dropped_seen_in_training") else []),
+             "Research and teaching tool, not for clinical use.", "",
+             "## Leaderboard (threshold 0.5; 95% intervals: Wilson for proportions, DeLong for AUC)", "",
+             "| model | " + " | ".join(LEADERBOARD_METRICS) + " | DeLong p vs best |",
+             "|---" * (len(LEADERBOARD_METRICS) + 2) + "|"]
+    for _, r in board.iterrows():
+        cells = [_fmt(r[k], (r[f"{k}_lo"], r[f"{k}_hi"])) for k in LEADERBOARD_METRICS]
+        p = "best" if r["model"] == report["best_model"] else _fmt(r["delong_p_vs_best"])
+        lines.append(f"| {r['display_name']} | " + " | ".join(cells) + f" | {p} |")
+    lines += ["", "## Operating points chosen on validation, applied here", "",
+              "| model | point | threshold | sensitivity | specificity | PPV | NPV |", "|---|---|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        for point, t in m["thresholds"].items():
+            met = m["metrics"][point]
+            lines.append(f"| {m['display_name']} | {point} | {t:.3f} | " + " | ".join(
+                _fmt(met[k], met.get(f"{k}_ci")) for k in ("sensitivity", "specificity", "precision", "npv")) + " |")
+    lines += ["", "## Calibration", "", "| model | Brier | ECE |", "|---|---|---|"]
+    for name, m in report["models"].items():
+        lines.append(f"| {m['display_name']} | {_fmt(m['metrics']['default']['brier'])} | "
+                     f"{_fmt(m['metrics']['default']['ece'])} |")
+    sub = [dict(model=m["display_name"], **row) for m in report["models"].values() for row in m["subgroups"]]
+    if sub:
+        lines += ["", "## Subgroups (Youden threshold)", "", "| model | subgroup | value | metric | n | estimate |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['subgroup']} | {r['value']} | {r['metric']} | {r['n']} | "
+                  f"{_fmt(r['estimate'], (r['ci_lo'], r['ci_hi']))} |" for r in sub]
+    lines += ["", f"## Misclassified cases (Youden threshold): {len(wrong)}", ""]
+    for name, rows in wrong.groupby("model"):
+        fn, fp = (rows["error"] == "false negative").sum(), (rows["error"] == "false positive").sum()
+        lines.append(f"- {report['models'][name]['display_name']}: {fn} false negatives, {fp} false positives")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    board, wrong = leaderboard(report), misclassified(report)
+    paths = {name: out / name for name in ("predictions.csv", "report.json", "leaderboard.csv", "report.md")}
+    ckpt.write_csv(paths["predictions.csv"], report["predictions"])
+    ckpt.write_csv(paths["leaderboard.csv"], board)
+    ckpt.write_json(paths["report.json"], {**{k: v for k, v in report.items() if k != "predictions"},
+                                           "misclassified": wrong.to_dict("records")})
+    atomic_write(paths["report.md"], markdown(report, board, wrong))
+    return paths

@@ -1,0 +1,311 @@
+"""The training engine: plain train_one_epoch / evaluate functions, one model at a time.
+
+CPU and GPU share one path: the decoded uint8 set lives on the training device and batches are
+augmented there. On CUDA: bf16 autocast and channels_last. Under torchrun: DistributedDataParallel
+(nccl on GPU, gloo on CPU); rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from sklearn.metrics import roc_auc_score
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from core import checkpoints as ckpt
+from core.datasets import SliceDataset, to_model_input
+from core.latency import measure_latency
+from core.metrics import binary_metrics, choose_thresholds
+from core.models import IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
+from core.predict import predict_probs
+from core.splits import Prepared
+
+
+@dataclass
+class TrainConfig:
+    models: list[str]
+    out: str = "checkpoints/demo"
+    epochs: int = 5
+    image_size: int | None = None       # None: each model's native size
+    batch_size: int = 32
+    lr: float | None = None             # None: 1e-3 from scratch, 3e-4 fine-tuning pretrained weights
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    patience: int = 4                   # epochs without a better validation AUC before stopping
+    device: str = "auto"
+    seed: int = 0
+    pretrained: bool = False
+    weights_dir: str | None = None
+    resume: bool = False
+    data: str | None = None
+    args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("hemolens: --device cuda was asked for but no CUDA GPU is visible.")
+    return torch.device(name)
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
+                    desc: str = "") -> dict:
+    model.train()
+    # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
+    gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
+    torch.manual_seed(seed * 10_007 + epoch)
+    amp = device.type == "cuda"
+    total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not is_main() or not sys.stderr.isatty(), unit="batch")
+    tick = time.perf_counter()
+    for images, labels in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen)
+        if amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        got_data = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).float().flatten()
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += float(loss) * len(labels)
+        correct += int(((logits > 0).float() == labels).sum())
+        seen += len(labels)
+        done = time.perf_counter()
+        data_wait += got_data - tick
+        compute += done - got_data
+        tick = done
+        bar.set_postfix(img_s=f"{seen / (done - start):.0f}", loss=f"{total_loss / seen:.3f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen), "seconds": seconds,
+            "img_per_s": seen / seconds, "data_wait_s": data_wait, "compute_s": compute}
+
+
+def evaluate(model, images, labels, device) -> dict:
+    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device)
+    labels = np.asarray(labels, dtype=np.float32)
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    auc = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else float("nan")
+    return {"val_loss": loss, "val_acc": float(np.mean((probs >= 0.5) == labels)), "val_auc": float(auc),
+            "probs": probs}
+
+
+def _agree(value: float, device) -> float:
+    """Rank 0's number, on every rank: early stopping must not diverge between DDP workers."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
+def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+    """Train one registry model on a prepared split and write its folder; returns its card."""
+    spec = REGISTRY[name]
+    model_dir = run_dir / name
+    split = data.manifest["split"].to_numpy()
+    labels = data.manifest["label"].to_numpy()
+    part = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
+    on_device = device if device.type == "cuda" else torch.device("cpu")
+    train_ds = SliceDataset(data.images[part["train"]], labels[part["train"]], on_device)
+
+    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir).to(device)
+    pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    lr = cfg.lr or (3e-4 if pretrained_loaded else 1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if world > 1
+               else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler,
+                        drop_last=len(train_ds) // world > cfg.batch_size)   # BatchNorm dislikes a batch of 1
+    steps_per_epoch = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, max(1, int(cfg.warmup_epochs * steps_per_epoch)), cfg.epochs * steps_per_epoch))
+    n_pos = max(1, int(labels[part["train"]].sum()))
+    pos_weight = torch.tensor((len(part["train"]) - n_pos) / n_pos, device=device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    history, best_auc, best_state, start_epoch, stale = [], -1.0, None, 1, 0
+    resumed = ckpt.load_resume_state(model_dir) if cfg.resume else None
+    if resumed is not None:
+        model_state, opt_state, best_state, meta = resumed
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        history, best_auc, stale = meta["history"], meta["best_auc"], meta["stale"]
+        start_epoch = meta["epoch"] + 1
+        scheduler.last_epoch = meta["epoch"] * steps_per_epoch   # the schedule is a pure function of the step
+        if is_main():
+            print(f"{name}: resuming after epoch {meta['epoch']}", flush=True)
+    trainee = DistributedDataParallel(model) if world > 1 else model
+    started = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if world > 1:
+            sampler.set_epoch(epoch)
+        stats = train_one_epoch(trainee, loader, optimizer, scheduler, loss_fn, device, epoch, cfg.seed,
+                                desc=f"{name} {epoch}/{cfg.epochs}")
+        val = evaluate(model, data.images[part["val"]], labels[part["val"]], device)
+        val_auc = _agree(val["val_auc"], device)
+        row = {"epoch": epoch, **{k: v for k, v in stats.items()}, **{k: val[k] for k in ("val_loss", "val_acc")},
+               "val_auc": val_auc, "lr": scheduler.get_last_lr()[0]}
+        history.append(row)
+        improved = not val_auc <= best_auc   # NaN AUC (one-class val) counts as improvement: keep last
+        if improved:
+            best_auc, stale = val_auc, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if is_main():
+            print(f"{name} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.3f} val_auc {val_auc:.3f} "
+                  f"{row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of {row['seconds']:.1f}s)",
+                  flush=True)
+            ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
+                                   {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
+        if stale >= cfg.patience:
+            break
+    train_seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    if not is_main():
+        return {}
+    return _finish(name, model, data, cfg, model_dir, device, history, train_seconds, pretrained_loaded, part)
+
+
+def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_seconds, pretrained_loaded,
+            part) -> dict:
+    """Predictions on val and test, thresholds picked on val, latency, and the card."""
+    spec = REGISTRY[name]
+    man = data.manifest
+    rows, probs = [], {}
+    for split in ("val", "test"):
+        idx = part[split]
+        probs[split] = predict_probs(model, data.images[idx], IMAGENET_MEAN, IMAGENET_STD, device)
+        rows.append(man.iloc[idx].assign(split=split, prob=probs[split]))
+    predictions = pd.concat(rows, ignore_index=True)
+    y = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
+    thresholds = choose_thresholds(y["val"], probs["val"])
+    size = data.image_size
+    card = {
+        "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
+        "classes": ["normal", "hemorrhage"], "input_size": size, "native_input_size": spec.input_size,
+        "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "window": "brain", "channels": "grey replicated to 3",
+        "resize_policy": data.resize_policy, "thresholds": thresholds,
+        "metrics": {s: binary_metrics(y[s], probs[s], threshold=0.5) for s in ("val", "test")},
+        "metrics_at_thresholds": {k: binary_metrics(y["test"], probs["test"], threshold=t)
+                                  for k, t in thresholds.items()},
+        "params": count_params(model), "gmacs": count_gmacs(model, size),
+        "gmacs_native": count_gmacs(model, spec.input_size),
+        "latency": measure_latency(model, size, device),
+        "training": {"epochs": len(history), "epochs_planned": cfg.epochs, "seconds": train_seconds,
+                     "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
+                     "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+                     "best_val_auc": max((h["val_auc"] for h in history), default=None),
+                     "args": cfg.args or asdict(cfg)},
+        "dataset": {"source": cfg.data or "synthetic phantoms",
+                    "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(man["label"].to_numpy()[part[s]].sum())}
+                               for s in ("train", "val", "test")}},
+        "versions": versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    model.to("cpu")
+    card = ckpt.save_model(model_dir, model.state_dict(), card,
+                           pd.DataFrame(history)[ckpt.HISTORY_COLUMNS], predictions)
+    ckpt.clear_resume_state(model_dir)
+    return card
+
+
+def versions() -> dict:
+    import platform
+
+    import sklearn
+    import timm
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "scikit-learn": sklearn.__version__,
+            "hemolens_schema": ckpt.SCHEMA_VERSION}
+
+
+def _setup_distributed(device: torch.device) -> None:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, dict]:
+    """Train every model of cfg on one dataset; returns {model: card}. `prepare_fn(size)` gives the
+    Prepared split at one image size (cached per size, so native-size runs decode once per size)."""
+    device = resolve_device(cfg.device)
+    _setup_distributed(device)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.backends.cudnn.benchmark = True
+    run_dir = Path(cfg.out)
+    prepared: dict[int, Prepared] = {}
+    cards = {}
+    for name in cfg.models:
+        size = cfg.image_size or REGISTRY[name].input_size
+        if size not in prepared:
+            prepared[size] = prepare_fn(size)
+            _check_split(prepared[size], run_dir, resume=cfg.resume)
+            if is_main():
+                ckpt.write_json(run_dir / "run.json", {"data_root": str(Path(data_root).resolve()),
+                                                       "synthetic": cfg.data is None, "seed": cfg.seed})
+        if cfg.resume and (run_dir / name / ckpt.CARD).is_file():
+            if is_main():
+                print(f"{name}: already complete in {run_dir}, skipped", flush=True)
+            cards[name] = ckpt.load_card(run_dir / name)
+            continue
+        cards[name] = fit_model(name, prepared[size], cfg, run_dir, device)
+        if dist.is_initialized():
+            dist.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return cards
+
+
+def _check_split(data: Prepared, run_dir: Path, resume: bool) -> None:
+    """Write split.csv, or on --resume check that the data still splits exactly as before."""
+    path = run_dir / ckpt.SPLIT
+    if resume and path.is_file():
+        from core.splits import read_manifest
+        old = read_manifest(path)
+        same = old[["sha256", "split"]].reset_index(drop=True).equals(
+            data.manifest[["sha256", "split"]].reset_index(drop=True))
+        if not same:
+            raise SystemExit(f"hemolens: {run_dir} was split from different data; resume with the same --data "
+                             "and --seed, or start a new --out.")
+        return
+    if is_main():
+        from core.splits import write_manifest
+        write_manifest(data.manifest, path)
+        ckpt.write_json(run_dir / "leakage.json", data.leakage)

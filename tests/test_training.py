@@ -1,0 +1,145 @@
+"""The training engine end to end on tiny phantoms: run-folder contract, resume after kill -9, DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train
+from core import checkpoints as ckpt
+from core.phantom import write_dataset
+from core.predict import predict_probs
+
+REPO = Path(__file__).resolve().parents[1]
+CARD_KEYS = {"schema_version", "model", "display_name", "family", "classes", "input_size", "mean", "std", "window",
+             "thresholds", "metrics", "params", "gmacs", "size_bytes", "weights_sha256", "latency", "training",
+             "dataset", "versions", "created_at"}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, n=80, size=64, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantoms, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    code = train.main(["--data", str(phantoms), "--models", "resnet18,mobilenet_v2", "--epochs", "2",
+                       "--image-size", "32", "--batch-size", "16", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_run_folder_matches_the_contract(run_dir):
+    assert (run_dir / "split.csv").is_file() and (run_dir / "leakage.json").is_file()
+    assert ckpt.list_models(run_dir) == ["mobilenet_v2", "resnet18"]
+    split = pd.read_csv(run_dir / "split.csv")
+    for name in ("resnet18", "mobilenet_v2"):
+        folder = run_dir / name
+        card = json.loads((folder / "card.json").read_text())
+        assert CARD_KEYS <= set(card)
+        assert set(card["metrics"]) == {"val", "test"} and 0 <= card["metrics"]["test"]["roc_auc"] <= 1
+        assert {"default", "youden", "sens95"} <= set(card["thresholds"])
+        assert card["latency"]["batch1_ms_p50"] > 0 and card["gmacs"] > 0 and card["versions"]["torch"]
+        assert card["dataset"]["counts"]["test"]["n"] == int((split["split"] == "test").sum())
+        history = pd.read_csv(folder / "history.csv")
+        assert list(history.columns[:10]) == ckpt.HISTORY_COLUMNS[:10] and history["epoch"].tolist() == [1, 2]
+        preds = pd.read_csv(folder / "predictions.csv")
+        assert list(preds.columns[:5]) == ["split", "id", "path", "label", "prob"]
+        assert set(preds["split"]) == {"val", "test"}
+        assert len(preds) == int(split["split"].isin(["val", "test"]).sum())
+        assert preds["prob"].between(0, 1).all()
+        assert not list(folder.glob("last.*")) and not list(run_dir.rglob("*.partial"))
+
+
+def test_loaded_model_reproduces_saved_predictions(run_dir):
+    loaded = ckpt.load(run_dir / "resnet18")
+    preds = pd.read_csv(run_dir / "resnet18" / "predictions.csv")
+    from core.datasets import decode_images
+    test = preds[preds["split"] == "test"]
+    images = decode_images(test["path"].tolist(), size=loaded.card["input_size"]).images
+    probs = predict_probs(loaded.model, images, loaded.card["mean"], loaded.card["std"])
+    np.testing.assert_allclose(probs, test["prob"].to_numpy(), atol=1e-5)
+
+
+def test_tampered_truncated_and_corrupt_checkpoints_are_refused(run_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "m"
+    shutil.copytree(run_dir / "mobilenet_v2", folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="sha256"):
+        ckpt.load(folder)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ckpt.CheckpointError, match="sha256"):
+        ckpt.load(folder)
+    # Without a recorded hash, a truncated file still fails cleanly as safetensors.
+    with pytest.raises(ckpt.CheckpointError, match="safetensors"):
+        ckpt.load_weights(weights, expected_sha256=None)
+    (folder / "card.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="JSON"):
+        ckpt.load(folder)
+
+
+def test_bad_data_gives_one_clear_line(tmp_path, capsys):
+    (tmp_path / "normal").mkdir()
+    from PIL import Image
+    Image.new("L", (8, 8)).save(tmp_path / "normal" / "a.png")
+    assert train.main(["--data", str(tmp_path), "--models", "resnet18", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemolens:") and "one class" in err and "\n" not in err
+    assert train.main(["--models", "resnet999", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_kill_9_then_resume_continues_from_last_completed_epoch(phantoms, tmp_path):
+    out = tmp_path / "run"
+    args = ["train.py", "--data", str(phantoms), "--models", "resnet18", "--epochs", "4", "--image-size", "64",
+            "--batch-size", "8", "--out", str(out), "--device", "cpu"]
+    proc = _cli(*args)
+    deadline = time.time() + 240
+    while not (out / "resnet18" / "last.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((out / "resnet18" / "last.json").read_text())["epoch"]
+    assert 1 <= done < 4 and not (out / "resnet18" / "card.json").exists()
+    assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
+                and p.name not in {"split.csv", "leakage.json", "last.json", "last.safetensors"}]
+    resumed = _cli(*args, "--resume")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming after epoch {done}" in log
+    history = pd.read_csv(out / "resnet18" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]
+    assert ckpt.load(out / "resnet18").card["training"]["epochs"] == 4
+
+
+def test_torchrun_ddp_on_cpu_writes_a_valid_run(phantoms, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*torchrun, "train.py", "--data", str(phantoms), "--models", "resnet18", "--epochs", "1",
+                             "--image-size", "32", "--batch-size", "8", "--out", str(out), "--device", "cpu"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    card = ckpt.load(out / "resnet18").card
+    assert card["training"]["world_size"] == 2
+    assert ckpt.list_models(out) == ["resnet18"]

@@ -1,0 +1,75 @@
+"""Train and compare hemorrhage classifiers; thin CLI over core.training.
+
+    python train.py                      # the embedded demo: synthetic phantoms, every CNN, quick preset
+    python train.py --data PATH --models resnet50,mobilenet_v2 --epochs 10 --out checkpoints/mine
+    torchrun --nproc_per_node=2 train.py --device cpu ...   # DistributedDataParallel
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+from core.presets import demo_preset, phantom_root  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="dataset folder (class folders, split folders or images + labels CSV); "
+                                  "default: the synthetic phantom set")
+    p.add_argument("--models", default="all", help="comma-separated registry names, or 'all'")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int, help="training size in px (default: preset; native on CUDA)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="checkpoints/demo")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
+    p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
+    p.add_argument("--phantoms", type=int, help="number of phantom slices when no --data is given")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from core.data import DatasetError
+    from core.models import CNN_NAMES, REGISTRY
+    from core.splits import prepare
+    from core.training import TrainConfig, resolve_device, train_run
+
+    names = list(CNN_NAMES) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown:
+        print(f"hemolens: unknown model(s) {', '.join(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)
+        return 2
+    preset = demo_preset(resolve_device(args.device).type)
+    cfg = TrainConfig(
+        models=names, out=args.out, epochs=args.epochs or preset.epochs,
+        image_size=args.image_size or preset.image_size, batch_size=args.batch_size or preset.batch_size,
+        lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
+        weights_dir=args.weights_dir, resume=args.resume, data=args.data,
+        args={k: v for k, v in vars(args).items() if v is not None})
+    root = Path(args.data) if args.data else phantom_root(args.phantoms or preset.phantoms, args.seed)
+    start = time.perf_counter()
+    try:
+        cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed))
+    except DatasetError as err:
+        print(f"hemolens: {err}", file=sys.stderr)
+        return 2
+    if cards and all(cards.values()):
+        print(f"\n{'model':<20}{'test AUC':>10}{'test acc':>10}{'train s':>9}{'ms/img':>9}")
+        for name, card in cards.items():
+            test = card["metrics"]["test"]
+            print(f"{name:<20}{test['roc_auc'] or float('nan'):>10.3f}{test['accuracy']:>10.3f}"
+                  f"{card['training']['seconds']:>9.1f}{card['latency']['batch1_ms_p50']:>9.1f}")
+        print(f"run folder: {cfg.out}  ({time.perf_counter() - start:.0f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
