@@ -15,6 +15,7 @@ def atomic_path(path: str | Path):
     # The leading dot and ".partial" keep the temp file out of every listing that looks for results.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)   # mkstemp makes 0600; results are meant to be shared like any other file
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:

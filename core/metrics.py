@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.metrics import (average_precision_score, brier_score_loss, classification_report,
                              precision_recall_curve, roc_auc_score, roc_curve)
 
-from core.stats import check_labels, check_scores, bootstrap_ci, delong_auc, delong_test, mcnemar_test, wilson_interval
+from core.stats import bootstrap_ci, check_labels, check_scores, delong_auc, delong_test, mcnemar_test, wilson_interval
 
 __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
            "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",
@@ -151,7 +151,8 @@ def per_class_report(y_true, pred) -> pd.DataFrame:
     # Printed reports put accuracy in the f1-score column, over all cases.
     frame.loc["accuracy"] = [NAN, NAN, accuracy, len(y)]
     frame["support"] = frame["support"].astype(int)
-    return frame.loc[[*CLASSES, "accuracy", "macro avg", "weighted avg"], ["precision", "recall", "f1-score", "support"]]
+    rows = [*CLASSES, "accuracy", "macro avg", "weighted avg"]
+    return frame.loc[rows, ["precision", "recall", "f1-score", "support"]]
 
 
 def roc_points(y_true, prob) -> pd.DataFrame:

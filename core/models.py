@@ -50,16 +50,26 @@ class ModelSpec:
         return (Path(urlsplit(self.weights_url).path).name, f"{self.name}.safetensors")
 
 
-def _build_torchvision(arch: str, kwargs: dict, pretrained: bool) -> nn.Module:
-    return tvm.get_model(arch, weights="DEFAULT" if pretrained else None, **kwargs)
+def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
+    return tvm.get_model(arch, weights="DEFAULT" if pretrained else None)
+
+
+def _build_inception_v3(pretrained: bool) -> nn.Module:
+    # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
+    # must compute the same function whether built for training or rebuilt to load a checkpoint.
+    # init_weights=False: PyTorch's default init, not torchvision's slow truncated normal.
+    model = tvm.inception_v3(weights="DEFAULT" if pretrained else None, transform_input=True, init_weights=False)
+    # The auxiliary head is dropped after building: torchvision rejects aux_logits=False with weights.
+    model.aux_logits, model.AuxLogits = False, None
+    return model
 
 
 def _build_timm(arch: str, pretrained: bool) -> nn.Module:
     return timm.create_model(arch, pretrained=pretrained)
 
 
-def _torchvision(name, display_name, cam_layers, reference, study, input_size=224, **kwargs) -> ModelSpec:
-    return ModelSpec(name, display_name, "cnn", input_size, partial(_build_torchvision, name, kwargs),
+def _torchvision(name, display_name, cam_layers, reference, study) -> ModelSpec:
+    return ModelSpec(name, display_name, "cnn", 224, partial(_build_torchvision, name),
                      cam_layers, reference, study, tvm.get_model_weights(name).DEFAULT.url)
 
 
@@ -78,12 +88,8 @@ _SPECS = [
                  "Sandler et al., CVPR 2018", "A,B"),
     _torchvision("mobilenet_v3_large", "MobileNetV3-Large", lambda m: [m.features[-1]],
                  "Howard et al., ICCV 2019", ""),
-    # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
-    # must compute the same function whether built for training or rebuilt to load a checkpoint.
-    # init_weights=False: PyTorch's default init, not torchvision's slow truncated normal.
-    _torchvision("inception_v3", "Inception-v3", lambda m: [m.Mixed_7c],
-                 "Szegedy et al., CVPR 2016", "A", input_size=299,
-                 aux_logits=False, transform_input=True, init_weights=False),
+    ModelSpec("inception_v3", "Inception-v3", "cnn", 299, _build_inception_v3, lambda m: [m.Mixed_7c],
+              "Szegedy et al., CVPR 2016", "A", tvm.get_model_weights("inception_v3").DEFAULT.url),
     ModelSpec("xception", "Xception", "cnn", 299, partial(_build_timm, "legacy_xception"),
               lambda m: [m.act4], "Chollet, CVPR 2017", "A",
               timm.get_pretrained_cfg("legacy_xception").url),

@@ -94,7 +94,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += float(loss) * len(labels)
+        total_loss += loss.item() * len(labels)
         correct += int(((logits > 0).float() == labels).sum())
         seen += len(labels)
         done = time.perf_counter()

@@ -133,7 +133,7 @@ def test_near_duplicates_are_grouped_and_manifest_round_trips(tmp_path):
     _noise_png(tmp_path / "hemorrhage" / "003.png", seed=3, size=(96, 96))
     original = np.asarray(Image.open(tmp_path / "hemorrhage" / "003.png"))
     # The same slice re-cropped and rescaled, under another name: it must share the original's group.
-    Image.fromarray(original[3:-3, 3:-3]).resize((120, 120)).save(tmp_path / "hemorrhage" / "copy.png")
+    Image.fromarray(original[1:-1, 1:-1]).resize((120, 120)).save(tmp_path / "hemorrhage" / "copy.png")
     data = prepare(tmp_path, size=32)
     man = data.manifest.set_index("id")
     assert man.loc["hemorrhage/copy", "group"] == man.loc["hemorrhage/003", "group"]
@@ -198,3 +198,19 @@ def test_darshil_series_set_keeps_its_split_and_series_groups(shared_data):
                       ("val", 0): 60, ("val", 1): 60}
     assert set(table["group"].dropna()) >= {"series:N1", "series:5", "series:6", "series:IMG-0001", "series:12"}
     assert table["group"].notna().all()
+
+
+def test_declared_groups_are_authoritative_over_hash_similarity(tmp_path):
+    # Two declared series whose slices are pixel-identical in look: hash-similar, yet independent.
+    for series, label in (("a", "hemorrhage"), ("b", "normal")):
+        for s in range(3):
+            _noise_png(tmp_path / label / f"{series}_slice{s}.png", seed=7)   # same picture in both series
+    table = discover(tmp_path)
+    assert set(table["group"]) == {"series:a", "series:b"}
+    from core.splits import assign_groups, near_duplicate_pairs
+    decoded = decode_images(table["path"].tolist(), size=32)
+    table = table.assign(sha256=[f"x{i}" for i in range(len(table))], group_hint=table["group"])
+    pairs = near_duplicate_pairs(decoded.phash, decoded.dhash)
+    assert len(pairs) == 15    # every pair of the six look-alikes
+    groups = assign_groups(table, pairs)
+    assert groups.nunique() == 2

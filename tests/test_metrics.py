@@ -4,14 +4,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binom, binomtest, mannwhitneyu
+from scipy.stats import binom, binomtest, mannwhitneyu, norm
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from core import metrics as M
 from core.published import PUBLISHED, RECOMPUTED, published_rows
 
-approx = lambda x, **kw: pytest.approx(x, nan_ok=True, **kw)  # noqa: E731
+Z95 = norm.ppf(0.975)
+
+
+def approx(expected, **kw):
+    return pytest.approx(expected, nan_ok=True, **kw)
 
 
 def random_case(seed: int):
@@ -55,8 +59,10 @@ def test_binary_metrics_match_sklearn(seed):
     assert m["pr_auc"] == approx(skm.average_precision_score(y, prob))
     assert m["brier"] == approx(skm.brier_score_loss(y, prob))
     for key, (k, n) in {"accuracy": (m["tp"] + m["tn"], m["n"]), "sensitivity": (m["tp"], m["n_pos"]),
-                        "specificity": (m["tn"], m["n"] - m["n_pos"])}.items():
-        assert m[f"{key}_ci"] == approx(tuple(binomtest(k, n).proportion_ci(method="wilson")))
+                        "specificity": (m["tn"], m["n"] - m["n_pos"]), "precision": (m["tp"], pred.sum()),
+                        "npv": (m["tn"], len(y) - pred.sum())}.items():
+        expected = binomtest(k, n).proportion_ci(method="wilson") if n else (nan, nan)
+        assert m[f"{key}_ci"] == approx(tuple(expected)), key
 
 
 def test_threshold_is_inclusive():
@@ -173,7 +179,7 @@ def test_delong_matches_sklearn_and_direct_formula(seed):
     auc, cov = delong_direct(y, np.vstack([prob, other]))
     got, lo, hi = M.delong_auc(y, prob)
     assert got == pytest.approx(skm.roc_auc_score(y, prob)) and got == pytest.approx(auc[0])
-    half = 1.959963984540054 * math.sqrt(cov[0, 0])
+    half = Z95 * math.sqrt(cov[0, 0])
     assert (lo, hi) == pytest.approx((max(auc[0] - half, 0), min(auc[0] + half, 1)))
     z = (auc[0] - auc[1]) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     assert M.delong_test(y, prob, other) == pytest.approx(math.erfc(abs(z) / math.sqrt(2)))
@@ -186,7 +192,7 @@ def test_delong_hanley_mcneil_example():
     y = np.r_[np.zeros(58, int), np.ones(51, int)]
     auc, lo, hi = M.delong_auc(y, np.r_[normal, abnormal])
     assert round(auc, 3) == 0.893
-    assert (hi - lo) / (2 * 1.96) == pytest.approx(0.032, rel=0.1)
+    assert (hi - lo) / (2 * Z95) == pytest.approx(0.032, rel=0.1)
 
 
 def test_delong_se_agrees_with_bootstrap():
@@ -198,9 +204,10 @@ def test_delong_se_agrees_with_bootstrap():
     boot_pos = pos[rng.integers(0, len(pos), (2000, len(pos)))]
     boot_neg = neg[rng.integers(0, len(neg), (2000, len(neg)))]
     boot_auc = mannwhitneyu(boot_pos, boot_neg, axis=1).statistic / (len(pos) * len(neg))
-    assert (hi - lo) / (2 * 1.959963984540054) == pytest.approx(boot_auc.std(ddof=1), rel=0.1)
+    assert (hi - lo) / (2 * Z95) == pytest.approx(boot_auc.std(ddof=1), rel=0.1)
     # bootstrap_ci with an AUC metric gives nearly the same interval as DeLong.
-    fast_auc = lambda yy, pp: mannwhitneyu(pp[yy == 1], pp[yy == 0]).statistic / (yy.sum() * (1 - yy).sum())  # noqa: E731
+    def fast_auc(yy, pp):
+        return mannwhitneyu(pp[yy == 1], pp[yy == 0]).statistic / (yy.sum() * (1 - yy).sum())
     assert M.bootstrap_ci(y, prob, fast_auc, n_boot=1000) == pytest.approx((lo, hi), abs=0.015)
 
 
@@ -234,7 +241,8 @@ def test_bootstrap_is_seeded_and_stratified():
     y, prob, _ = random_case(4)
     n_pos = int(y.sum())
     assert M.bootstrap_ci(y, prob, lambda yy, pp: yy.sum(), n_boot=50) == (n_pos, n_pos)
-    mean = lambda yy, pp: pp.mean()  # noqa: E731
+    def mean(yy, pp):
+        return pp.mean()
     assert M.bootstrap_ci(y, prob, mean, seed=1) == M.bootstrap_ci(y, prob, mean, seed=1)
     assert M.bootstrap_ci(y, prob, mean, seed=1) != M.bootstrap_ci(y, prob, mean, seed=2)
     lo, hi = M.bootstrap_ci(y, prob, mean, n_boot=400)
@@ -269,8 +277,9 @@ def test_study_b_published_figures_disagree_with_its_matrices():
         # ...but neither sensitivity nor specificity is.
         assert abs(recomputed[name]["sensitivity"] - published["sensitivity"]) > 0.02, name
         assert abs(recomputed[name]["specificity"] - published["specificity"]) > 0.01, name
-    assert [round(recomputed[n]["sensitivity"], 4) for n in ("VGG16", "ResNet", "MobileNet")] == [1.0, 1.0, 0.9934]
-    assert [round(recomputed[n]["specificity"], 4) for n in ("VGG16", "ResNet", "MobileNet")] == [0.9335, 0.9926, 0.9975]
+    order = ("VGG16", "ResNet", "MobileNet")
+    assert [round(recomputed[n]["sensitivity"], 4) for n in order] == [1.0, 1.0, 0.9934]
+    assert [round(recomputed[n]["specificity"], 4) for n in order] == [0.9335, 0.9926, 0.9975]
     assert round(recomputed["VGG16"]["f1"], 4) == 0.9783 != B["models"]["VGG16"]["f1"]
 
 
@@ -312,9 +321,14 @@ def rates(y, prob, t):
     return pred[y == 1].mean(), 1 - pred[y == 0].mean()
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_choose_thresholds(seed):
-    y, prob, _ = random_case(seed + 100)
+def exact_95_case():
+    """20 hemorrhages and 20 normals, so 95% sensitivity and specificity are reached exactly."""
+    return np.r_[np.ones(20, int), np.zeros(20, int)], np.r_[np.linspace(0.3, 0.99, 20), np.linspace(0.01, 0.7, 20)]
+
+
+@pytest.mark.parametrize("case", [*(random_case(seed + 100) for seed in range(8)), exact_95_case()])
+def test_choose_thresholds(case):
+    y, prob = case[:2]
     points = M.choose_thresholds(y, prob)
     assert points["default"] == 0.5 and all(0 <= t <= 1 for t in points.values())
     candidates = np.unique(prob)[::-1]  # falling, as a search from strict to lenient
@@ -328,6 +342,12 @@ def test_choose_thresholds(seed):
 
 
 def test_choose_thresholds_edge_cases():
+    y, prob = exact_95_case()
+    points = M.choose_thresholds(y, prob)
+    assert M.binary_metrics(y, prob, points["sens95"])["sensitivity"] == 0.95
+    assert M.binary_metrics(y, prob, points["spec95"])["specificity"] == 0.95
+    # Youden ties (J = 0.5 at 0.4 and at 0.2) go to the higher threshold.
+    assert M.choose_thresholds([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4])["youden"] == 0.4
     assert M.choose_thresholds([1, 1, 1], [0.2, 0.4, 0.9]) == {"default": 0.5, "youden": 0.5, "sens95": 0.5,
                                                                "spec95": 0.5}
     inverted = M.choose_thresholds([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9])

@@ -26,7 +26,7 @@ CARD_KEYS = {"schema_version", "model", "display_name", "family", "classes", "in
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
-    write_dataset(root, n=80, size=64, seed=3)
+    write_dataset(root, n=80, size=64, seed=3, stack_size=2)
     return root
 
 
@@ -122,7 +122,7 @@ def test_kill_9_then_resume_continues_from_last_completed_epoch(phantoms, tmp_pa
     done = json.loads((out / "resnet18" / "last.json").read_text())["epoch"]
     assert 1 <= done < 4 and not (out / "resnet18" / "card.json").exists()
     assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
-                and p.name not in {"split.csv", "leakage.json", "last.json", "last.safetensors"}]
+                and p.name not in {"split.csv", "leakage.json", "run.json", "last.json", "last.safetensors"}]
     resumed = _cli(*args, "--resume")
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log

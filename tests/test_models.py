@@ -1,0 +1,203 @@
+"""The model registry: every entry builds, runs, back-propagates, explains, and loads ImageNet weights."""
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from safetensors.torch import save_file
+from torch import nn
+
+from core.models import CNN_NAMES, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
+
+# Published ballparks (conv/linear MACs of one image); the counter must land within 30 %.
+GMACS_REF = {"alexnet": 0.71, "vgg16": 15.5, "resnet18": 1.82, "resnet50": 4.1, "mobilenet_v2": 0.30,
+             "inception_v3": 5.7, "xception": 8.4}
+
+
+def disc_image(size: int, cy: float = 0.4, cx: float = 0.6, radius: float = 0.15) -> torch.Tensor:
+    """A bright disc on black, ImageNet-normalised: a 1x3xSxS input with something to localise."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    grey = (((yy - size * cy) ** 2 + (xx - size * cx) ** 2).sqrt() < size * radius).float()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((grey.expand(3, size, size) - mean) / std)[None]
+
+
+def make_it_see_a_bleed(model: nn.Module, size: int) -> None:
+    """Turns a random-weight model into one whose hemorrhage Grad-CAM has something to show.
+
+    Fresh batch-norm running stats (mean 0, var 1) leave some untrained nets nearly blind in eval
+    mode: inception_v3's logit agrees to 7 digits for noise and a disc. So the statistics are set
+    from two disc images, as any training step would. And Grad-CAM of a class the model rejects
+    everywhere is legitimately all zero (seen for vgg16_bn, inception_v3, mobilenet_v2, resnet50
+    on some seeds, always the class opposite to the prediction), so the head's sign is chosen to
+    call the disc a hemorrhage."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None   # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(torch.cat([disc_image(size), disc_image(size, 0.7, 0.3, 0.2)]))
+        model.eval()
+        if model(disc_image(size)).item() < model(torch.zeros(1, 3, size, size)).item():
+            head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+            head.weight.neg_()
+            head.bias.neg_()
+
+
+@pytest.fixture(scope="module", params=list(REGISTRY))
+def built(request):
+    """Each registry model built once (random weights, seed 0) and shared by the tests below."""
+    spec = REGISTRY[request.param]
+    torch.manual_seed(0)
+    model = create_model(spec.name)
+    make_it_see_a_bleed(model, spec.input_size)
+    return spec, model
+
+
+def test_registry_lists_the_nine_cnns():
+    assert CNN_NAMES == ("alexnet", "vgg16", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v2",
+                         "mobilenet_v3_large", "inception_v3", "xception")
+    assert {n for n, s in REGISTRY.items() if s.family == "cnn"} == set(CNN_NAMES)
+    assert {n: REGISTRY[n].input_size for n in CNN_NAMES if REGISTRY[n].input_size != 224} == {
+        "inception_v3": 299, "xception": 299}
+    assert set(GMACS_REF) <= set(REGISTRY)
+
+
+def test_forward_gives_one_finite_logit(built):
+    spec, model = built
+    with torch.inference_mode():
+        logit = model(disc_image(spec.input_size))
+    assert logit.shape == (1, 1)
+    assert torch.isfinite(logit).all()
+    assert model.pretrained_loaded is False
+    assert count_params(model) > 1_000_000
+
+
+def test_gradient_reaches_the_input(built):
+    spec, model = built
+    x = disc_image(spec.input_size).requires_grad_()
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    assert torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0
+
+
+def test_gradcam_on_the_spec_layers(built):
+    spec, model = built
+    size = spec.input_size
+    with GradCAM(model=model, target_layers=spec.cam_layers(model)) as cam:
+        heat = cam(input_tensor=disc_image(size), targets=[BinaryClassifierOutputTarget(1)])
+    assert heat.shape == (1, size, size)
+    assert np.isfinite(heat).all()
+    assert heat.max() > heat.min()
+
+
+def test_gmacs_match_published_figures(built):
+    spec, model = built
+    if spec.name not in GMACS_REF:
+        pytest.skip(f"no published reference for {spec.name}")
+    model.train()
+    gmacs = count_gmacs(model, spec.input_size)
+    assert model.training, "count_gmacs must restore the training mode"
+    assert gmacs == pytest.approx(GMACS_REF[spec.name], rel=0.3)
+
+
+def test_unknown_name_lists_the_available_models():
+    with pytest.raises(ValueError, match="unknown model 'resnet999'") as err:
+        create_model("resnet999")
+    assert all(name in str(err.value) for name in CNN_NAMES)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty torch.hub cache, on any machine."""
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "xception"])   # torchvision weights= and timm pretrained=True
+def test_pretrained_without_network_falls_back_fast(name, offline, capsys):
+    start = time.perf_counter()
+    model = create_model(name, pretrained=True)
+    assert time.perf_counter() - start < 15
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"hemolens: ImageNet weights for {name} are unreachable (no network?")
+    assert lines[0].endswith("training from scratch.")
+    assert model.pretrained_loaded is False
+    with torch.inference_mode():
+        assert model.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1)
+
+
+def test_empty_weights_dir_falls_back(tmp_path, capsys):
+    model = create_model("resnet18", pretrained=True, weights_dir=tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert err == (f"hemolens: ImageNet weights for resnet18 are not in {tmp_path} "
+                   "(expected resnet18-f37072fd.pth or resnet18.safetensors); training from scratch.")
+    assert model.pretrained_loaded is False
+
+
+def fake_imagenet_resnet18(path) -> dict:
+    """A freshly initialised 1000-class resnet18 saved where real ImageNet weights would be."""
+    torch.manual_seed(123)
+    state = tvm.resnet18().state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, path) if path.suffix == ".safetensors" else torch.save(state, path)
+    return state
+
+
+def assert_backbone_equal(model: nn.Module, state: dict) -> None:
+    ours = model.state_dict()
+    backbone = [k for k in state if not k.startswith("fc.")]
+    assert len(backbone) == len(ours) - 2   # everything but the new one-logit fc
+    assert all(torch.equal(ours[k], state[k]) for k in backbone)
+    assert ours["fc.weight"].shape == (1, 512)
+
+
+@pytest.mark.parametrize("file_name", ["resnet18-f37072fd.pth", "resnet18.safetensors"])
+def test_weights_dir_file_is_loaded(file_name, tmp_path, capsys):
+    state = fake_imagenet_resnet18(tmp_path / file_name)
+    model = create_model("resnet18", pretrained=True, weights_dir=tmp_path)
+    assert model.pretrained_loaded is True
+    assert capsys.readouterr().err == ""
+    assert_backbone_equal(model, state)
+
+
+def test_cached_download_goes_through_torchvision_weights(offline, tmp_path, capsys):
+    """pretrained=True without weights_dir is torchvision's `weights=` path; it reads torch.hub's cache."""
+    state = fake_imagenet_resnet18(tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = create_model("resnet18", pretrained=True)
+    assert model.pretrained_loaded is True
+    assert capsys.readouterr().err == ""
+    assert_backbone_equal(model, state)
+
+
+def test_weights_file_for_another_architecture_is_an_error(tmp_path):
+    torch.save(tvm.mobilenet_v2().state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    with pytest.raises(ValueError, match="resnet18-f37072fd.pth"):
+        create_model("resnet18", pretrained=True, weights_dir=tmp_path)
+
+
+def test_inception_computes_the_same_function_however_it_was_built(offline, tmp_path):
+    """torchvision turns transform_input on only when it loads weights; a checkpoint trained from
+    them must give the same outputs when rebuilt with create_model(name) and loaded."""
+    file = tmp_path / "torch_home" / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    file.parent.mkdir(parents=True)
+    torch.manual_seed(5)   # the file as torchvision ships it: with the auxiliary head
+    torch.save(tvm.inception_v3(aux_logits=True, init_weights=False).state_dict(), file)
+    downloaded = create_model("inception_v3", pretrained=True).eval()
+    local = create_model("inception_v3", pretrained=True, weights_dir=file.parent).eval()
+    local.load_state_dict(downloaded.state_dict())   # same head too, to compare outputs
+    rebuilt = create_model("inception_v3").eval()
+    rebuilt.load_state_dict(downloaded.state_dict())
+    assert downloaded.pretrained_loaded and local.pretrained_loaded and not rebuilt.pretrained_loaded
+    x = disc_image(299)
+    with torch.inference_mode():
+        outs = [m(x) for m in (downloaded, local, rebuilt)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
