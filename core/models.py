@@ -47,7 +47,7 @@ class ModelSpec:
     @property
     def weights_files(self) -> tuple[str, ...]:
         """File names accepted in a `weights_dir`: the download's own name, or <name>.safetensors."""
-        return (Path(urlsplit(self.weights_url).path).name, f"{self.name}.safetensors")
+        return tuple(f for f in (Path(urlsplit(self.weights_url).path).name, f"{self.name}.safetensors") if f)
 
 
 def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
@@ -57,7 +57,8 @@ def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
 def _build_inception_v3(pretrained: bool) -> nn.Module:
     # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
     # must compute the same function whether built for training or rebuilt to load a checkpoint.
-    # init_weights=False: PyTorch's default init, not torchvision's slow truncated normal.
+    # init_weights=False: PyTorch's default init, torchvision's announced future default (it warns
+    # otherwise); with weights torchvision forces it anyway.
     model = tvm.inception_v3(weights="DEFAULT" if pretrained else None, transform_input=True, init_weights=False)
     # The auxiliary head is dropped after building: torchvision rejects aux_logits=False with weights.
     model.aux_logits, model.AuxLogits = False, None
@@ -107,16 +108,16 @@ def get_spec(name: str) -> ModelSpec:
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None) -> nn.Module:
     """A binary classifier (one logit). `model.pretrained_loaded` is True only if ImageNet weights were loaded."""
     spec = get_spec(name)
-    model, missing = _backbone(spec, pretrained, weights_dir)
-    if missing:
-        print(f"hemolens: ImageNet weights for {name} {missing}; training from scratch.", file=sys.stderr)
+    model, why_not = _backbone(spec, pretrained, weights_dir)
+    if why_not:
+        print(f"hemolens: ImageNet weights for {name} {why_not}; training from scratch.", file=sys.stderr)
     _binary_head(model)
-    model.pretrained_loaded = pretrained and not missing
+    model.pretrained_loaded = pretrained and not why_not
     return model
 
 
 def _backbone(spec: ModelSpec, pretrained: bool, weights_dir: str | Path | None) -> tuple[nn.Module, str]:
-    """The 1000-class model, and why asked-for weights could not be had ("" when they were or were not asked)."""
+    """The 1000-class model, and why asked-for weights could not be had ("" if loaded or not asked for)."""
     if not pretrained:
         return spec.builder(False), ""
     if weights_dir is None:

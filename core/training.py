@@ -71,12 +71,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
-                    desc: str = "") -> dict:
+                    desc: str = "", amp: bool | None = None) -> dict:
+    """One pass over the loader. `amp` (bf16 autocast + channels_last) defaults to on for CUDA."""
     model.train()
     # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
     gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
     torch.manual_seed(seed * 10_007 + epoch)
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" if amp is None else amp
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not is_main() or not sys.stderr.isatty(), unit="batch")

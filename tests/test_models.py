@@ -13,9 +13,10 @@ from torch import nn
 
 from core.models import CNN_NAMES, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
 
-# Published ballparks (conv/linear MACs of one image); the counter must land within 30 %.
-GMACS_REF = {"alexnet": 0.71, "vgg16": 15.5, "resnet18": 1.82, "resnet50": 4.1, "mobilenet_v2": 0.30,
-             "inception_v3": 5.7, "xception": 8.4}
+# Published ballparks (conv/linear MACs of one image at native size); the counter must land within
+# 30 %. vgg16_bn: the same convolutions as vgg16; mobilenet_v3_large: 219 M in its paper.
+GMACS_REF = {"alexnet": 0.71, "vgg16": 15.5, "vgg16_bn": 15.5, "resnet18": 1.82, "resnet50": 4.1,
+             "mobilenet_v2": 0.30, "mobilenet_v3_large": 0.22, "inception_v3": 5.7, "xception": 8.4}
 
 
 def disc_image(size: int, cy: float = 0.4, cx: float = 0.6, radius: float = 0.15) -> torch.Tensor:
@@ -31,10 +32,10 @@ def make_it_see_a_bleed(model: nn.Module, size: int) -> None:
 
     Fresh batch-norm running stats (mean 0, var 1) leave some untrained nets nearly blind in eval
     mode: inception_v3's logit agrees to 7 digits for noise and a disc. So the statistics are set
-    from two disc images, as any training step would. And Grad-CAM of a class the model rejects
-    everywhere is legitimately all zero (seen for vgg16_bn, inception_v3, mobilenet_v2, resnet50
-    on some seeds, always the class opposite to the prediction), so the head's sign is chosen to
-    call the disc a hemorrhage."""
+    from two disc images, as any training step would. And the Grad-CAM of a class the model sees
+    nowhere is legitimately all zero (seen on some seeds for every architecture, plain alexnet
+    included), so the head's sign is chosen to score the disc above a blank image: the disc is
+    then hemorrhage evidence. Checked on 12 seeds (5 for the VGGs): no flat map remains."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
@@ -65,7 +66,7 @@ def test_registry_lists_the_nine_cnns():
     assert {n for n, s in REGISTRY.items() if s.family == "cnn"} == set(CNN_NAMES)
     assert {n: REGISTRY[n].input_size for n in CNN_NAMES if REGISTRY[n].input_size != 224} == {
         "inception_v3": 299, "xception": 299}
-    assert set(GMACS_REF) <= set(REGISTRY)
+    assert set(GMACS_REF) == set(REGISTRY)
 
 
 def test_forward_gives_one_finite_logit(built):
@@ -98,8 +99,6 @@ def test_gradcam_on_the_spec_layers(built):
 
 def test_gmacs_match_published_figures(built):
     spec, model = built
-    if spec.name not in GMACS_REF:
-        pytest.skip(f"no published reference for {spec.name}")
     model.train()
     gmacs = count_gmacs(model, spec.input_size)
     assert model.training, "count_gmacs must restore the training mode"

@@ -1,0 +1,70 @@
+"""Training throughput per model: images/s and the share of time spent waiting for data.
+
+    python benchmarks/train_throughput.py [--models all] [--size 64] [--n 256] [--epochs 2] [--device auto]
+
+On CUDA it also trains each model in fp32 without channels_last and prints the bf16+channels_last
+speed-up measured in the same process. The first epoch is a warm-up and is not counted.
+"""
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from core.datasets import SliceDataset  # noqa: E402
+from core.models import CNN_NAMES, create_model  # noqa: E402
+from core.phantom import write_dataset  # noqa: E402
+from core.splits import prepare  # noqa: E402
+from core.training import resolve_device, train_one_epoch  # noqa: E402
+
+
+def measure(name, data, size, device, epochs, batch_size, amp):
+    model = create_model(name).to(device)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    on = device if device.type == "cuda" else torch.device("cpu")
+    ds = SliceDataset(data.images, data.manifest["label"].to_numpy(), on)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    runs = [train_one_epoch(model, loader, opt, sched, loss_fn, device, e, 0, amp=amp) for e in range(epochs)]
+    timed = runs[1:] or runs
+    seconds = sum(r["seconds"] for r in timed)
+    images = sum(r["img_per_s"] * r["seconds"] for r in timed)
+    return images / seconds, sum(r["data_wait_s"] for r in timed) / seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="all")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    names = CNN_NAMES if args.models == "all" else args.models.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(Path(tmp), n=args.n, size=max(args.size, 128), seed=0, stack_size=1)
+        data = prepare(tmp, args.size)
+    print(f"device {device}, {torch.get_num_threads()} threads, {len(data.manifest)} images at {args.size} px, "
+          f"batch {args.batch_size}")
+    header = f"{'model':<20}{'img/s':>9}{'data wait':>11}"
+    print(header + (f"{'fp32 img/s':>12}{'bf16+CL x':>11}" if device.type == "cuda" else ""))
+    for name in names:
+        fast, wait = measure(name, data, args.size, device, args.epochs, args.batch_size, amp=device.type == "cuda")
+        line = f"{name:<20}{fast:>9.1f}{wait:>10.1%}"
+        if device.type == "cuda":
+            slow, _ = measure(name, data, args.size, device, args.epochs, args.batch_size, amp=False)
+            line += f"{slow:>12.1f}{fast / slow:>11.2f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Class activation maps through pytorch-grad-cam: maps, overlays, localization and faithfulness scores.
+
+    python -m core.explain --run checkpoints/RUN --phantoms 40 --out DIR [--methods gradcam,...] [--models ...]
+
+scores every model of a run on hemorrhagic phantoms with known bleed masks (DIR/localization.csv)
+and draws a gallery of overlays (DIR/gallery.png). Binary heads give one logit, so targets are
+BinaryClassifierOutputTarget(1) for the hemorrhage map and (0) for the normal map.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
+                              XGradCAM)
+from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+from pytorch_grad_cam.metrics.road import ROADCombined
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+from core.datasets import resize_square, to_model_input
+from core.models import REGISTRY
+
+METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
+                            "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM,
+                            "scorecam": ScoreCAM}
+METHOD_NAMES: tuple[str, ...] = (*METHODS, "random")
+SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, this many at a time
+RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
+MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
+
+# The CAM objects hook the model's layers and we toggle requires_grad: two threads explaining the
+# same cached model at once (Streamlit sessions) would read each other's activations.
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def _graph_from(model: torch.nn.Module, layers: list[torch.nn.Module]):
+    """Record autograd only from the target layers on. The maps need the gradient at those layers
+    alone, so the layers below run as plain inference and backward touches only the head: a CAM then
+    costs about one forward, and no weight gradients are left on a cached model."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    start = lambda module, args, out: out if out.requires_grad else out.detach().requires_grad_()
+    handles = [layer.register_forward_hook(start) for layer in layers]   # before the CAM's own hooks
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Each map scaled to [0, 1]; a flat map becomes zeros (it points nowhere), never NaN."""
+    maps = np.asarray(maps, dtype=np.float32)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - lo
+    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def _random_maps(x: torch.Tensor) -> np.ndarray:
+    """The chance baseline: smooth noise seeded by each image's content (reproducible, and a
+    different map for each image)."""
+    size = (x.shape[-1], x.shape[-2])
+    maps = []
+    for image in x.detach().cpu().numpy():
+        rng = np.random.default_rng(zlib.crc32(image.tobytes()))
+        coarse = rng.random((RANDOM_GRID, RANDOM_GRID), dtype=np.float32)
+        maps.append(cv2.resize(coarse, size, interpolation=cv2.INTER_LINEAR))
+    return _normalise(np.stack(maps))
+
+
+def _cams_and_logits(model, model_name: str, x: torch.Tensor, method: str, target: int):
+    """(B,S,S) maps and the (B,) logits of the same forward."""
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    if target not in (0, 1):
+        raise ValueError(f"target must be 1 (hemorrhage) or 0 (normal), not {target!r}")
+    device = next(model.parameters()).device
+    # The caller may be in inference_mode, whose tensors autograd refuses: clone outside it.
+    with torch.inference_mode(False):
+        x = x.detach().to(device, torch.float32).clone()
+    model.eval()
+    if method == "random":
+        with torch.inference_mode():
+            logits = model(x).float().flatten().cpu().numpy()
+        return _random_maps(x), logits
+    layers = REGISTRY[model_name].cam_layers(model)
+    maps = outputs = None
+    with _LOCK, torch.inference_mode(False), torch.enable_grad(), _graph_from(model, layers):
+        with METHODS[method](model=model, target_layers=layers) as cam:
+            if method == "scorecam":
+                cam.batch_size = SCORECAM_BATCH
+            maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)] * len(x))
+            outputs = cam.outputs.detach().float().flatten().cpu().numpy()
+    # The `with` block swallows some exceptions (IndexError): check what came out.
+    expected = (len(x), *x.shape[-2:])
+    if maps is None or np.shape(maps) != expected or not np.isfinite(maps).all():
+        got = "nothing" if maps is None else f"shape {np.shape(maps)}, finite: {np.isfinite(maps).all()}"
+        raise RuntimeError(f"{method} on {model_name} failed: expected finite maps of shape {expected}, got {got}")
+    return _normalise(maps), outputs
+
+
+def cam_batch(model, model_name: str, x: torch.Tensor, method: str = "gradcam", target: int = 1) -> np.ndarray:
+    """(B,S,S) float32 maps in [0, 1] for a normalised (B,3,S,S) input; target 1 = hemorrhage, 0 = normal."""
+    return _cams_and_logits(model, model_name, x, method, target)[0]
+
+
+@dataclass
+class Explanation:
+    prob: float          # hemorrhage probability
+    cam: np.ndarray      # (H, W) float32 in [0, 1], aligned with the original image
+    method: str
+    seconds: float
+
+
+def _model_input(loaded, images: list[np.ndarray]) -> torch.Tensor:
+    """Exactly the training preprocessing: pad to square, resize, grey to 3 normalised channels."""
+    size, card = loaded.card["input_size"], loaded.card
+    batch = torch.from_numpy(np.stack([resize_square(im, size) for im in images]))[:, None]
+    return to_model_input(batch, card["mean"], card["std"])
+
+
+def _to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Undo resize_square: scale the square map up to the padded side, then crop the padding away."""
+    h, w = shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2   # as core.datasets.pad_to_square
+    square = cv2.resize(cam, (side, side), interpolation=cv2.INTER_LINEAR)
+    return _normalise(square[top:top + h, left:left + w])
+
+
+def explain_image(loaded, image: np.ndarray, method: str = "gradcam", target: int = 1) -> Explanation:
+    """Probability and CAM for one windowed grey uint8 (H, W) slice, the CAM at the slice's own size."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"explain_image needs a grey uint8 (H, W) slice, got {image.dtype} {image.shape}")
+    start = time.perf_counter()
+    maps, logits = _cams_and_logits(loaded.model, loaded.card["model"], _model_input(loaded, [image]),
+                                    method, target)
+    prob = float(1 / (1 + np.exp(-logits[0])))
+    return Explanation(prob, _to_original(maps[0], image.shape), method, time.perf_counter() - start)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the jet-coloured CAM at opacity alpha over the slice, and the outline
+    of a ground-truth mask when given."""
+    grey = np.asarray(image)
+    rgb = np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey[..., :3]
+    if cam.shape != rgb.shape[:2]:
+        raise ValueError(f"CAM shape {cam.shape} does not match the image {rgb.shape[:2]}")
+    out = show_cam_on_image(rgb.astype(np.float32) / 255, np.clip(cam, 0, 1), use_rgb=True,
+                            image_weight=1 - alpha)
+    if mask is not None:
+        contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, MASK_COLOUR, thickness=max(1, min(out.shape[:2]) // 256))
+    return out
+
+
+def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float = 0.5) -> dict:
+    """Pointing game (is the CAM's peak inside the mask), share of CAM energy inside the mask, and
+    IoU of the thresholded CAM with the mask. A flat map scores 0 on all three."""
+    mask = np.asarray(mask, dtype=bool)
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape != mask.shape or not mask.any():
+        raise ValueError(f"need a CAM and a non-empty mask of the same shape, got {cam.shape} and {mask.shape}")
+    flat = cam.max() <= cam.min()
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    total = float(cam.sum())
+    hot = cam >= iou_threshold
+    return {"pointing_game": float(not flat and mask[peak]),
+            "energy_in_mask": float(cam[mask].sum()) / total if total > 0 else 0.0,
+            "iou": float((hot & mask).sum() / (hot | mask).sum())}
+
+
+class _TargetProbability(BinaryClassifierOutputTarget):
+    """The target class's probability (sigmoid of the signed logit). The metrics compare
+    target(output) before and after perturbing the input; with the raw one-logit target that would be
+    an unbounded logit difference."""
+
+    def __call__(self, model_output):
+        return torch.sigmoid(super().__call__(model_output))
+
+
+def faithfulness(model, model_name, x, cams, method) -> dict:
+    """Per map (hemorrhage target): ROAD combined (higher = more faithful) and the drop in hemorrhage
+    probability when the input is multiplied by its map (lower = the map keeps what the model uses)."""
+    with torch.inference_mode(False):
+        x = x.detach().to(next(model.parameters()).device, torch.float32).clone()
+    cams = np.asarray(cams, dtype=np.float32)
+    targets = [_TargetProbability(1)] * len(x)
+    model.eval()
+    with torch.random.fork_rng(devices=[]):   # ROAD's imputer adds noise: the same score on every run
+        torch.manual_seed(0)
+        road = ROADCombined()(x, cams, targets, model)
+    change = CamMultImageConfidenceChange()(x, cams, targets, model)
+    return {"model": model_name, "method": method, "road": np.ravel(road).astype(np.float32),
+            "confidence_drop": -np.ravel(change).astype(np.float32)}
+
+
+def phantom_cases(n: int, size: int = 256, seed: int = 0) -> list:
+    """n hemorrhagic phantom slices with masks, cycling through the five subtypes (fixed seed)."""
+    from core.phantom import SUBTYPES, generate_slice
+
+    rng = np.random.default_rng(seed)
+    return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(0.2, 0.8)))
+            for i in range(n)]
+
+
+def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray], method: str,
+                       with_faithfulness: bool = False, batch_size: int = 16):
+    """Mean localization scores (and faithfulness) of one model and method over images with masks,
+    plus the hemorrhage probabilities and the original-size maps."""
+    name, rows, probs, maps, faith = loaded.card["model"], [], [], [], {"road": [], "confidence_drop": []}
+    for i in range(0, len(images), batch_size):
+        x = _model_input(loaded, images[i:i + batch_size])
+        cams, logits = _cams_and_logits(loaded.model, name, x, method, 1)
+        probs += list(1 / (1 + np.exp(-logits)))
+        for cam, image, mask in zip(cams, images[i:i + batch_size], masks[i:i + batch_size]):
+            maps.append(_to_original(cam, image.shape))
+            rows.append(localization_scores(maps[-1], mask))
+        if with_faithfulness:
+            scores = faithfulness(loaded.model, name, x, cams, method)
+            for key in faith:
+                faith[key].extend(scores[key])
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    means.update({k: float(np.mean(v)) for k, v in faith.items() if v})
+    return {**means, "n": len(rows)}, probs, maps
+
+
+def _gallery(path: Path, images, masks, subtypes, panels: dict, method: str, tile: int = 192) -> None:
+    """Rows = models, columns = phantom slices: overlays with the bleed outlined, labelled."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from core.atomic import atomic_path
+
+    head = 18
+    cols = len(images)
+    sheet = Image.new("RGB", (cols * tile, len(panels) * (tile + head)), "black")
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=12)
+    for r, (model, (probs, maps)) in enumerate(panels.items()):
+        for c in range(cols):
+            rgb = overlay(images[c], maps[c], mask=masks[c])
+            x0, y0 = c * tile, r * (tile + head)
+            sheet.paste(Image.fromarray(rgb).resize((tile, tile), Image.Resampling.BILINEAR), (x0, y0 + head))
+            draw.text((x0 + 3, y0 + 3), f"{model} {method}: {subtypes[c]}, p={probs[c]:.2f}", fill="white", font=font)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from core import checkpoints as ckpt
+    from core.atomic import atomic_write
+    from core.models import CNN_NAMES
+    from core.phantom import render
+
+    ap = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, type=Path, help="run folder (checkpoints/RUN)")
+    ap.add_argument("--phantoms", type=int, default=40, help="number of hemorrhagic phantom slices")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--methods", default=",".join(m for m in METHOD_NAMES if m != "scorecam"),
+                    help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default: all but the slow scorecam)")
+    ap.add_argument("--models", help="comma-separated models of the run (default: every CNN in it)")
+    ap.add_argument("--size", type=int, default=256, help="phantom size in px (models resize as in training)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--faithfulness", action="store_true", help="add ROAD and confidence-drop columns (slower)")
+    ap.add_argument("--gallery-columns", type=int, default=5)
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    in_run = [m for m in ckpt.list_models(args.run) if m in CNN_NAMES]
+    models = [m.strip() for m in args.models.split(",")] if args.models else in_run
+    bad = [m for m in methods if m not in METHOD_NAMES] + [m for m in models if m not in in_run]
+    if bad or not models or args.phantoms < 1:
+        ap.error(f"unknown method(s) or model(s) not in {args.run}: {', '.join(bad) or 'no CNN models'}"
+                 if bad or not models else "--phantoms must be >= 1")
+
+    cases = phantom_cases(args.phantoms, args.size, args.seed)
+    images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]
+    k = min(args.gallery_columns, len(cases))
+    rows, panels = [], {}
+    with tqdm(total=len(models) * len(methods), desc="CAMs", unit="map set") as bar:
+        for name in models:
+            loaded = ckpt.load(args.run / name)
+            for method in methods:
+                bar.set_postfix(model=name, method=method)
+                scores, probs, maps = score_localization(loaded, images, masks, method, args.faithfulness)
+                rows.append({"model": name, "method": method, **scores})
+                if method == methods[0]:
+                    panels[name] = (probs[:k], maps[:k])
+                bar.update()
+    table = pd.DataFrame(rows)
+    first = ["model", "method", "pointing_game", "energy_in_mask", "iou", "n"]
+    table = table[first + [c for c in table.columns if c not in first]]
+    atomic_write(args.out / "localization.csv", table.to_csv(index=False))
+    _gallery(args.out / "gallery.png", images[:k], masks[:k], [c.subtype for c in cases[:k]], panels, methods[0])
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written: {args.out / 'localization.csv'}, {args.out / 'gallery.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

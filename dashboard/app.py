@@ -1,0 +1,31 @@
+"""HemoLens dashboard: `streamlit run dashboard/app.py [-- --checkpoints DIR]`.
+
+The entry point only wires things up: page config, st.navigation over the thin pages in
+dashboard/views/, and the sidebar every page shares (notice, run selector, operating point).
+The folder is not called pages/: Streamlit treats a pages/ folder beside the entry point as a
+legacy multipage app until st.navigation first runs, and would then run a page without this file.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repository
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import common  # noqa: E402
+
+st.set_page_config(page_title="HemoLens", page_icon="🧠", layout="wide")
+PAGES = [
+    st.Page("views/leaderboard.py", title="Leaderboard", icon="🏁", default=True),
+    st.Page("views/compare.py", title="Compare", icon="📈"),
+    st.Page("views/training.py", title="Training", icon="⏱️"),
+    st.Page("views/scan.py", title="Scan", icon="🩻"),
+    st.Page("views/errors.py", title="Errors", icon="🔍"),
+    st.Page("views/data.py", title="Data", icon="🗂️"),
+    st.Page("views/model_cards.py", title="Model cards", icon="🪪"),
+]
+page = st.navigation(PAGES)
+st.session_state["current_run"] = common.sidebar()  # shared by every page, drawn under the page list
+page.run()

@@ -1,0 +1,83 @@
+"""Data: split counts, class and subtype balance, the leakage report, a sample gallery, the phantom subtypes."""
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from dashboard import common
+
+SUBTYPE_TEXT = {
+    "intraparenchymal": "Bleeding inside the brain tissue itself, often from high blood pressure or trauma; "
+                        "a bright blob, sometimes with a dark rim of swelling (edema) around it.",
+    "subdural": "Blood between the brain and its tough outer membrane (dura), usually from torn veins after "
+                "a fall; a crescent hugging the inside of the skull that can cross suture lines.",
+    "epidural": "Blood between the dura and the skull, typically from an arterial tear with a skull fracture; "
+                "a lens (biconvex) shape that stops at suture lines and can grow fast.",
+    "subarachnoid": "Blood in the fluid spaces around the brain, classically from a burst aneurysm; thin bright "
+                    "lines tracing the sulci and cisterns, easy to miss.",
+    "intraventricular": "Blood inside the ventricles (the brain's fluid chambers); it settles and layers in the "
+                        "dependent part of a ventricle.",
+}
+
+run = common.require_run()
+st.title("Data")
+manifest = common.split_manifest(*run.key)
+manifest = manifest.assign(**{"class": manifest["label"].map({0: "normal", 1: "hemorrhage"})})
+facts = common.run_json(*run.key, "run.json")
+st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
+           + (f", from `{facts['data_root']}`" if "data_root" in facts else "")
+           + (" (synthetic phantoms)" if facts.get("synthetic") else "") + ".")
+
+left, right = st.columns(2)
+counts = pd.crosstab(manifest["split"], manifest["class"], margins=True, margins_name="total")
+left.markdown("**Images per split and class**")
+left.dataframe(counts, width="stretch")
+left.plotly_chart(px.histogram(manifest, x="split", color="class", barmode="group", title="Class balance",
+                               category_orders={"split": ["train", "val", "test"]}), width="stretch")
+bleeds = manifest[manifest["subtype"] != ""]
+right.markdown("**Hemorrhage subtypes per split**")
+if bleeds.empty:
+    right.info("This dataset does not name subtypes.")
+else:
+    right.dataframe(pd.crosstab(bleeds["subtype"], bleeds["split"], margins=True, margins_name="total"),
+                    width="stretch")
+
+st.subheader("Leakage report")
+leak = common.run_json(*run.key, "leakage.json")
+if not leak:
+    st.info("This run has no leakage.json.")
+else:
+    cols = st.columns(4)
+    cols[0].metric("Near-duplicate pairs", leak["near_duplicate_pairs"])
+    cols[1].metric("… across splits", leak["near_duplicate_pairs_across_splits"])
+    cols[2].metric("Groups straddling splits", len(leak["groups_straddling_splits"]))
+    cols[3].metric("Unreadable files skipped", len(leak["skipped_unreadable"]))
+    st.caption(f"{leak['n_groups']} groups (series, patients, near-duplicates) kept whole within one split; the "
+               f"largest holds {leak['largest_group']} images. Pairs across splits can only join images of different "
+               "declared groups (e.g. two synthetic heads that look alike); review them below.")
+    with st.expander("Near-duplicate pairs (first 500, pairs across splits first)"):
+        st.dataframe(pd.DataFrame(leak["pairs"]), width="stretch")
+    if leak["groups_straddling_splits"]:
+        st.warning("Groups in more than one split: " + ", ".join(leak["groups_straddling_splits"][:50]))
+    if leak["skipped_unreadable"]:
+        st.dataframe(pd.DataFrame(leak["skipped_unreadable"].items(), columns=["file", "reason"]), width="stretch")
+
+st.subheader("Sample gallery")
+c1, c2 = st.columns(2)
+split = c1.selectbox("Split", ["train", "val", "test"], key="gallery_split")
+seed = c2.number_input("Shuffle", 0, 1000, 0, key="gallery_seed")
+sample = manifest[manifest["split"] == split].sample(n=min(8, (manifest["split"] == split).sum()), random_state=seed)
+truth = common.truth(sample)
+for start in range(0, len(sample), 4):
+    for col, (i, row) in zip(st.columns(4), sample.iloc[start:start + 4].iterrows()):
+        image, mask, problem = common.case_image(row["path"])
+        if image is None:
+            col.error(problem)
+        else:
+            col.image(common.outline(image, mask), caption=truth[i], width="stretch")
+
+st.subheader("Hemorrhage types, on synthetic phantoms")
+st.image(str(common.REPO / "dashboard" / "assets" / "phantom_grid.png"),
+         caption="One phantom slice per subtype (bleed outlined in red) and three normals with hard negatives: "
+                 "calcifications and beam-hardening streaks that models must not call blood.")
+for name, text in SUBTYPE_TEXT.items():
+    st.markdown(f"- **{name.capitalize()}**: {text}")

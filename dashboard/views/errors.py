@@ -1,0 +1,51 @@
+"""Errors (teaching): each model's false positives and negatives, and the cases models disagree on."""
+import streamlit as st
+
+from dashboard import common
+
+run = common.require_run()
+st.title("Errors")
+st.caption(f"Test split, each model at its **{common.PRESETS[common.preset()]}** threshold (sidebar). "
+           "Pick a case below to see it with each model's CAM.")
+cases = common.test_probs(run)
+truth = common.truth(cases)
+calls = common.decisions(run, cases)
+columns = [c for c in ("subtype", "bleed_area_mm2") if c in cases]
+
+model = st.selectbox("Model", run.models, format_func=run.display, key="err_model")
+missed = cases[(cases["label"] == 1) & ~calls[model]]
+false_alarms = cases[(cases["label"] == 0) & calls[model]]
+for col, title, rows in zip(st.columns(2), ("False negatives (missed hemorrhage)",
+                                            "False positives (normal called hemorrhage)"), (missed, false_alarms)):
+    col.markdown(f"**{title}: {len(rows)}**")
+    col.dataframe(rows[[model, *columns]].rename(columns={model: "probability"}).sort_values("probability"),
+                  width="stretch")
+
+split = calls.any(axis=1) & ~calls.all(axis=1)
+st.markdown(f"**Cases the models disagree on: {int(split.sum())}** (of {len(cases)})")
+disagree = cases.loc[split, ["label", *columns, *run.models]].assign(
+    calls=calls[split].sum(axis=1).astype(str) + f" of {len(run.models)}")
+st.dataframe(disagree.rename(columns={m: run.display(m) for m in run.models}), width="stretch")
+
+st.subheader("Look closer")
+pool = list(dict.fromkeys([*missed.index, *false_alarms.index, *disagree.index]))
+if not pool:
+    st.success("No errors and no disagreement at this operating point.")
+    st.stop()
+case = st.selectbox("Case", pool, format_func=lambda i: f"{i} ({truth[i]})", key="err_case")
+if not st.toggle("Show the image and each model's Grad-CAM", key="err_show"):
+    st.stop()
+image, mask, problem = common.case_image(cases.at[case, "path"])
+if image is None:
+    st.error(problem)
+    st.stop()
+explain = common.explain_api()
+tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), common.outline(image, mask))]
+for m in run.models:
+    heat = common.cam_for(run, m, image, "gradcam")[0]
+    tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}",
+                  explain.overlay(image, heat, mask=mask)))
+for start in range(0, len(tiles), 4):
+    for col, (caption, tile) in zip(st.columns(4), tiles[start:start + 4]):
+        col.image(tile, caption=caption, width="stretch")
+st.caption("Grad-CAM of the hemorrhage output at 40% opacity; the Scan page offers the other methods.")

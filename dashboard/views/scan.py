@@ -1,0 +1,92 @@
+"""Scan: one slice (upload, test-split example or fresh phantom) through every model, with CAM overlays."""
+import numpy as np
+import streamlit as st
+
+from core.imaging import WINDOWS, ScanError
+from core.phantom import SUBTYPES, generate_slice, render
+from dashboard import common
+
+run = common.require_run()
+st.title("Scan")
+SOURCES = {"upload": "Upload a file", "test": "Example from the test split", "phantom": "Fresh phantom"}
+source = st.radio("Scan", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="scan_source")
+mask, facts = None, ""
+
+if source == "upload":
+    # No `type=` filter: DICOM files often have no extension and arrive as application/octet-stream;
+    # load_scan decides from the content.
+    upload = st.file_uploader("PNG, JPEG, TIFF, BMP or DICOM (one axial slice)", key="scan_upload")
+    if upload is None:
+        st.info("Upload a slice, or pick an example above. Patient tags in DICOM files are never shown or kept.")
+        st.stop()
+    try:
+        scan = common.read_scan(upload.getvalue(), st.session_state.get("scan_window"),
+                                st.session_state.get("scan_frame", 0))
+    except ScanError as err:
+        st.error(str(err))
+        st.stop()
+    image = scan.image
+    if scan.is_hu:
+        st.selectbox("CT window", list(WINDOWS), key="scan_window", format_func=lambda w: (
+            f"{w.replace('_', ' ')} (centre {WINDOWS[w][0]:.0f}, width {WINDOWS[w][1]:.0f} HU)"))
+    if scan.n_frames > 1:
+        st.number_input("Frame", 0, scan.n_frames - 1, key="scan_frame")
+    spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
+    facts = f"{scan.modality}, {image.shape[1]} × {image.shape[0]} px{spacing}" + (
+        f", {scan.window} window" if scan.window else "") + (
+        f", frame {st.session_state.get('scan_frame', 0) + 1} of {scan.n_frames}" if scan.n_frames > 1 else "")
+    if scan.modality not in ("CT", "raster"):
+        st.warning(f"This is a {scan.modality} image, not CT: the models were trained on head CT slices in the "
+                   "brain window, so their outputs below mean nothing for it.")
+elif source == "test":
+    cases = common.test_probs(run)
+    truth = common.truth(cases)
+    case = st.selectbox("Test case", cases.index, key="scan_case", format_func=lambda i: f"{i} ({truth[i]})")
+    image, mask, problem = common.case_image(cases.at[case, "path"])
+    if image is None:
+        st.error(problem)
+        st.stop()
+    facts = f"{case}, truth: {truth[case]}"
+else:
+    c1, c2, c3 = st.columns(3)
+    subtype = c1.selectbox("Subtype", ["", *SUBTYPES], format_func=lambda s: s or "normal (no bleed)", key="ph_subtype")
+    difficulty = c2.slider("Difficulty", 0.0, 1.0, 0.3, 0.05, key="ph_difficulty",
+                           help="Higher: smaller bleeds, closer to brain density.")
+    seed = c3.number_input("Seed", 0, 10_000, 0, key="ph_seed")
+    phantom = generate_slice(np.random.default_rng(int(seed)), 256, subtype or None, difficulty)
+    image, mask = render(phantom.hu), phantom.mask
+    facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
+
+left, right = st.columns([1, 2])
+left.image(common.outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
+           width="stretch")
+calls, seconds = common.predict_all(run, image)
+right.subheader(f"{common.consensus(calls['hemorrhage'])}")
+right.caption(f"Each model at its {common.PRESETS[common.preset()]} threshold; {seconds * 1000:.0f} ms for "
+              f"{len(calls)} models on this machine.")
+for start in range(0, len(calls), 3):
+    for col, (_, r) in zip(right.columns(3), calls.iloc[start:start + 3].iterrows()):
+        col.metric(r["Model"], f"{r['probability']:.1%}",
+                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.2f})",
+                   delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off")
+
+
+@st.fragment
+def cam_grid():
+    explain = common.explain_api()
+    c1, c2 = st.columns(2)
+    method = c1.selectbox("CAM method", explain.METHOD_NAMES, key="cam_method",
+                          help="'random' is a sanity baseline: a map that explains nothing. 'scorecam' runs one "
+                               "forward pass per feature channel: slow on a CPU.")
+    alpha = c2.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
+    for start in range(0, len(calls), 3):
+        for col, (_, r) in zip(st.columns(3), calls.iloc[start:start + 3].iterrows()):
+            heat, secs = common.cam_for(run, r["model"], image, method)
+            col.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
+                      caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s")
+
+
+st.subheader("Where the models look")
+st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
+           "the bleed is; compare with the green outline of the true bleed on phantoms.")
+cam_grid()

@@ -1,0 +1,242 @@
+"""Dashboard tests: every page through streamlit's AppTest on a tiny run trained once for the module."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import train
+from core import checkpoints as ckpt
+from core.imaging import ScanError
+from core.metrics import binary_metrics
+from core.phantom import generate_slice, render, write_dataset
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
+MODELS = ["mobilenet_v2", "resnet18"]
+PATIENT = "Doe^Secret"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A two-model run on 60 tiny phantoms (1 epoch at 32 px), exposed through CHECKPOINTS_DIR."""
+    root = tmp_path_factory.mktemp("dash")
+    write_dataset(root / "phantoms", n=60, size=64, seed=0, stack_size=2)
+    out = root / "checkpoints" / "tiny"
+    assert train.main(["--data", str(root / "phantoms"), "--models", ",".join(MODELS), "--epochs", "1",
+                       "--image-size", "32", "--batch-size", "16", "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHECKPOINTS_DIR", str(root / "checkpoints"))
+        yield out
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    return at.switch_page(f"views/{name}.py").run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def split_rows(run_dir, model):
+    preds = pd.read_csv(run_dir / model / ckpt.PREDICTIONS, dtype={"id": str})
+    return preds[preds["split"] == "test"]
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(e.value for kind in ("markdown", "caption", "subheader", "title", "info", "warning", "success")
+                    for e in getattr(at, kind))
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_with_the_notice(run_dir, name):
+    at = ok(page(name))
+    assert at.title, "each page has a title"
+    assert any("not for clinical use" in w.value for w in at.sidebar.warning)
+
+
+def test_empty_checkpoints_dir_shows_the_train_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(tmp_path))
+    for name in ("leaderboard", "scan", "model_cards"):
+        at = ok(page(name))
+        assert [c.value for c in at.code] == ["python train.py"]
+    assert at.number_input(key="chk_tn_").value == 50  # the published-table checker needs no run
+
+
+def test_damaged_card_is_one_sidebar_error(tmp_path, monkeypatch):
+    (tmp_path / "broken" / "resnet18").mkdir(parents=True)
+    (tmp_path / "broken" / ckpt.SPLIT).write_text("path,sha256,label,subtype,group,split\n")
+    (tmp_path / "broken" / "resnet18" / ckpt.CARD).write_text("{not json")
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(tmp_path))
+    at = ok(page("leaderboard"))
+    assert len(at.sidebar.error) == 1 and "broken cannot be read" in at.sidebar.error[0].value
+    assert [c.value for c in at.code] == ["python train.py"]
+
+
+def test_leaderboard_has_one_row_per_model_and_labelled_published_rows(run_dir):
+    at = ok(page("leaderboard"))
+    board = at.dataframe[0].value
+    assert len(board) == len(MODELS) and set(board["Source"]) == {"this run"}
+    expected = binary_metrics(split_rows(run_dir, "resnet18")["label"], split_rows(run_dir, "resnet18")["prob"], 0.5)
+    row = board[board["Model"] == "ResNet-18"].iloc[0]
+    assert row["Sensitivity"] == pytest.approx(expected["sensitivity"], nan_ok=True)
+    assert row["Accuracy 95% CI"] == f"{expected['accuracy_ci'][0]:.3f}–{expected['accuracy_ci'][1]:.3f}"
+    at.toggle[0].set_value(True).run()
+    ok(at)
+    board = at.dataframe[0].value
+    published = board[board["Source"] != "this run"]
+    assert len(published) > 0 and published["Source"].str.startswith("published").all()
+    assert published["Model"].str.contains("published|recomputed").all()
+
+
+def test_compare_threshold_slider_drives_the_confusion_matrix(run_dir):
+    at = ok(page("compare"))
+    counts = {}
+    for t in (0.0, 0.5, 1.0):
+        at.slider(key="cmp_threshold").set_value(t).run()
+        table = ok(at).dataframe[0].value.set_index("Model")
+        counts[t] = table.loc["ResNet-18", ["TN", "FP", "FN", "TP"]].astype(int).tolist()
+        met = binary_metrics(split_rows(run_dir, "resnet18")["label"], split_rows(run_dir, "resnet18")["prob"], t)
+        assert counts[t] == [met["tn"], met["fp"], met["fn"], met["tp"]]
+    assert counts[0.0][0] == counts[0.0][2] == 0, "threshold 0 calls every case hemorrhage"
+    assert counts[0.0] != counts[1.0]
+    card = ckpt.load_card(run_dir / "resnet18")
+    at.radio(key="cmp_mode").set_value("youden").run()
+    table = ok(at).dataframe[0].value.set_index("Model")
+    assert table.loc["ResNet-18", "Threshold"] == pytest.approx(card["thresholds"]["youden"])
+    at.slider(key="cmp_prevalence").set_value(5.0).run()
+    assert "PPV at 5.0%" in ok(at).dataframe[0].value.columns
+
+
+def test_model_card_page_and_published_table_checker(run_dir):
+    at = ok(page("model_cards"))
+    assert "MobileNetV2" in texts(at) and "mobilenet_v2" in texts(at)
+    assert {b.label for b in at.get("download_button")} == {"Download card (Markdown)", "Download card (JSON)"}
+    at.selectbox(key="chk_example").set_value("VGG16").run()
+    table = ok(at).dataframe[-1].value.set_index("metric")
+    assert table.loc["accuracy", "from the matrix"] == pytest.approx(989 / 1016)
+    assert table.loc["accuracy", "as k / n"] == "989 / 1016"
+    assert table.loc["sensitivity", "from the matrix"] == 1.0
+    warning = at.main.warning[-1].value
+    assert "sensitivity" in warning and "f1" in warning and "accuracy" not in warning  # 97.34% is right
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ct_dicom(hu: np.ndarray) -> bytes:
+    """A CT slice as DICOM bytes with a patient name that must never reach the page."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = PATIENT, "ID-0042", "CT"
+    ds.Rows, ds.Columns = hu.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.PixelSpacing = -1024, 1, [0.9, 0.9]
+    ds.PixelData = (np.round(hu) + 1024).astype(np.int16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
+    phantom = generate_slice(np.random.default_rng(1), 96, "subdural", 0.2)
+    at = ok(page("scan"))
+    at.file_uploader(key="scan_upload").upload("slice.png", png_bytes(render(phantom.hu)),
+                                               "image/png").run()
+    assert len(ok(at).metric) == len(MODELS) and not at.error
+    assert f"of {len(MODELS)} models call hemorrhage" in at.subheader[0].value
+
+    at.file_uploader(key="scan_upload").clear().upload("IM0001", ct_dicom(phantom.hu)).run()  # octet-stream
+    assert len(ok(at).metric) == len(MODELS) and not at.error
+    assert at.image[0].captions == ["CT, 96 × 96 px, 0.90 × 0.90 mm pixels, brain window"]
+    at.selectbox(key="scan_window").set_value("subdural").run()
+    assert "subdural window" in " ".join(c for i in ok(at).image for c in i.captions)
+    assert PATIENT not in str(at.main) + str(at.sidebar) and "ID-0042" not in str(at.main)
+
+    at.file_uploader(key="scan_upload").clear().upload("notes.dcm", b"\x00not a scan" * 50).run()
+    assert [e.value for e in ok(at).error] == ["The file is not a recognised image (PNG, JPEG, TIFF, BMP or DICOM)."]
+    assert not at.metric
+    at.file_uploader(key="scan_upload").clear().upload("again.png", png_bytes(np.zeros((64, 64), np.uint8))).run()
+    assert len(ok(at).metric) == len(MODELS) and not at.error, "the app keeps working after a bad upload"
+
+
+def test_scan_page_test_example_matches_predictions_csv(run_dir):
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("test").run()
+    case = ok(at).selectbox(key="scan_case").value
+    for model, display in (("resnet18", "ResNet-18"), ("mobilenet_v2", "MobileNetV2")):
+        rows = split_rows(run_dir, model).set_index("id")
+        assert next(m.value for m in at.metric if m.label == display) == f"{rows.at[case, 'prob']:.1%}"
+    at.radio(key="scan_source").set_value("phantom").run()
+    at.selectbox(key="ph_subtype").set_value("epidural").run()
+    assert "green: true bleed outline" in ok(at).image[0].captions[0]
+
+
+def test_scan_page_cam_grid(run_dir):
+    from core import explain
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("phantom").run()
+    assert len(ok(at).image) == 1 + len(MODELS)
+    at.selectbox(key="cam_method").set_value(explain.METHOD_NAMES[-1]).run()
+    at.slider(key="cam_alpha").set_value(0.8).run()
+    assert len(ok(at).image) == 1 + len(MODELS)
+
+
+def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
+    at = ok(page("errors"))
+    rows = split_rows(run_dir, "mobilenet_v2")
+    met = binary_metrics(rows["label"], rows["prob"], 0.5)
+    assert (len(at.dataframe[0].value), len(at.dataframe[1].value)) == (met["fn"], met["fp"])
+    assert not at.image, "images load only on request"
+    at.toggle(key="err_show").set_value(True).run()  # a 1-epoch model always errs somewhere
+    assert ok(at).image and at.image[0].captions[0].startswith("Input")
+
+
+def test_data_page_counts_leakage_and_galleries(run_dir):
+    at = ok(page("data"))
+    manifest = pd.read_csv(run_dir / ckpt.SPLIT)
+    assert at.dataframe[0].value.loc["total", "total"] == len(manifest)
+    assert {m.label for m in at.metric} >= {"Near-duplicate pairs", "Groups straddling splits"}
+    assert len(at.image) >= 2  # sample gallery and the phantom subtype grid
+    for subtype in ("Intraparenchymal", "Subdural", "Epidural", "Subarachnoid", "Intraventricular"):
+        assert subtype in texts(at)
+
+
+def test_sidebar_operating_point_changes_every_threshold(run_dir):
+    at = ok(page("leaderboard"))
+    at.sidebar.selectbox(key="preset").set_value("sens95").run()
+    board = ok(at).dataframe[0].value.set_index("Model")
+    sens95 = ckpt.load_card(run_dir / "resnet18")["thresholds"]["sens95"]
+    assert board.loc["ResNet-18", "Threshold"] == pytest.approx(sens95)
+
+
+def test_read_scan_and_helpers():
+    from dashboard import common
+
+    with pytest.raises(ScanError):
+        common.read_scan(b"garbage")
+    assert common.read_scan(png_bytes(np.full((8, 8), 7, np.uint8))).image.shape == (8, 8)
+    assert common.rounds_to(0.9734, 989 / 1016) and not common.rounds_to(0.9777, 1220 / 1247)
+    assert common.checkpoints_root(["--checkpoints", "/x/y"]) == Path("/x/y")
+    assert common.consensus(pd.Series([True, False, True])) == "2 of 3 models call hemorrhage"
+    from core.published import PUBLISHED
+    vgg = common.confusion_check(**PUBLISHED["B"]["confusion"]["VGG16"], printed=PUBLISHED["B"]["models"]["VGG16"])
+    verdicts = dict(zip(vgg["metric"], vgg["matches print"]))
+    assert verdicts["accuracy"] is True and verdicts["f1"] is False and verdicts["sensitivity"] is False
+    assert verdicts["npv"] is None  # not printed
