@@ -4,21 +4,28 @@ VENV    := .venv
 PYBIN   := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test e2e bench phantoms clean
+.PHONY: demo test e2e screenshots bench phantoms clean
 
 $(STAMP): requirements.txt
 	test -x $(PYBIN) || $(PY) -m venv $(VENV)
-	$(PYBIN) -m pip install -q --upgrade pip
 	$(PYBIN) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-# The main job: train the demo run on synthetic phantoms if none exists yet.
+# The main job: train the demo run on synthetic phantoms if none is complete yet, then start the app.
 demo: $(STAMP)
-	test -f checkpoints/demo/split.csv || $(PYBIN) train.py
-	@echo "Demo run ready in checkpoints/demo/."
+	test -f checkpoints/demo/xception/card.json || $(PYBIN) train.py --resume
+	$(PYBIN) -m streamlit run dashboard/app.py --server.address 127.0.0.1
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYBIN) -m pytest -q tests
+
+# Browser test alone (Debian chromium + Playwright); `make test` runs it too when chromium is present.
+e2e: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PYBIN) -m pytest -q tests/test_e2e.py
+
+# README screenshots, taken by the browser test against the demo run.
+screenshots: $(STAMP)
+	E2E_CHECKPOINTS=checkpoints E2E_SCREENSHOTS=dashboard/assets HF_HUB_OFFLINE=1 $(PYBIN) -m pytest -q tests/test_e2e.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYBIN) benchmarks/run_all.py

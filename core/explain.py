@@ -209,12 +209,13 @@ def faithfulness(model, model_name, x, cams, method) -> dict:
             "confidence_drop": -np.ravel(change).astype(np.float32)}
 
 
-def phantom_cases(n: int, size: int = 256, seed: int = 0) -> list:
-    """n hemorrhagic phantom slices with masks, cycling through the five subtypes (fixed seed)."""
+def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8)) -> list:
+    """n hemorrhagic phantom slices with masks, cycling through the five subtypes (fixed seed;
+    difficulty drawn as core.phantom.write_dataset does)."""
     from core.phantom import SUBTYPES, generate_slice
 
     rng = np.random.default_rng(seed)
-    return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(0.2, 0.8)))
+    return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(*difficulty)))
             for i in range(n)]
 
 

@@ -16,15 +16,15 @@ import streamlit as st  # noqa: E402
 
 from dashboard import common  # noqa: E402
 
-st.set_page_config(page_title="HemoLens", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="HemoLens", page_icon=":material/neurology:", layout="wide")
 PAGES = [
-    st.Page("views/leaderboard.py", title="Leaderboard", icon="🏁", default=True),
-    st.Page("views/compare.py", title="Compare", icon="📈"),
-    st.Page("views/training.py", title="Training", icon="⏱️"),
-    st.Page("views/scan.py", title="Scan", icon="🩻"),
-    st.Page("views/errors.py", title="Errors", icon="🔍"),
-    st.Page("views/data.py", title="Data", icon="🗂️"),
-    st.Page("views/model_cards.py", title="Model cards", icon="🪪"),
+    st.Page("views/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:", default=True),
+    st.Page("views/compare.py", title="Compare", icon=":material/show_chart:"),
+    st.Page("views/training.py", title="Training", icon=":material/timer:"),
+    st.Page("views/scan.py", title="Scan", icon=":material/radiology:"),
+    st.Page("views/errors.py", title="Errors", icon=":material/search:"),
+    st.Page("views/data.py", title="Data", icon=":material/folder_open:"),
+    st.Page("views/model_cards.py", title="Model cards", icon=":material/badge:"),
 ]
 page = st.navigation(PAGES)
 st.session_state["current_run"] = common.sidebar()  # shared by every page, drawn under the page list

@@ -15,3 +15,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (real CT test data is not part of the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_phantoms(tmp_path_factory) -> Path:
+    """80 phantom slices at 64 px in stacks of 2 (40 independent groups), shared by the suite."""
+    from core.phantom import write_dataset
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, n=80, size=64, seed=3, stack_size=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_phantoms, tmp_path_factory) -> Path:
+    """A two-model run (resnet18, mobilenet_v2; 2 epochs at 32 px) in <tmp>/checkpoints/tiny, trained once."""
+    import train
+    out = tmp_path_factory.mktemp("runs") / "checkpoints" / "tiny"
+    assert train.main(["--data", str(tiny_phantoms), "--models", "resnet18,mobilenet_v2", "--epochs", "2",
+                       "--image-size", "32", "--batch-size", "16", "--out", str(out)]) == 0
+    return out

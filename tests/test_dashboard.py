@@ -8,50 +8,38 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import train
 from core import checkpoints as ckpt
 from core.imaging import ScanError
 from core.metrics import binary_metrics
-from core.phantom import generate_slice, render, write_dataset
+from core.phantom import generate_slice, render
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
 MODELS = ["mobilenet_v2", "resnet18"]
 PATIENT = "Doe^Secret"
 
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A two-model run on 60 tiny phantoms (1 epoch at 32 px), exposed through CHECKPOINTS_DIR."""
-    root = tmp_path_factory.mktemp("dash")
-    write_dataset(root / "phantoms", n=60, size=64, seed=0, stack_size=2)
-    out = root / "checkpoints" / "tiny"
-    assert train.main(["--data", str(root / "phantoms"), "--models", ",".join(MODELS), "--epochs", "1",
-                       "--image-size", "32", "--batch-size", "16", "--out", str(out)]) == 0
+def run_dir(tiny_run):
+    """The suite's two-model run, exposed through CHECKPOINTS_DIR."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHECKPOINTS_DIR", str(root / "checkpoints"))
-        yield out
-
+        mp.setenv("CHECKPOINTS_DIR", str(tiny_run.parent))
+        yield tiny_run
 
 def page(name: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90).run()
     return at.switch_page(f"views/{name}.py").run()
 
-
 def ok(at: AppTest) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
     return at
-
 
 def split_rows(run_dir, model):
     preds = pd.read_csv(run_dir / model / ckpt.PREDICTIONS, dtype={"id": str})
     return preds[preds["split"] == "test"]
 
-
 def texts(at: AppTest) -> str:
     return " ".join(e.value for kind in ("markdown", "caption", "subheader", "title", "info", "warning", "success")
                     for e in getattr(at, kind))
-
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_with_the_notice(run_dir, name):
@@ -59,14 +47,12 @@ def test_every_page_renders_with_the_notice(run_dir, name):
     assert at.title, "each page has a title"
     assert any("not for clinical use" in w.value for w in at.sidebar.warning)
 
-
 def test_empty_checkpoints_dir_shows_the_train_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CHECKPOINTS_DIR", str(tmp_path))
     for name in ("leaderboard", "scan", "model_cards"):
         at = ok(page(name))
         assert [c.value for c in at.code] == ["python train.py"]
     assert at.number_input(key="chk_tn_").value == 50  # the published-table checker needs no run
-
 
 def test_damaged_card_is_one_sidebar_error(tmp_path, monkeypatch):
     (tmp_path / "broken" / "resnet18").mkdir(parents=True)
@@ -76,7 +62,6 @@ def test_damaged_card_is_one_sidebar_error(tmp_path, monkeypatch):
     at = ok(page("leaderboard"))
     assert len(at.sidebar.error) == 1 and "broken cannot be read" in at.sidebar.error[0].value
     assert [c.value for c in at.code] == ["python train.py"]
-
 
 def test_leaderboard_has_one_row_per_model_and_labelled_published_rows(run_dir):
     at = ok(page("leaderboard"))
@@ -92,7 +77,6 @@ def test_leaderboard_has_one_row_per_model_and_labelled_published_rows(run_dir):
     published = board[board["Source"] != "this run"]
     assert len(published) > 0 and published["Source"].str.startswith("published").all()
     assert published["Model"].str.contains("published|recomputed").all()
-
 
 def test_compare_threshold_slider_drives_the_confusion_matrix(run_dir):
     at = ok(page("compare"))
@@ -112,7 +96,6 @@ def test_compare_threshold_slider_drives_the_confusion_matrix(run_dir):
     at.slider(key="cmp_prevalence").set_value(5.0).run()
     assert "PPV at 5.0%" in ok(at).dataframe[0].value.columns
 
-
 def test_model_card_page_and_published_table_checker(run_dir):
     at = ok(page("model_cards"))
     assert "MobileNetV2" in texts(at) and "mobilenet_v2" in texts(at)
@@ -125,12 +108,10 @@ def test_model_card_page_and_published_table_checker(run_dir):
     warning = at.main.warning[-1].value
     assert "sensitivity" in warning and "f1" in warning and "accuracy" not in warning  # 97.34% is right
 
-
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
 
 def ct_dicom(hu: np.ndarray) -> bytes:
     """A CT slice as DICOM bytes with a patient name that must never reach the page."""
@@ -153,7 +134,6 @@ def ct_dicom(hu: np.ndarray) -> bytes:
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
-
 def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
     phantom = generate_slice(np.random.default_rng(1), 96, "subdural", 0.2)
     at = ok(page("scan"))
@@ -175,7 +155,6 @@ def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
     at.file_uploader(key="scan_upload").clear().upload("again.png", png_bytes(np.zeros((64, 64), np.uint8))).run()
     assert len(ok(at).metric) == len(MODELS) and not at.error, "the app keeps working after a bad upload"
 
-
 def test_scan_page_test_example_matches_predictions_csv(run_dir):
     at = ok(page("scan"))
     at.radio(key="scan_source").set_value("test").run()
@@ -187,7 +166,6 @@ def test_scan_page_test_example_matches_predictions_csv(run_dir):
     at.selectbox(key="ph_subtype").set_value("epidural").run()
     assert "green: true bleed outline" in ok(at).image[0].captions[0]
 
-
 def test_scan_page_cam_grid(run_dir):
     from core import explain
     at = ok(page("scan"))
@@ -196,7 +174,6 @@ def test_scan_page_cam_grid(run_dir):
     at.selectbox(key="cam_method").set_value(explain.METHOD_NAMES[-1]).run()
     at.slider(key="cam_alpha").set_value(0.8).run()
     assert len(ok(at).image) == 1 + len(MODELS)
-
 
 def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
     at = ok(page("errors"))
@@ -207,7 +184,6 @@ def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
     at.toggle(key="err_show").set_value(True).run()  # a 1-epoch model always errs somewhere
     assert ok(at).image and at.image[0].captions[0].startswith("Input")
 
-
 def test_data_page_counts_leakage_and_galleries(run_dir):
     at = ok(page("data"))
     manifest = pd.read_csv(run_dir / ckpt.SPLIT)
@@ -217,14 +193,12 @@ def test_data_page_counts_leakage_and_galleries(run_dir):
     for subtype in ("Intraparenchymal", "Subdural", "Epidural", "Subarachnoid", "Intraventricular"):
         assert subtype in texts(at)
 
-
 def test_sidebar_operating_point_changes_every_threshold(run_dir):
     at = ok(page("leaderboard"))
     at.sidebar.selectbox(key="preset").set_value("sens95").run()
     board = ok(at).dataframe[0].value.set_index("Model")
     sens95 = ckpt.load_card(run_dir / "resnet18")["thresholds"]["sens95"]
     assert board.loc["ResNet-18", "Threshold"] == pytest.approx(sens95)
-
 
 def test_read_scan_and_helpers():
     from dashboard import common

@@ -14,7 +14,6 @@ import torch
 
 import train
 from core import checkpoints as ckpt
-from core.phantom import write_dataset
 from core.predict import predict_probs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,20 +22,14 @@ CARD_KEYS = {"schema_version", "model", "display_name", "family", "classes", "in
              "dataset", "versions", "created_at"}
 
 
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantoms")
-    write_dataset(root, n=80, size=64, seed=3, stack_size=2)
-    return root
+@pytest.fixture
+def phantoms(tiny_phantoms) -> Path:
+    return tiny_phantoms
 
 
-@pytest.fixture(scope="module")
-def run_dir(phantoms, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    code = train.main(["--data", str(phantoms), "--models", "resnet18,mobilenet_v2", "--epochs", "2",
-                       "--image-size", "32", "--batch-size", "16", "--out", str(out)])
-    assert code == 0
-    return out
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 def _cli(*args, **kw):

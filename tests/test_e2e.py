@@ -1,0 +1,96 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright (never `playwright install`).
+
+Starts `streamlit run dashboard/app.py` on 127.0.0.1, uploads a scan on the Scan page, waits for every
+model's probability and CAM, saves screenshots (to $E2E_SCREENSHOTS, default a temp folder), and stops
+the server by its PID. Skipped where /usr/bin/chromium is absent (.ci/run installs it).
+"""
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import checkpoints as ckpt
+from core.phantom import generate_slice, render
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_run):
+    checkpoints = Path(os.environ.get("E2E_CHECKPOINTS", tiny_run.parent))
+    port = _free_port()
+    env = {**os.environ, "CHECKPOINTS_DIR": str(checkpoints), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "streamlit did not start"
+            time.sleep(0.3)
+    yield url, ckpt.list_models(next(iter(ckpt.list_runs(checkpoints))))
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, models = server
+    shots = Path(os.environ.get("E2E_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    phantom = generate_slice(np.random.default_rng(5), 256, "epidural", 0.2)
+    scan = tmp_path / "epidural.png"
+    Image.fromarray(render(phantom.hu)).save(scan)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_text("not for clinical use").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1000)   # let every chart finish drawing
+        page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
+
+        page.get_by_role("link", name="Scan").click()
+        page.locator("input[type=file]").set_input_files(str(scan))
+        consensus = page.get_by_text(f"of {len(models)} models call hemorrhage")
+        expect(consensus).to_be_visible(timeout=120_000)
+        metrics = page.locator("[data-testid=stMetric]")
+        expect(metrics).to_have_count(len(models), timeout=60_000)
+        for i in range(len(models)):
+            assert "%" in metrics.nth(i).inner_text()
+        # One scan image plus one CAM overlay per model.
+        images = page.locator("[data-testid=stImage] img")
+        expect(images).to_have_count(1 + len(models), timeout=120_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "scan.png"), full_page=True)
+
+        garbage = tmp_path / "garbage.png"
+        garbage.write_bytes(b"this is not an image")
+        page.locator("input[type=file]").set_input_files(str(garbage))
+        expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
+        browser.close()
+    assert (shots / "leaderboard.png").stat().st_size > 10_000 and (shots / "scan.png").stat().st_size > 10_000

@@ -1,0 +1,183 @@
+"""core.explain: every CNN x every CAM method, alignment with the original image, overlays, scores,
+memory, and a trained model whose Grad-CAM finds phantom bleeds better than chance."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+from core import models
+from core.checkpoints import LoadedModel
+from core.explain import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
+                          faithfulness, localization_scores, overlay)
+from core.models import CNN_NAMES, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, create_model
+
+# Small inputs keep the matrix fast, but every target layer must still get a 2x2 map: a 1x1 map
+# upsamples to a flat one, which is all zeros for either target. alexnet is 1x1 at 64 px and
+# inception_v3 1x1 at 96 px (2x2 at 128); xception and the rest are 2x2 at 64 px.
+TEST_SIZE = {"alexnet": 96, "inception_v3": 128}
+# ScoreCAM runs one forward per activation channel (2048 for these, and each forward is heavy):
+# minutes on 2 CPU cores, so the matrix runs it on the light models only (one image each).
+SCORECAM_SKIP = {"vgg16", "vgg16_bn", "resnet50", "inception_v3", "xception"}
+GRADIENT_METHODS = {"gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"}
+TARGET_FREE = {"eigencam", "random"}   # EigenCAM projects activations only; the baseline is noise
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The 2 cores are shared: while others compute, 2 intra-op threads ran a resnet18 CAM ~10x
+    slower than 1 thread here (oversubscribed OpenMP)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@pytest.fixture(scope="module", params=CNN_NAMES)
+def random_model(request):
+    """Each registry CNN once, random weights (seed 0), with two random inputs at its test size."""
+    name = request.param
+    size = TEST_SIZE.get(name, 64)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return name, create_model(name).eval(), x
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_model_and_method(random_model, method):
+    name, model, x = random_model
+    if method == "scorecam":
+        if name in SCORECAM_SKIP:
+            pytest.skip("ScoreCAM on a 2048-channel layer is too slow for the unit matrix")
+        x = x[:1]
+    with torch.inference_mode():   # as the dashboard calls it
+        hemorrhage = cam_batch(model, name, x, method, target=1)
+        normal = cam_batch(model, name, x, method, target=0)
+    assert hemorrhage.shape == (len(x), *x.shape[-2:]) and hemorrhage.dtype == np.float32
+    assert np.isfinite(hemorrhage).all() and hemorrhage.min() >= 0 and hemorrhage.max() <= 1
+    assert hemorrhage.max() == 1   # 2x2 maps of a random model are not flat
+    if method in GRADIENT_METHODS:
+        assert np.abs(hemorrhage - normal).max() > 0.1
+    elif method in TARGET_FREE:
+        assert np.array_equal(hemorrhage, normal)
+    # ScoreCAM: on random weights every channel scores about the same, so the maps may coincide.
+    assert not model.training
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_matches_the_library_and_batches(random_model):
+    """Backprop starting at the target layer gives the library's own maps; a batch gives the
+    maps of its images one by one."""
+    name, model, x = random_model
+    if name != "resnet18":
+        pytest.skip("checked on one model")
+    with GradCAM(model=model, target_layers=REGISTRY[name].cam_layers(model)) as cam:
+        plain = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
+    model.zero_grad(set_to_none=True)
+    ours = cam_batch(model, name, x)
+    np.testing.assert_allclose(ours, plain, atol=1e-5)
+    one_by_one = np.concatenate([cam_batch(model, name, x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(ours, one_by_one, atol=1e-5)
+    random = cam_batch(model, name, x, "random")
+    assert np.array_equal(random, cam_batch(model, name, x, "random"))   # seeded
+    assert not np.array_equal(random[0], random[1])                       # but one map per image
+
+
+def test_input_made_in_inference_mode():
+    model = create_model("resnet18")
+    with torch.inference_mode():
+        x = torch.randn(1, 3, 64, 64)
+        maps = cam_batch(model, "resnet18", x, "hirescam")
+    assert maps.shape == (1, 64, 64) and np.isfinite(maps).all()
+
+
+def test_flat_map_is_zeros_and_broken_model_is_an_error():
+    model = create_model("alexnet")
+    assert np.array_equal(cam_batch(model, "alexnet", torch.randn(1, 3, 64, 64)), np.zeros((1, 64, 64)))  # 1x1 map
+    with torch.no_grad():
+        model.classifier[-1].weight.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="gradcam on alexnet failed"):
+        cam_batch(model, "alexnet", torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        cam_batch(model, "alexnet", torch.randn(1, 3, 96, 96), "guessed")
+    assert set(METHOD_NAMES) == set(METHODS) | {"random"} and METHOD_NAMES[0] == "gradcam"
+
+
+class ImageIsTheFeatureMap(nn.Module):
+    """Its target layer passes the input through, and the logit is the mean brightness: the
+    hemorrhage Grad-CAM is then exactly the bright part of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat = nn.Identity()
+        self.fc = nn.Linear(3, 1)
+        nn.init.ones_(self.fc.weight)
+
+    def forward(self, x):
+        return self.fc(self.feat(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("shape, centre", [((90, 150), (22, 112)), ((150, 90), (121, 14)), ((70, 70), (30, 50))])
+def test_cam_is_mapped_back_onto_the_original_image(monkeypatch, shape, centre):
+    monkeypatch.setitem(REGISTRY, "toy", models.ModelSpec("toy", "Toy", "cnn", 48, None, lambda m: [m.feat], "", ""))
+    loaded = LoadedModel(ImageIsTheFeatureMap().eval(),
+                         {"model": "toy", "input_size": 48, "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    image = np.zeros(shape, np.uint8)
+    (r, c), half = centre, 5
+    image[r - half:r + half + 1, c - half:c + half + 1] = 255
+    explanation = explain_image(loaded, image)
+    assert isinstance(explanation, Explanation) and explanation.method == "gradcam"
+    assert explanation.cam.shape == shape and 0 < explanation.prob < 1 and explanation.seconds > 0
+    hot = np.argwhere(explanation.cam >= 0.5)
+    assert np.abs(hot.mean(axis=0) - centre).max() <= 1.0   # the blob, not the padding, lights up
+    assert len(hot) < 3 * (2 * half + 1) ** 2
+
+
+def test_explain_image_of_a_registry_model_on_a_non_square_slice():
+    loaded = LoadedModel(create_model("resnet18").eval(),
+                         {"model": "resnet18", "input_size": 64, "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    image = np.random.default_rng(0).integers(0, 256, (80, 120), dtype=np.uint8)
+    for method in ("gradcam", "random"):
+        explanation = explain_image(loaded, image, method)
+        assert explanation.cam.shape == (80, 120) and np.isfinite(explanation.cam).all()
+        assert 0 <= explanation.prob <= 1
+    with pytest.raises(ValueError, match="grey uint8"):
+        explain_image(loaded, np.zeros((80, 120, 3), np.uint8))
+
+
+def test_overlay_draws_the_mask_contour():
+    image = np.full((40, 60), 90, np.uint8)
+    cam = np.tile(np.linspace(0, 1, 60, dtype=np.float32), (40, 1))
+    mask = np.zeros((40, 60), bool)
+    mask[10:20, 15:30] = True
+    out = overlay(image, cam, mask=mask)
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    for y, x in [(10, 20), (19, 22), (14, 15), (14, 29)]:   # on the rectangle's edge
+        assert tuple(out[y, x]) == MASK_COLOUR
+    assert tuple(out[15, 22]) != MASK_COLOUR                 # inside it: heat, not contour
+    plain = overlay(image, cam, alpha=0.4)
+    assert plain[0, 59, 0] > plain[0, 59, 2] and plain[0, 0, 2] > plain[0, 0, 0]   # jet: hot red, cold blue
+    with pytest.raises(ValueError, match="does not match"):
+        overlay(image, cam[:, :50])
+
+
+def test_localization_scores_on_hand_made_maps():
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True                   # 25 px
+    cam = np.zeros((20, 20), np.float32)
+    cam[5:10, 5:10] = 1.0                     # all energy inside, exactly the mask
+    assert localization_scores(cam, mask) == {"pointing_game": 1.0, "energy_in_mask": 1.0, "iou": 1.0}
+    cam[0:5, 0:5] = 1.0
+    cam[0, 0] = 2.0                           # the peak outside, half the energy inside
+    scores = localization_scores(cam / 2, mask)
+    assert scores["pointing_game"] == 0.0
+    assert scores["energy_in_mask"] == pytest.approx(25 / (25 + 24 + 2))
+    assert scores["iou"] == pytest.approx(1 / 50)   # only the peak is >= 0.5 after halving: 0 overlap? no
