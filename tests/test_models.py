@@ -200,3 +200,22 @@ def test_inception_computes_the_same_function_however_it_was_built(offline, tmp_
     with torch.inference_mode():
         outs = [m(x) for m in (downloaded, local, rebuilt)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
+    """save_model -> load through the run-folder format (sha256 verified) reproduces the logits exactly."""
+    import pandas as pd
+
+    from core import checkpoints as ckpt
+    spec, model = built
+    card = {"model": spec.name, "display_name": spec.display_name, "family": spec.family,
+            "input_size": spec.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "thresholds": {"default": 0.5}}
+    history = pd.DataFrame(columns=ckpt.HISTORY_COLUMNS)
+    predictions = pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS)
+    ckpt.save_model(tmp_path / spec.name, model.state_dict(), card, history, predictions)
+    loaded = ckpt.load(tmp_path / spec.name)
+    x = disc_image(spec.input_size)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded.model(x))
+    assert not loaded.model.training and loaded.card["weights_sha256"] == ckpt.sha256_file(
+        tmp_path / spec.name / ckpt.WEIGHTS)

@@ -1,0 +1,65 @@
+"""python -m core.evaluate on the suite's tiny run: its own test split and an external set."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import checkpoints as ckpt
+from core.evaluate import main as evaluate_main
+from core.phantom import write_dataset
+
+FILES = {"predictions.csv", "report.json", "leaderboard.csv", "report.md"}
+
+
+def test_own_test_split_reproduces_training_predictions(tiny_run, tmp_path):
+    assert evaluate_main(["--run", str(tiny_run), "--out", str(tmp_path), "--bootstrap", "50"]) == 0
+    assert FILES <= {p.name for p in tmp_path.iterdir()}
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["dataset"]["kind"] == "test split"
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    for model in ("resnet18", "mobilenet_v2"):
+        saved = pd.read_csv(tiny_run / model / ckpt.PREDICTIONS)
+        saved = saved[saved["split"] == "test"].set_index("path")["prob"]
+        mine = preds[preds["model"] == model].set_index("path")["prob"]
+        np.testing.assert_allclose(mine.loc[saved.index], saved, atol=1e-5)
+        card = ckpt.load_card(tiny_run / model)
+        entry = report["models"][model]
+        assert entry["thresholds"] == card["thresholds"]   # chosen on validation, never on the test set
+        assert {"default", "youden", "sens95", "spec95"} <= set(entry["metrics"])
+        assert "f1_ci" in entry["metrics"]["default"] and entry["calibration"]
+    best = report["best_model"]
+    assert report["models"][best]["delong_p_vs_best"] is None
+    other = next(m for m in report["models"] if m != best)
+    assert 0 <= report["models"][other]["delong_p_vs_best"] <= 1
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert set(board["model"]) == {"resnet18", "mobilenet_v2"} and {"roc_auc_lo", "roc_auc_hi"} <= set(board.columns)
+    md = (tmp_path / "report.md").read_text()
+    assert "not for clinical use" in md and "Misclassified" in md and "Subgroups" in md
+    n_wrong = sum(1 for _ in report["misclassified"])
+    assert f"Misclassified cases (Youden threshold): {n_wrong}" in md
+
+
+def test_external_set_uses_every_image_and_drops_training_files(tiny_run, tiny_phantoms, tmp_path):
+    external = tmp_path / "external"
+    write_dataset(external, n=20, size=64, seed=99, stack_size=1)
+    split = pd.read_csv(tiny_run / ckpt.SPLIT)
+    leaked = split[split["split"] == "train"].iloc[0]
+    folder = "hemorrhage" if leaked["label"] == 1 else "normal"
+    shutil.copy(leaked["path"], external / folder / "leaked_copy.png")
+    out = tmp_path / "out"
+    assert evaluate_main(["--run", str(tiny_run), "--data", str(external), "--out", str(out), "--bootstrap", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"]["kind"] == "external" and report["dataset"]["dropped_seen_in_training"] == 1
+    assert report["n_cases"] == 20
+    preds = pd.read_csv(out / "predictions.csv")
+    assert set(preds["split"]) == {"external"} and len(preds) == 40
+    subgroups = report["models"]["resnet18"]["subgroups"]
+    assert {s["subgroup"] for s in subgroups} >= {"subtype", "bleed area"}
+
+
+def test_missing_run_is_one_clear_line(tmp_path, capsys):
+    assert evaluate_main(["--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemolens:") and "\n" not in err
