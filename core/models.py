@@ -43,6 +43,8 @@ class ModelSpec:
     reference: str
     study: str                                       # source study that used it: "A", "B", "A,B", "" (variant)
     weights_url: str = ""                            # ImageNet checkpoint; its file name is looked up in weights_dir
+    min_input_size: int = 32                         # smallest side its stride and kernels accept
+    scratch_lr: float = 1e-3                         # AdamW rate from random init; nets without BatchNorm need less
 
     @property
     def weights_files(self) -> tuple[str, ...]:
@@ -69,16 +71,16 @@ def _build_timm(arch: str, pretrained: bool) -> nn.Module:
     return timm.create_model(arch, pretrained=pretrained)
 
 
-def _torchvision(name, display_name, cam_layers, reference, study) -> ModelSpec:
+def _torchvision(name, display_name, cam_layers, reference, study, **extra) -> ModelSpec:
     return ModelSpec(name, display_name, "cnn", 224, partial(_build_torchvision, name),
-                     cam_layers, reference, study, tvm.get_model_weights(name).DEFAULT.url)
+                     cam_layers, reference, study, tvm.get_model_weights(name).DEFAULT.url, **extra)
 
 
 _SPECS = [
     _torchvision("alexnet", "AlexNet", lambda m: [m.features[-1]],
-                 "Krizhevsky et al., NeurIPS 2012", "A"),
+                 "Krizhevsky et al., NeurIPS 2012", "A", min_input_size=64, scratch_lr=1e-4),
     _torchvision("vgg16", "VGG-16", lambda m: [m.features[-1]],
-                 "Simonyan & Zisserman, ICLR 2015", "B"),
+                 "Simonyan & Zisserman, ICLR 2015", "B", scratch_lr=1e-4),
     _torchvision("vgg16_bn", "VGG-16 (BN)", lambda m: [m.features[-1]],
                  "Simonyan & Zisserman, ICLR 2015; Ioffe & Szegedy, ICML 2015", ""),
     _torchvision("resnet18", "ResNet-18", lambda m: [m.layer4[-1]],
@@ -90,7 +92,8 @@ _SPECS = [
     _torchvision("mobilenet_v3_large", "MobileNetV3-Large", lambda m: [m.features[-1]],
                  "Howard et al., ICCV 2019", ""),
     ModelSpec("inception_v3", "Inception-v3", "cnn", 299, _build_inception_v3, lambda m: [m.Mixed_7c],
-              "Szegedy et al., CVPR 2016", "A", tvm.get_model_weights("inception_v3").DEFAULT.url),
+              "Szegedy et al., CVPR 2016", "A", tvm.get_model_weights("inception_v3").DEFAULT.url,
+              min_input_size=76),
     ModelSpec("xception", "Xception", "cnn", 299, partial(_build_timm, "legacy_xception"),
               lambda m: [m.act4], "Chollet, CVPR 2017", "A",
               timm.get_pretrained_cfg("legacy_xception").url),

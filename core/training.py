@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: int = 5
     image_size: int | None = None       # None: each model's native size
     batch_size: int = 32
-    lr: float | None = None             # None: 1e-3 from scratch, 3e-4 fine-tuning pretrained weights
+    lr: float | None = None             # None: the model's scratch_lr, or 3e-4 fine-tuning pretrained weights
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     patience: int = 4                   # epochs without a better validation AUC before stopping
@@ -141,7 +141,7 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
     pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    lr = cfg.lr or (3e-4 if pretrained_loaded else 1e-3)
+    lr = cfg.lr or (3e-4 if pretrained_loaded else spec.scratch_lr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     world = dist.get_world_size() if dist.is_initialized() else 1
     sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if world > 1
@@ -274,7 +274,10 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
     prepared: dict[int, Prepared] = {}
     cards = {}
     for name in cfg.models:
-        size = cfg.image_size or REGISTRY[name].input_size
+        spec = REGISTRY[name]
+        size = max(cfg.image_size or spec.input_size, spec.min_input_size)
+        if is_main() and size != (cfg.image_size or spec.input_size):
+            print(f"{name}: trained at {size} px, the smallest input it accepts", flush=True)
         if size not in prepared:
             prepared[size] = prepare_fn(size)
             _check_split(prepared[size], run_dir, resume=cfg.resume)

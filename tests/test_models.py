@@ -102,6 +102,7 @@ def test_gmacs_match_published_figures(built):
     model.train()
     gmacs = count_gmacs(model, spec.input_size)
     assert model.training, "count_gmacs must restore the training mode"
+    model.eval()   # the module-scoped model is shared with the tests below, which expect eval mode
     assert gmacs == pytest.approx(GMACS_REF[spec.name], rel=0.3)
 
 
@@ -219,3 +220,12 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
         assert torch.equal(model(x), loaded.model(x))
     assert not loaded.model.training and loaded.card["weights_sha256"] == ckpt.sha256_file(
         tmp_path / spec.name / ckpt.WEIGHTS)
+
+
+def test_min_input_size_is_the_smallest_accepted(built):
+    spec, model = built
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, spec.min_input_size, spec.min_input_size)).shape == (1, 1)
+        if spec.min_input_size > 32:
+            with pytest.raises(RuntimeError):
+                model(torch.zeros(1, 3, spec.min_input_size - 2, spec.min_input_size - 2))
