@@ -133,7 +133,7 @@ def load(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedMod
 
     card = load_card(model_dir)
     state = load_weights(Path(model_dir) / WEIGHTS, card.get("weights_sha256"))
-    model = create_model(card["model"])
+    model = create_model(card["model"], **card.get("architecture", {}))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

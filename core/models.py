@@ -38,8 +38,9 @@ class ModelSpec:
     display_name: str
     family: str                                      # cnn | sequence | classical | ensemble
     input_size: int                                  # native input side in pixels
-    builder: Callable[[bool], nn.Module]             # builder(pretrained) -> 1000-class ImageNet model
-    cam_layers: Callable[[nn.Module], list[nn.Module]]   # Grad-CAM targets of the built binary model
+    builder: Callable[..., nn.Module] | None         # builder(pretrained) -> 1000-class ImageNet model (cnn);
+                                                     # the binary sequence model (sequence); None otherwise
+    cam_layers: Callable[[nn.Module], list[nn.Module]] | None   # Grad-CAM targets of the built model
     reference: str
     study: str                                       # source study that used it: "A", "B", "A,B", "" (variant)
     weights_url: str = ""                            # ImageNet checkpoint; its file name is looked up in weights_dir
@@ -98,8 +99,49 @@ _SPECS = [
               lambda m: [m.act4], "Chollet, CVPR 2017", "A",
               timm.get_pretrained_cfg("legacy_xception").url),
 ]
+
+
+def _build_sequence(kind: str, pretrained: bool = False, weights_dir=None, **architecture) -> nn.Module:
+    from core.sequence import build_sequence_model   # imported late: core.sequence builds on this registry
+    return build_sequence_model(kind, pretrained=pretrained, weights_dir=weights_dir, **architecture)
+
+
+def _sequence_cam_layers(model: nn.Module) -> list[nn.Module]:
+    return REGISTRY[model.backbone_name].cam_layers(model.encoder)
+
+
+def _other(name, display_name, family, reference, study="") -> ModelSpec:
+    """A model that is not an nn.Module: a scikit-learn pipeline on features of 128 px slices, or an
+    ensemble of saved predictions (no input of its own)."""
+    return ModelSpec(name, display_name, family, 128 if family == "classical" else 0, None, None, reference, study)
+
+
+_SPECS += [
+    ModelSpec("cnn_gru", "CNN + BiGRU", "sequence", 224, partial(_build_sequence, "gru"), _sequence_cam_layers,
+              "Cho et al., EMNLP 2014; RSNA 2019 ICH winners (CNN per slice + bidirectional GRU)", "B"),
+    ModelSpec("cnn_lstm", "CNN + BiLSTM", "sequence", 224, partial(_build_sequence, "lstm"), _sequence_cam_layers,
+              "Hochreiter & Schmidhuber, 1997; RSNA 2019 ICH winners", "B"),
+    _other("svm", "SVM (RBF)", "classical", "Cortes & Vapnik, 1995; hand-crafted features", "B"),
+    _other("knn", "k-NN", "classical", "Cover & Hart, 1967; hand-crafted features", "B"),
+    _other("random_forest", "Random forest", "classical", "Breiman, 2001; hand-crafted features", "B"),
+    _other("gradient_boosting", "Gradient boosting", "classical", "Friedman, 2001; hand-crafted features", "B"),
+    _other("mlp", "MLP (plain ANN)", "classical", "Rumelhart et al., 1986; hand-crafted features", "B"),
+    _other("ensemble_soft", "Soft-voting ensemble", "ensemble", "Mean of the members' probabilities", "B"),
+    _other("ensemble_stack", "Stacking ensemble", "ensemble",
+           "Wolpert, 1992; logistic regression on the members' validation predictions", "B"),
+]
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
-CNN_NAMES: tuple[str, ...] = tuple(spec.name for spec in _SPECS if spec.family == "cnn")
+
+
+def names_of(family: str) -> tuple[str, ...]:
+    return tuple(spec.name for spec in _SPECS if spec.family == family)
+
+
+CNN_NAMES = names_of("cnn")
+SEQUENCE_NAMES = names_of("sequence")
+CLASSICAL_NAMES = names_of("classical")
+ENSEMBLE_NAMES = names_of("ensemble")
+TORCH_FAMILIES = ("cnn", "sequence")   # families whose weights are an nn.Module state dict
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -108,9 +150,16 @@ def get_spec(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
-def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None) -> nn.Module:
-    """A binary classifier (one logit). `model.pretrained_loaded` is True only if ImageNet weights were loaded."""
+def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
+                 **architecture) -> nn.Module:
+    """A binary classifier (one logit). `model.pretrained_loaded` is True only if ImageNet weights were loaded.
+
+    `architecture`: a sequence model's choices (backbone, stack size), as stored in its card."""
     spec = get_spec(name)
+    if spec.family == "sequence":
+        return spec.builder(pretrained, weights_dir, **architecture)
+    if spec.family not in TORCH_FAMILIES:
+        raise ValueError(f"{name} is a {spec.family} model, not a neural network")
     model, why_not = _backbone(spec, pretrained, weights_dir)
     if why_not:
         print(f"hemolens: ImageNet weights for {name} {why_not}; training from scratch.", file=sys.stderr)

@@ -253,6 +253,17 @@ def versions() -> dict:
             "hemolens_schema": ckpt.SCHEMA_VERSION}
 
 
+def trainer_of(family: str):
+    """fit(name, prepared, cfg, run_dir, device) -> card, for every family trained on images."""
+    if family == "sequence":
+        from core.sequence import fit_sequence
+        return fit_sequence
+    if family == "classical":
+        from core.classical import fit_classical
+        return fit_classical
+    return fit_model
+
+
 def _setup_distributed(device: torch.device) -> None:
     """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
     import os
@@ -273,7 +284,8 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
     run_dir = Path(cfg.out)
     prepared: dict[int, Prepared] = {}
     cards = {}
-    for name in cfg.models:
+    ensembles = [m for m in cfg.models if REGISTRY[m].family == "ensemble"]
+    for name in [m for m in cfg.models if m not in ensembles]:
         spec = REGISTRY[name]
         size = max(cfg.image_size or spec.input_size, spec.min_input_size)
         if is_main() and size != (cfg.image_size or spec.input_size):
@@ -289,9 +301,13 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
                 print(f"{name}: already complete in {run_dir}, skipped", flush=True)
             cards[name] = ckpt.load_card(run_dir / name)
             continue
-        cards[name] = fit_model(name, prepared[size], cfg, run_dir, device)
+        cards[name] = trainer_of(spec.family)(name, prepared[size], cfg, run_dir, device)
         if dist.is_initialized():
             dist.barrier()
+    if ensembles and is_main():
+        from core.ensemble import fit_ensemble   # combines the saved predictions of the models above
+        for name in ensembles:
+            cards[name] = fit_ensemble(name, run_dir)
     if dist.is_initialized():
         dist.destroy_process_group()
     return cards
