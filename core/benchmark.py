@@ -20,6 +20,7 @@ import torch
 from core import checkpoints as ckpt
 from core.latency import measure_latency
 from core.models import REGISTRY, count_gmacs
+from core.sequence import count_stack_gmacs
 
 VARIANTS = ("eager", "channels_last", "compile")
 
@@ -29,8 +30,10 @@ def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, q
     loaded = ckpt.load(model_dir, device)
     card = loaded.card
     size = REGISTRY[card["model"]].input_size if size_mode == "native" else card["input_size"]
+    stack = card.get("architecture", {}).get("stack_size")   # a sequence model reads a stack per prediction
+    gmacs = count_stack_gmacs(loaded.model, size) if stack else count_gmacs(loaded.model, size)
     out = {"model": card["model"], "device": device, "input_size": size, "params": card["params"],
-           "gmacs": count_gmacs(loaded.model, size), "size_bytes": card["size_bytes"]}
+           "gmacs": gmacs, "size_bytes": card["size_bytes"]}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for variant in variants:
@@ -38,7 +41,7 @@ def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, q
         if variant == "compile":
             model = torch.compile(model)
         out[variant] = measure_latency(model, size, device, channels_last=variant == "channels_last",
-                                       warmup=5 if variant == "compile" else 3)
+                                       warmup=5 if variant == "compile" else 3, stack_size=stack)
     out["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                              else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
     queue.put(out)

@@ -109,7 +109,11 @@ def _read_labels_csv(root: Path) -> pd.DataFrame | None:
 
 
 def discover(root: str | Path) -> pd.DataFrame:
-    """One row per image file: path, id, label, subtype, given_split, group, slice_index (+ CSV extras).
+    """One row per image file: path, id, label, subtype, given_split, group, series, slice_index (+ CSV extras).
+
+    `series` is the acquired stack a slice belongs to (sequence models read its neighbours there);
+    `group` also spans a patient's other series. File-name series are told apart by their folders
+    (two patients' "IMG-0001" exports), class and split folders aside (a series spans both classes).
 
     Labels come from class folders (any depth, synonyms case-insensitive) or, failing that, from a
     labels CSV whose ids match file names with or without extension.
@@ -138,9 +142,12 @@ def discover(root: str | Path) -> pd.DataFrame:
             continue
         series, slice_index = series_of_stem(path.stem)
         group = extras.get("stack_id") or extras.get("patient_id") or extras.get("series") or series
+        folders = [d for d in path.relative_to(root).parts[:-1] if class_of_folder(d) is None
+                   and split_of_folder(d) is None]
+        stack = extras.get("stack_id") or extras.get("series") or (series and "/".join([*folders, series]))
         rows.append({"path": str(path), "id": str(path.relative_to(root).with_suffix("")),
                      "label": int(label), "subtype": extras.get("subtype") or subtype,
-                     "given_split": split, "group": f"series:{group}" if group else None,
+                     "given_split": split, "group": f"series:{group}" if group else None, "series": stack or None,
                      "slice_index": extras.get("slice_index", slice_index),
                      **{k: v for k, v in extras.items() if k in ("bleed_area_mm2", "difficulty")}})
     if not rows:

@@ -32,6 +32,8 @@ class DecodedSet:
     phash: np.ndarray                  # (N,) uint64 perceptual hashes
     dhash: np.ndarray                  # (N,) uint64 difference hashes
     series_uid: list[str | None]
+    slice_position: list[float | None]   # DICOM: mm along the slice normal (orders a series)
+    instance_number: list[int | None]
     failed: dict[str, str] = field(default_factory=dict)   # path -> one-line reason
 
 
@@ -59,7 +61,7 @@ def _decode_one(path: str, size: int):
     small = square.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
     return (np.asarray(square.resize((size, size), Image.Resampling.BILINEAR)),
             hashlib.sha256(raw).hexdigest(), _hash64(imagehash.phash(small)),
-            _hash64(imagehash.dhash(small)), scan.series_uid)
+            _hash64(imagehash.dhash(small)), scan.series_uid, scan.slice_position, scan.instance_number)
 
 
 def decode_images(paths: list[str], size: int, workers: int | None = None) -> DecodedSet:
@@ -82,33 +84,44 @@ def decode_images(paths: list[str], size: int, workers: int | None = None) -> De
         phash=np.array([r[2] for _, r in ok], dtype=np.uint64),
         dhash=np.array([r[3] for _, r in ok], dtype=np.uint64),
         series_uid=[r[4] for _, r in ok],
+        slice_position=[r[5] for _, r in ok],
+        instance_number=[r[6] for _, r in ok],
         failed={p: r for p, r in zip(paths, results) if isinstance(r, str)})
 
 
 class SliceDataset(torch.utils.data.Dataset):
     """Decoded slices as uint8 (1, S, S) tensors with float labels; augmentation runs per batch on
-    the training device (`augment_batch`), so the same code serves CPU and a GPU-resident cache."""
+    the training device (`augment_batch`), so the same code serves CPU and a GPU-resident cache.
 
-    def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu"):
-        self.images = torch.as_tensor(images).unsqueeze(1).to(device)
+    `rows` picks what item i is: rows[i] an index gives slice (1, S, S); rows[i] a row of K indices
+    (core.sequence.stack_indices) gives the stack (K, 1, S, S). Default: every image, as slices."""
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu",
+                 rows: np.ndarray | None = None):
+        self.images = torch.as_tensor(images).to(device)
+        # Host-side indices: an integer picks a view, no gather kernel per item on a GPU-resident cache.
+        self.rows = np.arange(len(self.images)) if rows is None else np.asarray(rows)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device)
+        if len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.rows)} items")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i], self.labels[i]
+        return self.images[self.rows[i]].unsqueeze(-3), self.labels[i]
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,1,S,S) uint8 -> (B,3,S,S) float normalised; grey is replicated to the 3 ImageNet channels.
-    With a generator the batch is augmented first (training only)."""
+    """(B,1,S,S) slices or (B,K,1,S,S) stacks, uint8 -> (B,3,S,S) / (B,K,3,S,S) float normalised; grey
+    is replicated to the 3 ImageNet channels. With a generator the batch is augmented first (training
+    only); a stack is augmented as one K-channel image, so all its slices get the same transform."""
     x = batch_uint8.float().div_(255.0)
     if generator is not None:
-        x = augment_batch(x, generator)
-    x = x.expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+        x = augment_batch(x.flatten(1, -3), generator).view_as(x)
+    x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    m = torch.tensor(mean, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(3, 1, 1)
     return (x - m) / s
 
 

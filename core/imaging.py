@@ -49,7 +49,7 @@ class Scan:
     window: str | None  # window preset used to make `image`; None when pixels were not HU
     series_uid: str | None
     instance_number: int | None
-    slice_position: float | None  # ImagePositionPatient z, for ordering slices of a series
+    slice_position: float | None  # mm along the slice normal, for ordering slices of a series
     n_frames: int = 1
 
 
@@ -262,6 +262,15 @@ def _optional(ds: pydicom.Dataset, keyword: str, convert):
         return None
 
 
+def _along_normal(ds: pydicom.Dataset, position) -> float:
+    """ImagePositionPatient projected on the slice normal (row x column direction): the slice order
+    of tilted (gantry-tilt) and sagittal/coronal series as well as axial ones, where it is just z."""
+    orientation = _optional(ds, "ImageOrientationPatient", lambda v: np.asarray(v, dtype=np.float64))
+    if orientation is None or orientation.shape != (6,):
+        return float(position[2])
+    return float(np.cross(orientation[:3], orientation[3:]) @ np.asarray(position, dtype=np.float64))
+
+
 def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> Scan:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ScanError("The DICOM file has no pixel data (it is not an image, e.g. a report or "
@@ -300,6 +309,6 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> S
         image=image, window=applied,
         series_uid=_optional(ds, "SeriesInstanceUID", str),
         instance_number=_optional(ds, "InstanceNumber", int),
-        slice_position=_optional(ds, "ImagePositionPatient", lambda v: float(v[2])),
+        slice_position=_optional(ds, "ImagePositionPatient", lambda v: _along_normal(ds, v)),
         n_frames=n_frames,
     )

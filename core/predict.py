@@ -9,14 +9,19 @@ from core.datasets import to_model_input
 
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
-                  device: str | torch.device = "cpu", batch_size: int = 64) -> np.ndarray:
-    """Hemorrhage probability for each (S, S) uint8 slice; the model must end in one logit."""
+                  device: str | torch.device = "cpu", batch_size: int = 64,
+                  rows: np.ndarray | None = None) -> np.ndarray:
+    """Hemorrhage probability for each (S, S) uint8 slice; the model must end in one logit.
+
+    `rows` (as in core.datasets.SliceDataset): (n,) indices of the slices to predict, or (n, K)
+    stacks of indices (core.sequence.stack_indices) for a sequence model; default every slice."""
     device = torch.device(device)
     model.eval()
     images = torch.as_tensor(images)
+    rows = torch.as_tensor(np.arange(len(images)) if rows is None else rows)
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device).unsqueeze(1)
+    for start in range(0, len(rows), batch_size):
+        batch = images[rows[start:start + batch_size]].to(device).unsqueeze(-3)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(to_model_input(batch, mean, std))
         out.append(torch.sigmoid(logits.float()).flatten().cpu())

@@ -111,6 +111,20 @@ def leakage_report(manifest: pd.DataFrame, pairs, failed: dict[str, str]) -> dic
     }
 
 
+def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
+    """DICOM slices join their SeriesInstanceUID's series, numbered in order along the slice normal
+    (ImagePositionPatient), then by InstanceNumber where positions are missing or tie; in place."""
+    dicom = pd.DataFrame({"uid": decoded.series_uid, "position": decoded.slice_position,
+                          "instance": decoded.instance_number, "path": table["path"]}, dtype=object)
+    dicom = dicom[dicom["uid"].notna()]
+    if dicom.empty:
+        return
+    dicom[["position", "instance"]] = dicom[["position", "instance"]].astype(float)
+    ordered = dicom.sort_values(["uid", "position", "instance", "path"], na_position="last")
+    table.loc[ordered.index, "series"] = ordered["uid"]
+    table.loc[ordered.index, "slice_index"] = ordered.groupby("uid").cumcount()
+
+
 def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None) -> Prepared:
     table = discover(root)
     decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers)
@@ -121,6 +135,7 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
     table["sha256"] = decoded.sha256
     # A DICOM series UID is the strongest grouping evidence; file-name series come next.
     table["group_hint"] = [f"series:{uid}" if uid else g for uid, g in zip(decoded.series_uid, table["group"])]
+    _order_dicom_series(table, decoded)
     pairs = near_duplicate_pairs(decoded.phash, decoded.dhash)
     table["group"] = assign_groups(table, pairs)
     if table["given_split"].notna().all():
@@ -146,6 +161,6 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    manifest = pd.read_csv(path, dtype={"subtype": str, "group": str, "id": str})
+    manifest = pd.read_csv(path, dtype={"subtype": str, "group": str, "id": str, "series": str})
     manifest["subtype"] = manifest["subtype"].fillna("")
     return manifest

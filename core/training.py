@@ -1,5 +1,9 @@
 """The training engine: plain train_one_epoch / evaluate functions, one model at a time.
 
+One engine for slices and stacks: what a model sees is given by `rows`, index rows into the decoded
+slices: (N,) for a CNN (one slice per prediction), (N, K) for a sequence model (the stack around
+each slice, core.sequence.stack_indices). Labels, splits and predictions stay one per manifest row.
+
 CPU and GPU share one path: the decoded uint8 set lives on the training device and batches are
 augmented there. On CUDA: bf16 autocast and channels_last. Under torchrun: DistributedDataParallel
 (nccl on GPU, gloo on CPU); rank 0 alone writes files.
@@ -47,6 +51,8 @@ class TrainConfig:
     weights_dir: str | None = None
     resume: bool = False
     data: str | None = None
+    sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
+    stack_size: int = 5                 # slices per stack, the predicted one in the middle
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
 
 
@@ -85,7 +91,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen)
-        if amp:
+        if amp and x.ndim == 4:   # stacks (5-D) stay contiguous: convolutions follow the channels_last weights
             x = x.contiguous(memory_format=torch.channels_last)
         got_data = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -108,8 +114,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
             "img_per_s": seen / seconds, "data_wait_s": data_wait, "compute_s": compute}
 
 
-def evaluate(model, images, labels, device) -> dict:
-    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device)
+def evaluate(model, images, labels, device, rows=None) -> dict:
+    """Validation loss, accuracy and AUC; `rows` as in core.predict.predict_probs (default: every slice)."""
+    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows)
     labels = np.asarray(labels, dtype=np.float32)
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
@@ -127,21 +134,27 @@ def _agree(value: float, device) -> float:
     return float(t.item())
 
 
-def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
-    """Train one registry model on a prepared split and write its folder; returns its card."""
-    spec = REGISTRY[name]
+def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
+              rows: np.ndarray | None = None, architecture: dict | None = None) -> dict:
+    """Train one registry model on a prepared split and write its folder; returns its card.
+
+    rows: what the model sees per manifest row, (N,) slices (default) or (N, K) stacks.
+    architecture: create_model's choices for the model (a sequence model's backbone and stack size)."""
+    architecture = architecture or {}
+    rows = np.arange(len(data.manifest)) if rows is None else rows
     model_dir = run_dir / name
     split = data.manifest["split"].to_numpy()
     labels = data.manifest["label"].to_numpy()
     part = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
     on_device = device if device.type == "cuda" else torch.device("cpu")
-    train_ds = SliceDataset(data.images[part["train"]], labels[part["train"]], on_device)
+    train_ds = SliceDataset(data.images, labels[part["train"]], on_device, rows=rows[part["train"]])
 
-    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir).to(device)
+    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
     pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    lr = cfg.lr or (3e-4 if pretrained_loaded else spec.scratch_lr)
+    # From scratch, the rate that suits the convolutional trunk (a sequence model's backbone).
+    lr = cfg.lr or (3e-4 if pretrained_loaded else REGISTRY[architecture.get("backbone", name)].scratch_lr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     world = dist.get_world_size() if dist.is_initialized() else 1
     sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if world > 1
@@ -173,7 +186,7 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
             sampler.set_epoch(epoch)
         stats = train_one_epoch(trainee, loader, optimizer, scheduler, loss_fn, device, epoch, cfg.seed,
                                 desc=f"{name} {epoch}/{cfg.epochs}")
-        val = evaluate(model, data.images[part["val"]], labels[part["val"]], device)
+        val = evaluate(model, data.images, labels[part["val"]], device, rows=rows[part["val"]])
         val_auc = _agree(val["val_auc"], device)
         row = {"epoch": epoch, **{k: v for k, v in stats.items()}, **{k: val[k] for k in ("val_loss", "val_acc")},
                "val_auc": val_auc, "lr": scheduler.get_last_lr()[0]}
@@ -196,23 +209,29 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
     model.load_state_dict(best_state)
     if not is_main():
         return {}
-    return _finish(name, model, data, cfg, model_dir, device, history, train_seconds, pretrained_loaded, part)
+    return _finish(name, model, data, cfg, model_dir, device, history, train_seconds, pretrained_loaded, part,
+                   rows, architecture)
 
 
 def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_seconds, pretrained_loaded,
-            part) -> dict:
+            part, rows, architecture) -> dict:
     """Predictions on val and test, thresholds picked on val, latency, and the card."""
     spec = REGISTRY[name]
     man = data.manifest
-    rows, probs = [], {}
+    tables, probs = [], {}
     for split in ("val", "test"):
         idx = part[split]
-        probs[split] = predict_probs(model, data.images[idx], IMAGENET_MEAN, IMAGENET_STD, device)
-        rows.append(man.iloc[idx].assign(split=split, prob=probs[split]))
-    predictions = pd.concat(rows, ignore_index=True)
+        probs[split] = predict_probs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[idx])
+        tables.append(man.iloc[idx].assign(split=split, prob=probs[split]))
+    predictions = pd.concat(tables, ignore_index=True)
     y = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
     thresholds = choose_thresholds(y["val"], probs["val"])
     size = data.image_size
+    stack_size = rows.shape[1] if rows.ndim == 2 else None
+    if stack_size:   # one prediction reads a whole stack
+        from core.sequence import count_stack_gmacs as gmacs_of
+    else:
+        gmacs_of = count_gmacs
     card = {
         "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
         "classes": ["normal", "hemorrhage"], "input_size": size, "native_input_size": spec.input_size,
@@ -221,9 +240,10 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "metrics": {s: binary_metrics(y[s], probs[s], threshold=0.5) for s in ("val", "test")},
         "metrics_at_thresholds": {k: binary_metrics(y["test"], probs["test"], threshold=t)
                                   for k, t in thresholds.items()},
-        "params": count_params(model), "gmacs": count_gmacs(model, size),
-        "gmacs_native": count_gmacs(model, spec.input_size),
-        "latency": measure_latency(model, size, device),
+        **({"architecture": architecture} if architecture else {}),
+        "params": count_params(model), "gmacs": gmacs_of(model, size),
+        "gmacs_native": gmacs_of(model, spec.input_size),
+        "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": cfg.epochs, "seconds": train_seconds,
                      "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
