@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (class folders, split folders or images + labels CSV); "
                                   "default: the synthetic phantom set")
-    p.add_argument("--models", default="all", help="comma-separated registry names, or 'all'")
+    p.add_argument("--models", help="comma-separated registry names, or 'all' (default: the preset's: every CNN, "
+                                    "the classical baselines and the ensembles; on a GPU the sequence models too)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--image-size", type=int, help="training size in px (default: preset; native on CUDA)")
     p.add_argument("--batch-size", type=int)
@@ -32,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=int, help="number of phantom slices when no --data is given")
+    p.add_argument("--sequence-backbone", default="resnet18", help="registry CNN that encodes each slice of "
+                                                                   "cnn_gru / cnn_lstm stacks")
+    p.add_argument("--stack-size", type=int, default=5, help="slices per stack for the sequence models")
     return p.parse_args(argv)
 
 
@@ -42,19 +46,26 @@ def main(argv=None) -> int:
     from core.splits import prepare
     from core.training import TrainConfig, resolve_device, train_run
 
-    names = list(CNN_NAMES) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in REGISTRY]
+    preset = demo_preset(resolve_device(args.device).type)
+    names = (list(preset.models) if args.models is None else list(REGISTRY) if args.models == "all"
+             else [m.strip() for m in args.models.split(",") if m.strip()])
+    unknown = [m for m in names + [args.sequence_backbone] if m not in REGISTRY]
     if unknown:
         print(f"hemolens: unknown model(s) {', '.join(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    preset = demo_preset(resolve_device(args.device).type)
+    if REGISTRY[args.sequence_backbone].family != "cnn" or args.stack_size < 1:
+        print(f"hemolens: --sequence-backbone must be one of {', '.join(CNN_NAMES)} and --stack-size >= 1",
+              file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         models=names, out=args.out, epochs=args.epochs or preset.epochs,
         image_size=args.image_size or preset.image_size, batch_size=args.batch_size or preset.batch_size,
         lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
+        sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         args={k: v for k, v in vars(args).items() if v is not None})
-    root = Path(args.data) if args.data else phantom_root(args.phantoms or preset.phantoms, args.seed)
+    root = Path(args.data) if args.data else phantom_root(args.phantoms or preset.phantoms, args.seed,
+                                                          preset.difficulty)
     start = time.perf_counter()
     try:
         cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed))

@@ -65,13 +65,19 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> str:
     return digest
 
 
-def load_weights(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+def verify_file(path: str | Path, expected_sha256: str | None) -> Path:
+    """The path of a model file that exists and, given a digest, matches it; else CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Weights file {path} is missing.")
     if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise CheckpointError(f"Weights file {path} does not match the sha256 in its card "
                               "(tampered, truncated or replaced); refusing to load it.")
+    return path
+
+
+def load_weights(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    path = verify_file(path, expected_sha256)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -98,13 +104,20 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 def save_model(model_dir: str | Path, state_dict, card: dict, history: pd.DataFrame,
                predictions: pd.DataFrame) -> dict:
     """Write one model's folder; the card is written last, so a folder with a card is complete."""
+    digest = save_weights(Path(model_dir) / WEIGHTS, state_dict)
+    return finish_model_folder(model_dir, WEIGHTS, digest, card, history, predictions)
+
+
+def finish_model_folder(model_dir: str | Path, weights_name: str, digest: str, card: dict,
+                        history: pd.DataFrame, predictions: pd.DataFrame) -> dict:
+    """History, predictions, then the card, beside a model file already written atomically
+    (safetensors for torch models, skops for scikit-learn ones) whose sha256 is `digest`."""
     model_dir = Path(model_dir)
-    digest = save_weights(model_dir / WEIGHTS, state_dict)
     write_csv(model_dir / HISTORY, history)
     write_csv(model_dir / PREDICTIONS, predictions[PREDICTION_COLUMNS + [c for c in predictions.columns
                                                                           if c not in PREDICTION_COLUMNS]])
     card = {**card, "schema_version": SCHEMA_VERSION, "weights_sha256": digest,
-            "size_bytes": (model_dir / WEIGHTS).stat().st_size}
+            "size_bytes": (model_dir / weights_name).stat().st_size}
     write_json(model_dir / CARD, card)
     return card
 

@@ -34,6 +34,9 @@ from core.predict import predict_probs
 from core.splits import Prepared
 
 
+RESUME_SAVE_RATIO = 4.0   # train at least 4x as long as the last resume-state write took before the next
+
+
 @dataclass
 class TrainConfig:
     models: list[str]
@@ -169,6 +172,7 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     history, best_auc, best_state, start_epoch, stale = [], -1.0, None, 1, 0
+    save_cost, unsaved = 0.0, 0.0
     resumed = ckpt.load_resume_state(model_dir) if cfg.resume else None
     if resumed is not None:
         model_state, opt_state, best_state, meta = resumed
@@ -201,8 +205,16 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
             print(f"{name} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.3f} val_auc {val_auc:.3f} "
                   f"{row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of {row['seconds']:.1f}s)",
                   flush=True)
-            ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
-                                   {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
+            unsaved += row["seconds"]
+            # A resume state is model + best + two Adam moments: 2 GB for VGG-16, which took longer to
+            # write and hash than an epoch on a GPU. It is written once the training it would save has
+            # cost RESUME_SAVE_RATIO times what the last write cost (so <= ~1/ratio overhead); small
+            # models are saved every epoch.
+            if unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1:
+                tick = time.perf_counter()
+                ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
+                                       {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
+                save_cost, unsaved = time.perf_counter() - tick, 0.0
         if stale >= cfg.patience:
             break
     train_seconds = time.perf_counter() - started

@@ -1,0 +1,337 @@
+"""Classical baselines of source study B: scikit-learn classifiers on hand-crafted features.
+
+`fit_classical` trains one registry model (svm, knn, random_forest, gradient_boosting, mlp) on a
+Prepared split and writes the same run folder as a CNN (DESIGN "Run folder"), with the fitted
+pipeline as MODEL/model.skops instead of model.safetensors. The pipeline is StandardScaler +
+classifier; feature extraction (core.features) stays code, so the file holds numbers and stock
+scikit-learn types only.
+
+Loading never unpickles: the file's sha256 is checked against the card before it is opened, and
+skops refuses every type outside its scikit-learn/numpy defaults plus the few internals listed in
+TRUSTED_TYPES. Permutation importances on validation stand in for the CNNs' Grad-CAM maps.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skops
+import skops.io as sio
+from scipy.stats import rankdata
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_sample_weight
+
+from core import checkpoints as ckpt
+from core.atomic import atomic_path
+from core.datasets import resize_square
+from core.features import FEATURE_CONFIG, FEATURE_NAMES, extract_features
+from core.metrics import binary_metrics, choose_thresholds
+from core.models import CLASSICAL_NAMES, REGISTRY
+from core.splits import Prepared
+from core.training import TrainConfig, is_main, versions
+
+MODEL_FILE = "model.skops"
+# Types the fitted pipelines hold beyond skops' trusted defaults (stock scikit-learn estimators,
+# numpy arrays and dtypes, builtins): the SVM's Platt calibration, kNN's ball tree and its metric,
+# the trees of the forest and of gradient boosting, and the MLP's Adam state. Anything else in a
+# file (a function, a custom class) makes loading fail.
+TRUSTED_TYPES = ("sklearn.calibration._CalibratedClassifier",
+                 "sklearn.calibration._SigmoidCalibration",
+                 "sklearn.neighbors._ball_tree.BallTree",
+                 "sklearn.metrics._dist_metrics.EuclideanDistance64",
+                 "sklearn.tree._tree.Tree",
+                 "sklearn.neural_network._stochastic_optimizers.AdamOptimizer")
+IMPORTANCE_TOP, IMPORTANCE_REPEATS = 20, 5
+KNN_NEIGHBOURS, PLATT_FOLDS = 15, 5
+
+
+def make_pipeline(name: str, seed: int = 0) -> Pipeline:
+    """StandardScaler + the named classifier, seeded. Imbalance: class weights for the SVM and the
+    forest, balanced sample weights for boosting (fit_classical passes them); kNN and the MLP see
+    the data as it is.
+
+    The SVM's probabilities are Platt scaling fitted on cross-validated decision values, then the
+    SVM refitted on all of train: what SVC(probability=True) did, in the form scikit-learn 1.9
+    deprecated it for (CalibratedClassifierCV with ensemble=False)."""
+    classifiers = {
+        "svm": lambda: CalibratedClassifierCV(
+            SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced", random_state=seed),
+            method="sigmoid", cv=PLATT_FOLDS, ensemble=False),
+        # A ball tree, not brute force: brute-force search runs on OpenMP threads, which on two
+        # busy cores took ~100 ms per call however few the rows (the tree: ~1 ms for one slice).
+        "knn": lambda: KNeighborsClassifier(n_neighbors=KNN_NEIGHBOURS, weights="distance", algorithm="ball_tree"),
+        "random_forest": lambda: RandomForestClassifier(n_estimators=200, class_weight="balanced",
+                                                        random_state=seed),
+        # Friedman's boosting, not the histogram variant: on ~400 slices the histogram one gains
+        # nothing, and its OpenMP threads made fitting 40 s and one prediction 2 s on two busy cores.
+        "gradient_boosting": lambda: GradientBoostingClassifier(n_estimators=200, learning_rate=0.1, max_depth=3,
+                                                                random_state=seed),
+        "mlp": lambda: MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-3, early_stopping=True,
+                                     n_iter_no_change=20, max_iter=500, random_state=seed),
+    }
+    if name not in classifiers:
+        raise ValueError(f"unknown classical model {name!r}; available: {', '.join(CLASSICAL_NAMES)}")
+    return Pipeline([("scale", StandardScaler()), ("clf", classifiers[name]())])
+
+
+def count_fitted_params(pipeline: Pipeline) -> tuple[int, dict]:
+    """Numbers the fitted pipeline keeps for prediction, and what they are.
+
+    Scaler: a mean and a scale per feature. SVM: support vectors (one value per feature each), dual
+    coefficients, intercept and the two Platt-scaling numbers. kNN: the stored training features
+    and labels. Forest and boosting: one per tree node (a split or a leaf value). MLP: weights and
+    biases."""
+    scaler, clf = pipeline["scale"], pipeline["clf"]
+    n = scaler.mean_.size + scaler.scale_.size
+    detail: dict = {"scaler": int(n)}
+    if isinstance(clf, CalibratedClassifierCV):
+        svm = clf.calibrated_classifiers_[0].estimator
+        n += sum(a.size for a in (svm.support_vectors_, svm.dual_coef_, svm.intercept_)) + 2   # + Platt a, b
+        detail["support_vectors"] = int(svm.n_support_.sum())
+    elif isinstance(clf, KNeighborsClassifier):
+        n += clf._fit_X.size + clf._y.size
+        detail["stored_samples"] = int(clf.n_samples_fit_)
+    elif isinstance(clf, RandomForestClassifier):
+        nodes = sum(tree.tree_.node_count for tree in clf.estimators_)
+        n += nodes
+        detail.update(trees=len(clf.estimators_), nodes=int(nodes))
+    elif isinstance(clf, GradientBoostingClassifier):
+        nodes = sum(tree.tree_.node_count for tree in clf.estimators_.ravel())
+        n += nodes + 1   # + the initial log-odds
+        detail.update(trees=int(clf.n_estimators_), nodes=int(nodes))
+    elif isinstance(clf, MLPClassifier):
+        n += sum(w.size for w in clf.coefs_) + sum(b.size for b in clf.intercepts_)
+        detail["layers"] = [int(w.shape[0]) for w in clf.coefs_] + [int(clf.coefs_[-1].shape[1])]
+    return int(n), detail
+
+
+def _positive_probs(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:
+    """float64, so that predictions.csv holds exactly what the pipeline computed (the MLP works in
+    the features' float32, whose printed form would not read back as the same number)."""
+    return pipeline.predict_proba(features)[:, list(pipeline.classes_).index(1)].astype(np.float64)
+
+
+def _to_input_size(images, size: int) -> np.ndarray:
+    """(N, S, S) uint8 at the model's input size: other sizes are padded to square and resized
+    exactly like training decoded them (core.datasets.resize_square)."""
+    out = []
+    for image in images:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 2:
+            raise ValueError(f"expected 2-D uint8 brain-window slices, got {image.dtype} of shape {image.shape}")
+        out.append(image if image.shape == (size, size) else resize_square(image, size))
+    return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
+
+
+def measure_pipeline_latency(pipeline: Pipeline, images: np.ndarray, warmup: int = 3, repeats: int = 20,
+                             batch: int = 32) -> dict:
+    """Batch-1 p50/p95 in ms and images/s at `batch`, features + predict_proba, on the CPU."""
+    one, many = images[:1], np.resize(images, (batch, *images.shape[1:]))   # tiles a small set
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        _positive_probs(pipeline, extract_features(one))
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+    _positive_probs(pipeline, extract_features(many))
+    return {"device": "cpu", "input_size": int(images.shape[-1]),
+            "batch1_ms_p50": float(np.percentile(times, 50)), "batch1_ms_p95": float(np.percentile(times, 95)),
+            "throughput_img_s": float(batch / (time.perf_counter() - start)), "batch": batch}
+
+
+def permutation_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray, seed: int,
+                            n_repeats: int = IMPORTANCE_REPEATS,
+                            max_rows: int = 1 << 15) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) drop in ROC AUC when each column is shuffled: the numbers of
+    sklearn.inspection.permutation_importance(scoring="roc_auc", random_state=seed), computed with
+    a few large predict calls instead of columns x repeats small ones.
+
+    sklearn's scheme, reproduced exactly (a test holds the two equal): one seed drawn from
+    RandomState(seed) gives every column the same sequence of shuffles, each repeat shuffling the
+    previous repeat's order again. Per-call overhead (a forest walks 200 trees, OpenMP wakes up) made
+    sklearn's loop take over a minute for some models on two busy cores; stacking the permuted
+    copies makes it seconds."""
+    n, n_cols = features.shape
+    seed_for_columns = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
+    shuffler, shuffling, order, orders = np.random.RandomState(seed_for_columns), np.arange(n), np.arange(n), []
+    for _ in range(n_repeats):
+        shuffler.shuffle(shuffling)
+        order = order[shuffling]
+        orders.append(order)
+    baseline = roc_auc_score(labels, _positive_probs(pipeline, features))
+    scores = np.empty((n_cols, n_repeats))
+    per_call = max(1, max_rows // (n * n_repeats))                # columns per predict call
+    for start in range(0, n_cols, per_call):
+        cols = range(start, min(n_cols, start + per_call))
+        blocks = np.repeat(features[None], len(cols) * n_repeats, axis=0)   # (block, n, F)
+        for b, (col, order) in enumerate((c, o) for c in cols for o in orders):
+            blocks[b, :, col] = features[order, col]
+        probs = _positive_probs(pipeline, blocks.reshape(-1, n_cols)).reshape(len(cols), n_repeats, n)
+        scores[list(cols)] = _rank_auc(labels, probs)
+    drops = baseline - scores
+    return drops.mean(axis=1), drops.std(axis=1)
+
+
+def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of every row of scores (..., n) at once (Mann-Whitney with midranks, which is what
+    roc_auc_score computes); ~1000 calls of roc_auc_score would cost seconds in input checks."""
+    positive = labels.astype(bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = rankdata(scores, axis=-1)
+    return (ranks[..., positive].sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def top_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray, seed: int) -> list[dict]:
+    """The IMPORTANCE_TOP largest permutation importances on validation, as {feature, mean, std};
+    empty when validation lacks a class."""
+    if len(np.unique(labels)) < 2:
+        return []
+    mean, std = permutation_importances(pipeline, features, labels, seed)
+    order = np.argsort(-mean, kind="stable")[:IMPORTANCE_TOP]
+    return [{"feature": FEATURE_NAMES[i], "mean": float(mean[i]), "std": float(std[i])} for i in order]
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
+    """Fit one classical model on the train split and write its folder; returns its card.
+
+    `device` is accepted for train_run's sake and ignored: scikit-learn runs on the CPU. Under
+    torchrun only rank 0 fits (the others return {} at once)."""
+    if not is_main():
+        return {}
+    spec = REGISTRY[name]
+    model_dir = Path(run_dir) / name
+    man = data.manifest
+    split, labels = man["split"].to_numpy(), man["label"].to_numpy().astype(int)
+    part = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
+    y = {s: labels[part[s]] for s in part}
+
+    started = time.perf_counter()
+    features = {s: extract_features(data.images[part[s]]) for s in part}
+    feature_seconds = time.perf_counter() - started
+    pipeline = make_pipeline(name, cfg.seed)
+    if name == "knn":   # a tiny training set has fewer neighbours than the default
+        pipeline.set_params(clf__n_neighbors=min(KNN_NEIGHBOURS, len(part["train"])))
+    if name == "svm":   # and a small class fewer cases than Platt's folds
+        pipeline.set_params(clf__cv=max(2, min(PLATT_FOLDS, int(np.bincount(y["train"], minlength=2).min()))))
+    fit_params = ({"clf__sample_weight": compute_sample_weight("balanced", y["train"])}
+                  if name == "gradient_boosting" else {})
+    fit_start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)   # early stopping may end before tolerance
+        pipeline.fit(features["train"], y["train"], **fit_params)
+    fit_seconds = time.perf_counter() - fit_start
+    probs = {s: _positive_probs(pipeline, features[s]) for s in part}
+
+    history = pd.DataFrame([{
+        "epoch": 1, "train_loss": log_loss(y["train"], probs["train"], labels=[0, 1]),
+        "train_acc": float(np.mean((probs["train"] >= 0.5) == y["train"])),
+        "val_loss": log_loss(y["val"], probs["val"], labels=[0, 1]),
+        "val_acc": float(np.mean((probs["val"] >= 0.5) == y["val"])), "val_auc": _auc(y["val"], probs["val"]),
+        "lr": float("nan"), "seconds": feature_seconds + fit_seconds,
+        "img_per_s": len(part["train"]) / (feature_seconds + fit_seconds),
+        "data_wait_s": feature_seconds, "compute_s": fit_seconds}])[ckpt.HISTORY_COLUMNS]
+    print(f"{name}: val_auc {history['val_auc'][0]:.3f} (features {feature_seconds:.1f}s, fit {fit_seconds:.1f}s)",
+          flush=True)
+
+    thresholds = choose_thresholds(y["val"], probs["val"])
+    params, params_detail = count_fitted_params(pipeline)
+    predictions = pd.concat([man.iloc[part[s]].assign(split=s, prob=probs[s]) for s in ("val", "test")],
+                            ignore_index=True)
+    card = {
+        "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
+        "classes": ["normal", "hemorrhage"], "input_size": data.image_size, "native_input_size": spec.input_size,
+        "window": "brain", "channels": "grey", "resize_policy": data.resize_policy, "weights_file": MODEL_FILE,
+        "thresholds": thresholds,
+        "metrics": {s: binary_metrics(y[s], probs[s], threshold=0.5) for s in ("val", "test")},
+        "metrics_at_thresholds": {k: binary_metrics(y["test"], probs["test"], threshold=t)
+                                  for k, t in thresholds.items()},
+        "params": params, "params_detail": params_detail,
+        "hyperparameters": {k: v for k, v in pipeline["clf"].get_params().items()
+                            if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
+        "features": {"count": len(FEATURE_NAMES), "names": FEATURE_NAMES, "config": FEATURE_CONFIG},
+        "feature_importance": top_importances(pipeline, features["val"], y["val"], cfg.seed),
+        "feature_importance_method": {"method": "permutation", "scoring": "roc_auc", "split": "val",
+                                      "n_repeats": IMPORTANCE_REPEATS, "seed": cfg.seed},
+        "latency": measure_pipeline_latency(pipeline, data.images[part["test"]]),
+        "training": {"epochs": 1, "epochs_planned": 1, "seconds": feature_seconds + fit_seconds,
+                     "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "device": "cpu",
+                     "pretrained": False, "seed": cfg.seed, "world_size": 1,
+                     "best_val_auc": history["val_auc"][0], "args": cfg.args or asdict(cfg)},
+        "dataset": {"source": cfg.data or "synthetic phantoms",
+                    "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(y[s].sum())}
+                               for s in ("train", "val", "test")}},
+        "versions": {**versions(), "skops": skops.__version__},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with atomic_path(model_dir / MODEL_FILE) as tmp:
+        sio.dump(pipeline, tmp)
+        digest = ckpt.sha256_file(tmp)
+    return ckpt.finish_model_folder(model_dir, MODEL_FILE, digest, card, history, predictions)
+
+
+@dataclass
+class LoadedClassical:
+    pipeline: Pipeline
+    card: dict
+
+    @property
+    def thresholds(self) -> dict:
+        return self.card["thresholds"]
+
+    def features(self, images) -> np.ndarray:
+        """Feature rows of (N, H, W) uint8 slices (or a list of 2-D slices of any size)."""
+        return extract_features(_to_input_size(images, self.card["input_size"]))
+
+    def predict(self, images) -> np.ndarray:
+        """P(hemorrhage) for each slice, resized to the card's input size as in training."""
+        return _positive_probs(self.pipeline, self.features(images))
+
+
+def load_classical(model_dir: str | Path) -> LoadedClassical:
+    """A fitted pipeline with its card; refuses a file whose sha256 differs from the card's, or that
+    holds any type outside skops' defaults and TRUSTED_TYPES (nothing of it is constructed)."""
+    model_dir = Path(model_dir)
+    card = ckpt.load_card(model_dir)
+    if card.get("family") != "classical" or card.get("model") not in CLASSICAL_NAMES:
+        raise ckpt.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not a classical model.")
+    if not card.get("weights_sha256"):
+        raise ckpt.CheckpointError(f"{model_dir}/card.json has no sha256 for its model file; refusing to load it.")
+    path = ckpt.verify_file(model_dir / card.get("weights_file", MODEL_FILE), card["weights_sha256"])
+    if list(card.get("features", {}).get("names", [])) != list(FEATURE_NAMES):
+        raise ckpt.CheckpointError(f"{model_dir} was trained on other features than this version computes; "
+                                   "retrain it.")
+    try:
+        # Reads the schema only (no import, no construction) to name what is not allowed.
+        refused = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
+        if refused:
+            raise ckpt.CheckpointError(f"{path} holds types outside the allow-list ({', '.join(refused)}); "
+                                       "refusing to load it.")
+        pipeline = sio.load(path, trusted=list(TRUSTED_TYPES))
+    except ckpt.CheckpointError:
+        raise
+    except Exception as err:   # a corrupt zip or schema: skops raises many kinds of error
+        raise ckpt.CheckpointError(f"{path} is not a readable skops file ({type(err).__name__}).") from None
+    if not isinstance(pipeline, Pipeline) or not hasattr(pipeline, "predict_proba"):
+        raise ckpt.CheckpointError(f"{path} does not hold a scikit-learn pipeline.")
+    expected = type(make_pipeline(card["model"])["clf"])
+    if not isinstance(pipeline[-1], expected):
+        raise ckpt.CheckpointError(f"{path} holds a {type(pipeline[-1]).__name__}, not the {expected.__name__} "
+                                   f"its card names.")
+    return LoadedClassical(pipeline, card)

@@ -1,0 +1,232 @@
+"""Ensembles over the saved predictions of a run's models (source study B): soft voting, stacking.
+
+An ensemble has no input of its own: it combines its members' probabilities for the same cases,
+    soft voting (ensemble_soft):  p = bias + sum_i w_i * p_i              w_i = 1/n, bias = 0
+    stacking    (ensemble_stack): p = sigmoid(bias + sum_i w_i * logit(p_i))
+with the member probabilities clipped to [EPS, 1 - EPS] before the logit. The weights are stored
+as MODEL/model.safetensors ("weights" (n,), "bias" (1,), float64) and the card says which space
+they apply to, so `combine` scores a new scan from its members' probabilities.
+
+Stacking is fitted on the validation rows, where the thresholds are chosen too. Choosing them on
+the fitted model's own training predictions would flatter it, so validation probabilities (for
+thresholds, val metrics and predictions.csv) are out-of-fold: cross_val_predict over stratified,
+seeded folds that keep each group (series/patient, the manifest's "group") in one fold, as the
+split itself does. The model refitted on all validation rows scores the test rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+
+from core import checkpoints as ckpt
+from core.metrics import binary_metrics, choose_thresholds
+from core.models import ENSEMBLE_NAMES, get_spec
+from core.training import versions
+
+EPS = 1e-6
+STACK_FOLDS = 5
+RULES = {"ensemble_soft": {"rule": "soft_voting", "space": "probability",
+                           "formula": "p = bias + sum_i weights[i] * p_i"},
+         "ensemble_stack": {"rule": "stacking", "space": "logit",
+                            "formula": "p = sigmoid(bias + sum_i weights[i] * logit(clip(p_i, eps, 1 - eps)))"}}
+
+
+class EnsembleError(ValueError):
+    """An ensemble that cannot be built or applied; one readable sentence."""
+
+
+def default_members(run_dir: str | Path, exclude: str = "") -> list[str]:
+    """Every completed model of the run that is not an ensemble."""
+    return [m for m in ckpt.list_models(run_dir)
+            if m != exclude and ckpt.load_card(Path(run_dir) / m).get("family") != "ensemble"]
+
+
+def member_predictions(run_dir: str | Path, members: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The first member's val/test rows (without prob) and an (n_rows, n_members) probability matrix
+    aligned on (split, id); refuses members scored on different cases or with different labels."""
+    key = ["split", "id"]
+    frames = {}
+    for m in members:
+        frame = pd.read_csv(Path(run_dir) / m / ckpt.PREDICTIONS, dtype={"id": str})
+        frame = frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
+        if frame.duplicated(key).any():
+            raise EnsembleError(f"{m}'s predictions.csv lists some (split, id) twice; it cannot be aligned.")
+        frames[m] = frame
+    first, base = members[0], frames[members[0]]
+    wanted = pd.MultiIndex.from_frame(base[key])
+    probs = []
+    for m in members:
+        frame = frames[m].set_index(key)
+        if len(frame) != len(base) or not frame.index.isin(wanted).all():
+            raise EnsembleError(f"{m} and {first} were not scored on the same val/test cases "
+                                f"({len(frame)} vs {len(base)} rows); ensemble members must share one split.")
+        frame = frame.loc[wanted]
+        if not np.array_equal(frame["label"].to_numpy(), base["label"].to_numpy()):
+            raise EnsembleError(f"{m} and {first} disagree on the labels of the same cases.")
+        probs.append(frame["prob"].to_numpy(dtype=np.float64))
+    return base.drop(columns="prob"), np.stack(probs, axis=1)
+
+
+def combine(card: dict, weights: dict[str, torch.Tensor], member_probs: dict[str, np.ndarray]) -> np.ndarray:
+    """The ensemble's P(hemorrhage) from each member's probabilities for the same cases."""
+    members = card["members"]
+    missing = [m for m in members if m not in member_probs]
+    if missing:
+        raise EnsembleError(f"{card['model']} needs the probabilities of {', '.join(missing)} too.")
+    p = np.stack([np.asarray(member_probs[m], dtype=np.float64).reshape(-1) for m in members], axis=1)
+    w = weights["weights"].to(torch.float64).numpy()
+    bias = float(weights["bias"].reshape(-1)[0])
+    if w.shape != (len(members),):
+        raise EnsembleError(f"{card['model']} has {w.size} weights for {len(members)} members.")
+    space = card["combine"]["space"]
+    # A row-wise sum, not a matrix product: each case's result then does not depend on how many
+    # cases are scored together, so a stored probability is reproduced bit for bit.
+    if space == "probability":
+        return np.clip(np.sum(p * w, axis=1) + bias, 0.0, 1.0)
+    if space == "logit":
+        return expit(np.sum(logit(np.clip(p, card["combine"]["eps"], 1 - card["combine"]["eps"])) * w, axis=1) + bias)
+    raise EnsembleError(f"{card['model']}: unknown combination space {space!r}.")
+
+
+def _stack_weights(x_val: np.ndarray, y_val: np.ndarray, groups: np.ndarray,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Out-of-fold validation probabilities, then the weights and bias refitted on all of val."""
+    folds = min(STACK_FOLDS, int(np.bincount(y_val, minlength=2).min()), len(np.unique(groups)))
+    if folds < 2:
+        raise EnsembleError("Stacking needs at least 2 validation cases of each class, from 2 groups or more.")
+    lr = LogisticRegression(C=1.0, max_iter=1000)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    try:
+        out_of_fold = cross_val_predict(lr, x_val, y_val, groups=groups, cv=cv, method="predict_proba")[:, 1]
+    except ValueError as err:   # a fold whose training part holds one class only
+        raise EnsembleError(f"Stacking could not cross-validate on this validation split ({err}).") from None
+    lr.fit(x_val, y_val)
+    return out_of_fold, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), folds
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def _latency(cards: dict[str, dict]) -> dict:
+    """Members run one after another: latencies add up, throughputs combine harmonically."""
+    lat = [c.get("latency") or {} for c in cards.values()]
+    total = lambda key: float(sum(x.get(key, float("nan")) for x in lat))
+    return {"device": ", ".join(sorted({str(x.get("device", "?")) for x in lat})),
+            "batch1_ms_p50": total("batch1_ms_p50"), "batch1_ms_p95": total("batch1_ms_p95"),
+            "throughput_img_s": 1.0 / sum(1.0 / x.get("throughput_img_s", float("nan")) for x in lat),
+            "note": "sum of the members' latencies (members run one after another)"}
+
+
+def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = None, seed: int | None = None) -> dict:
+    """Combine the saved predictions of `members` (default: every other completed, non-ensemble
+    model of the run) and write the ensemble's folder; returns its card. `seed` (stacking folds)
+    defaults to the run's seed."""
+    started = time.perf_counter()
+    spec = get_spec(name)
+    if name not in ENSEMBLE_NAMES:
+        raise EnsembleError(f"{name} is a {spec.family} model, not an ensemble.")
+    run_dir = Path(run_dir)
+    members = list(dict.fromkeys(members if members is not None else default_members(run_dir, exclude=name)))
+    if len(members) < 2:
+        raise EnsembleError(f"{name} needs at least 2 completed member models in {run_dir}; found "
+                            f"{', '.join(members) or 'none'}.")
+    cards = {m: ckpt.load_card(run_dir / m) for m in members}
+    nested = [m for m, c in cards.items() if c.get("family") == "ensemble"]
+    if nested:
+        raise EnsembleError(f"{name} cannot take another ensemble ({', '.join(nested)}) as a member.")
+    if seed is None:
+        run_json = run_dir / "run.json"
+        seed = int(ckpt.read_json(run_json).get("seed", 0)) if run_json.is_file() else 0
+
+    rows, p = member_predictions(run_dir, members)
+    split, y = rows["split"].to_numpy(), rows["label"].to_numpy().astype(int)
+    val, test = split == "val", split == "test"
+    combine_spec = {**RULES[name], "eps": EPS}
+    card = {"model": name, "members": members, "combine": combine_spec}
+    if name == "ensemble_soft":
+        weights, bias = np.full(len(members), 1.0 / len(members)), 0.0
+        combine_spec["validation_probs"] = "the rule applied to the members' validation probabilities"
+    else:
+        groups = rows["group"].astype(str).to_numpy() if "group" in rows else rows["id"].to_numpy()
+        out_of_fold, weights, bias, folds = _stack_weights(logit(np.clip(p[val], EPS, 1 - EPS)), y[val],
+                                                           groups[val], seed)
+        combine_spec["validation_probs"] = (f"out-of-fold: cross_val_predict on val over {folds} stratified "
+                                            f"group folds (seed {seed}); the weights are refitted on all of val")
+    state = {"weights": torch.tensor(weights, dtype=torch.float64), "bias": torch.tensor([bias], dtype=torch.float64)}
+    probs = combine(card, state, {m: p[:, i] for i, m in enumerate(members)})
+    train_loss = train_acc = float("nan")
+    if name == "ensemble_stack":
+        train_loss = log_loss(y[val], probs[val], labels=[0, 1])   # the refitted model on its own data
+        train_acc = float(np.mean((probs[val] >= 0.5) == y[val]))
+        probs[val] = out_of_fold
+    seconds = time.perf_counter() - started
+
+    thresholds = choose_thresholds(y[val], probs[val])
+    part = {"val": val, "test": test}
+    member_params = {m: c.get("params") for m, c in cards.items()}
+    card.update({
+        "display_name": spec.display_name, "family": "ensemble", "reference": spec.reference,
+        "classes": ["normal", "hemorrhage"], "input_size": None,
+        "member_input_sizes": {m: c.get("input_size") for m, c in cards.items()},
+        "member_families": {m: c.get("family") for m, c in cards.items()},
+        "weights_by_member": dict(zip(members, weights.tolist())), "bias": bias,
+        "thresholds": thresholds,
+        "metrics": {s: binary_metrics(y[part[s]], probs[part[s]], threshold=0.5) for s in part},
+        "metrics_at_thresholds": {k: binary_metrics(y[test], probs[test], threshold=t) for k, t in thresholds.items()},
+        # What running the ensemble takes: every member plus the combiner's n weights and bias.
+        "params": int(sum(v or 0 for v in member_params.values())) + len(members) + 1,
+        "params_detail": {"combiner": len(members) + 1, "members": member_params},
+        "size_bytes_members": int(sum(c.get("size_bytes") or 0 for c in cards.values())),
+        "latency": _latency(cards),
+        "training": {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "device": "cpu", "pretrained": False,
+                     "seed": seed, "world_size": 1, "best_val_auc": _auc(y[val], probs[val]),
+                     "args": {"members": members}},
+        "dataset": cards[members[0]].get("dataset"),
+        "versions": versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    history = pd.DataFrame([{
+        "epoch": 1, "train_loss": train_loss, "train_acc": train_acc,
+        "val_loss": log_loss(y[val], probs[val], labels=[0, 1]), "val_acc": float(np.mean((probs[val] >= 0.5) == y[val])),
+        "val_auc": _auc(y[val], probs[val]), "lr": float("nan"), "seconds": seconds, "img_per_s": float("nan"),
+        "data_wait_s": float("nan"), "compute_s": float("nan")}])[ckpt.HISTORY_COLUMNS]
+    predictions = rows.assign(prob=probs)
+    print(f"{name}: val_auc {history['val_auc'][0]:.3f} over {', '.join(members)}", flush=True)
+    return ckpt.save_model(run_dir / name, state, card, history, predictions)
+
+
+@dataclass
+class LoadedEnsemble:
+    card: dict
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def members(self) -> list[str]:
+        return self.card["members"]
+
+    @property
+    def thresholds(self) -> dict:
+        return self.card["thresholds"]
+
+    def predict(self, member_probs: dict[str, np.ndarray]) -> np.ndarray:
+        return combine(self.card, self.weights, member_probs)
+
+
+def load_ensemble(model_dir: str | Path) -> LoadedEnsemble:
+    """An ensemble's card and weights; the weights' sha256 is verified against the card first."""
+    card = ckpt.load_card(model_dir)
+    if card.get("family") != "ensemble" or card.get("model") not in RULES:
+        raise ckpt.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not an ensemble.")
+    if not card.get("weights_sha256"):
+        raise ckpt.CheckpointError(f"{model_dir}/card.json has no sha256 for its weights; refusing to load them.")
+    return LoadedEnsemble(card, ckpt.load_weights(Path(model_dir) / ckpt.WEIGHTS, card["weights_sha256"]))
