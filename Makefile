@@ -13,7 +13,7 @@ $(STAMP): requirements.txt
 
 # The main job: train the demo run on synthetic phantoms if none is complete yet, then start the app.
 demo: $(STAMP)
-	test -f checkpoints/demo/xception/card.json || $(PYBIN) train.py --resume
+	test -f checkpoints/demo/ensemble_stack/card.json || $(PYBIN) train.py --resume
 	$(PYBIN) -m streamlit run dashboard/app.py --server.address 127.0.0.1
 
 test: $(STAMP)

@@ -1,7 +1,8 @@
 """`make bench`: every speed measurement, one after another, printing its figures.
 
 Each script runs in its own process so one's threads and caches do not colour the next one's figures.
-The run benchmark (latency per model of checkpoints/demo) runs only when the demo run exists.
+The run benchmarks (latency per model of checkpoints/demo, the Scan page's work per upload) run only
+when the demo run exists.
 """
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def main() -> int:
     steps = list(STEPS)
     if (ROOT / "checkpoints" / "demo" / "split.csv").is_file():
         steps.append(["-m", "core.benchmark", "--run", "checkpoints/demo"])
+        steps.append(["benchmarks/scan_page.py", "--run", "checkpoints/demo"])
     failed = 0
     for step in steps:
         print(f"\n$ python {' '.join(step)}", flush=True)

@@ -20,7 +20,7 @@ from core import checkpoints as ckpt
 from core import metrics as M
 from core.data import DatasetError
 from core.datasets import decode_images
-from core.predict import predict_probs
+from core.inference import load_predictor, predict_all
 from core.report import write_report
 from core.splits import prepare, read_manifest
 
@@ -95,23 +95,33 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
     names = models or ckpt.list_models(run_dir)
     if not names:
         raise ckpt.CheckpointError(f"{run_dir} holds no completed model (no */card.json).")
+    predictors = {name: load_predictor(run_dir / name, device) for name in names}
+    for p in list(predictors.values()):   # an ensemble is combined from its members' predictions
+        for member in p.members:
+            predictors.setdefault(member, load_predictor(run_dir / member, device))
     by_size: dict[int, tuple] = {}
-    per_model, predictions = {}, []
-    for name in names:
-        loaded = ckpt.load(run_dir / name, device)
-        size = loaded.card["input_size"]
+
+    def images_at(size: int) -> np.ndarray:
         if size not in by_size:
             by_size[size] = evaluation_cases(run_dir, data, size)
-        cases, images, facts = by_size[size]
-        prob = predict_probs(loaded.model, images, loaded.card["mean"], loaded.card["std"], device)
-        y = cases["label"].to_numpy()
+        return by_size[size][1]
+
+    sizes = sorted({p.input_size for p in predictors.values() if p.input_size})
+    images_at(sizes[0])
+    cases, _, facts = by_size[sizes[0]]
+    probs = predict_all(predictors, images_at, manifest=cases, device=device)
+    y = cases["label"].to_numpy()
+    per_model, predictions = {}, []
+    for name in names:
+        card, prob = predictors[name].card, probs[name]
         per_model[name] = {
-            "display_name": loaded.card["display_name"], "thresholds": loaded.card["thresholds"],
+            "display_name": card["display_name"], "family": card.get("family", "cnn"),
+            "thresholds": card["thresholds"],
             "metrics": {k: M.binary_metrics(y, prob, threshold=t, bootstrap=bootstrap if k == "default" else 0)
-                        for k, t in loaded.card["thresholds"].items()},
+                        for k, t in card["thresholds"].items()},
             "calibration": M.reliability_bins(y, prob).to_dict("records"),
-            "subgroups": subgroups(cases, prob, loaded.card["thresholds"]["youden"]),
-            "latency": loaded.card.get("latency"), "params": loaded.card.get("params"),
+            "subgroups": subgroups(cases, prob, card["thresholds"]["youden"]),
+            "latency": card.get("latency"), "params": card.get("params"),
         }
         predictions.append(cases.assign(model=name, prob=prob)[["model", "split", "id", "path", "label", "prob"]
                                                                + [c for c in ("subtype", "bleed_area_mm2", "source")

@@ -23,6 +23,7 @@ import streamlit as st
 from core import checkpoints as ckpt
 from core import metrics as M
 from core.imaging import Scan, load_scan
+from core.inference import Predictor, load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
@@ -230,7 +231,8 @@ def leaderboard(run: Run) -> tuple[pd.DataFrame, dict[str, dict]]:
     for model in run.models:
         card = run.cards[model]
         met = mets[model] = test_metrics(*run.key, model, threshold(card), BOOTSTRAP)
-        row = {"Model": run.display(model), "Source": "this run", "Threshold": met["threshold"]}
+        row = {"Model": run.display(model), "Family": card.get("family", "cnn"), "Source": "this run",
+               "Threshold": met["threshold"]}
         for key, label in METRICS.items():
             row[label], row[f"{label} 95% CI"] = met[key], ci_text(met.get(f"{key}_ci"))
         row.update({"Latency p50 (ms)": card["latency"]["batch1_ms_p50"], "Params (M)": card["params"] / 1e6,
@@ -261,13 +263,18 @@ def published_board() -> pd.DataFrame:
 # ---------------------------------------------------------------- scans and models
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=32)
-def loaded_model(weights_sha256: str, model_dir: str) -> ckpt.LoadedModel:
-    """Each model once per process: the key is its weights hash (verified again by ckpt.load)."""
-    return ckpt.load(model_dir)
+def loaded_model(weights_sha256: str, model_dir: str) -> Predictor:
+    """Each model once per process: the key is its weights hash (verified again on load)."""
+    return load_predictor(model_dir)
 
 
-def model_for(run: Run, model: str) -> ckpt.LoadedModel:
+def model_for(run: Run, model: str) -> Predictor:
     return loaded_model(run.cards[model]["weights_sha256"], str(run.path / model))
+
+
+def with_cam(run: Run) -> list[str]:
+    """The run's models that Grad-CAM can explain (CNNs and sequence models)."""
+    return [m for m in run.models if run.cards[m].get("family", "cnn") in ("cnn", "sequence")]
 
 
 def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
@@ -277,19 +284,20 @@ def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
 
 
 def predict_all(run: Run, image: np.ndarray) -> tuple[pd.DataFrame, float]:
-    """Every model's probability and decision at its threshold for one uint8 (H, W) slice, and seconds."""
+    """Every model's probability and decision at its threshold for one uint8 (H, W) slice, and seconds.
+
+    A sequence model sees the lone slice as a stack of itself; an ensemble combines its members."""
     from core.datasets import resize_square
-    from core.predict import predict_probs
+    from core.inference import predict_all as predict
 
     loaded = {model: model_for(run, model) for model in run.models}  # cached: not part of the timing
-    start, rows = time.perf_counter(), []
-    for model in run.models:
-        card = run.cards[model]
-        x = resize_square(image, card["input_size"])[None].copy()  # writable, as torch wants
-        prob = float(predict_probs(loaded[model].model, x, card["mean"], card["std"])[0])
-        thr = threshold(card)
-        rows.append({"model": model, "Model": run.display(model), "probability": prob, "threshold": thr,
-                     "hemorrhage": prob >= thr})
+    start = time.perf_counter()
+    probs = predict(loaded, lambda size: resize_square(image, size)[None].copy())   # writable, as torch wants
+    rows = []
+    for model, prob in probs.items():
+        thr = threshold(run.cards[model])
+        rows.append({"model": model, "Model": run.display(model), "family": run.cards[model].get("family", "cnn"),
+                     "probability": float(prob[0]), "threshold": thr, "hemorrhage": float(prob[0]) >= thr})
     return pd.DataFrame(rows), time.perf_counter() - start
 
 
@@ -305,7 +313,8 @@ def explain_api():
 @st.cache_data(show_spinner="Computing CAMs…", max_entries=512)
 def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
     """(cam in [0, 1] at the image's size, seconds) of the hemorrhage class for one model."""
-    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method, target=1)
+    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir).loaded, image, method=method,
+                                         target=1)
     return result.cam, result.seconds
 
 
@@ -341,16 +350,33 @@ def case_image(path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
 
 # ---------------------------------------------------------------- model cards
 
+def input_line(card: dict) -> str:
+    """What the model reads, by family."""
+    family = card.get("family", "cnn")
+    if family == "ensemble":
+        rule = card.get("combine", {})
+        return (f"- Members: {', '.join(card.get('members', []))}; {rule.get('rule', '?')} in "
+                f"{rule.get('space', '?')} space")
+    if family == "classical":
+        features = card.get("features", {})
+        return (f"- Input: {card['input_size']} px slices, {len(features.get('names', []))} hand-crafted features "
+                "(brain-window histogram, GLCM, LBP, HOG); explained by permutation importance, not CAMs")
+    stack = card.get("architecture", {})
+    return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
+            f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}"
+            + (f"; stacks of {stack['stack_size']} slices encoded by {stack['backbone']}" if stack else ""))
+
+
 def card_markdown(card: dict) -> str:
     """A model card as readable Markdown (the JSON download carries everything)."""
     t, lat, tr, ds = card["thresholds"], card.get("latency", {}), card.get("training", {}), card.get("dataset", {})
     lines = [f"# {card.get('display_name', card['model'])} (`{card['model']}`)", "",
              "Research and teaching tool, not for clinical use.", "",
              f"- Family: {card.get('family', '')}; reference: {card.get('reference', '')}",
-             f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
-             f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}",
-             f"- Parameters: {card['params']:,}; GMACs at input size: {card.get('gmacs', float('nan')):.3f}; "
-             f"weights: {card['size_bytes'] / 1e6:.1f} MB, sha256 `{card['weights_sha256']}`",
+             input_line(card),
+             f"- Parameters: {card['params']:,}"
+             + (f"; GMACs at input size: {card['gmacs']:.3f}" if card.get("gmacs") is not None else "")
+             + f"; weights: {card['size_bytes'] / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",
              f"- Latency ({lat.get('device', '?')}, batch 1): p50 {lat.get('batch1_ms_p50', float('nan')):.1f} ms, "
              f"p95 {lat.get('batch1_ms_p95', float('nan')):.1f} ms; throughput "
              f"{lat.get('throughput_img_s', float('nan')):.0f} img/s",

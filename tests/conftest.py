@@ -6,6 +6,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
+TINY_RUN_MODELS = ["resnet18", "mobilenet_v2", "cnn_gru", "knn", "ensemble_soft"]
+TINY_RUN_CAM_MODELS = ["resnet18", "mobilenet_v2", "cnn_gru"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -28,9 +30,10 @@ def tiny_phantoms(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_phantoms, tmp_path_factory) -> Path:
-    """A two-model run (resnet18, mobilenet_v2; 2 epochs at 32 px) in <tmp>/checkpoints/tiny, trained once."""
+    """A run with one model of each family (2 epochs at 32 px) in <tmp>/checkpoints/tiny, trained once:
+    TINY_RUN_MODELS, of which TINY_RUN_CAM_MODELS have Grad-CAMs."""
     import train
     out = tmp_path_factory.mktemp("runs") / "checkpoints" / "tiny"
-    assert train.main(["--data", str(tiny_phantoms), "--models", "resnet18,mobilenet_v2", "--epochs", "2",
+    assert train.main(["--data", str(tiny_phantoms), "--models", ",".join(TINY_RUN_MODELS), "--epochs", "2",
                        "--image-size", "32", "--batch-size", "16", "--out", str(out)]) == 0
     return out

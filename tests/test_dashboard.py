@@ -15,7 +15,9 @@ from core.phantom import generate_slice, render
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
-MODELS = ["mobilenet_v2", "resnet18"]
+from conftest import TINY_RUN_CAM_MODELS, TINY_RUN_MODELS
+
+MODELS = TINY_RUN_MODELS
 PATIENT = "Doe^Secret"
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,12 @@ def test_compare_threshold_slider_drives_the_confusion_matrix(run_dir):
 
 def test_model_card_page_and_published_table_checker(run_dir):
     at = ok(page("model_cards"))
-    assert "MobileNetV2" in texts(at) and "mobilenet_v2" in texts(at)
+    for model in MODELS:   # every family's card renders: CNN, sequence, classical, ensemble
+        at.selectbox(key="card_model").set_value(model).run()
+        card = ckpt.load_card(run_dir / model)
+        assert card["display_name"] in texts(ok(at)) and f"`{model}`" in texts(at)
+        assert bool(at.get("plotly_chart")) == (card["family"] == "classical"), "importances for classical only"
+    assert "Members: cnn_gru, knn, mobilenet_v2, resnet18; soft_voting in probability space" in texts(at)
     assert {b.label for b in at.get("download_button")} == {"Download card (Markdown)", "Download card (JSON)"}
     at.selectbox(key="chk_example").set_value("VGG16").run()
     table = ok(at).dataframe[-1].value.set_index("metric")
@@ -170,13 +177,14 @@ def test_scan_page_cam_grid(run_dir):
     from core import explain
     at = ok(page("scan"))
     at.radio(key="scan_source").set_value("phantom").run()
-    assert len(ok(at).image) == 1 + len(MODELS)
+    assert len(ok(at).image) == 1 + len(TINY_RUN_CAM_MODELS)
     at.selectbox(key="cam_method").set_value(explain.METHOD_NAMES[-1]).run()
     at.slider(key="cam_alpha").set_value(0.8).run()
-    assert len(ok(at).image) == 1 + len(MODELS)
+    assert len(ok(at).image) == 1 + len(TINY_RUN_CAM_MODELS)
 
 def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
     at = ok(page("errors"))
+    at.selectbox(key="err_model").set_value("mobilenet_v2").run()
     rows = split_rows(run_dir, "mobilenet_v2")
     met = binary_metrics(rows["label"], rows["prob"], 0.5)
     assert (len(at.dataframe[0].value), len(at.dataframe[1].value)) == (met["fn"], met["fp"])

@@ -49,7 +49,7 @@ def server(tiny_run):
         except OSError:
             assert proc.poll() is None and time.time() < deadline, "streamlit did not start"
             time.sleep(0.3)
-    yield url, ckpt.list_models(next(iter(ckpt.list_runs(checkpoints))))
+    yield url, next(iter(ckpt.list_runs(checkpoints)))
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)
 
@@ -57,7 +57,9 @@ def server(tiny_run):
 def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    url, models = server
+    url, run = server
+    models = ckpt.list_models(run)
+    cam_models = [m for m in models if ckpt.load_card(run / m).get("family", "cnn") in ("cnn", "sequence")]
     shots = Path(os.environ.get("E2E_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     phantom = generate_slice(np.random.default_rng(5), 256, "epidural", 0.2)
@@ -82,9 +84,9 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         expect(metrics).to_have_count(len(models), timeout=60_000)
         for i in range(len(models)):
             assert "%" in metrics.nth(i).inner_text()
-        # One scan image plus one CAM overlay per model.
+        # One scan image plus one CAM overlay per convolutional model.
         images = page.locator("[data-testid=stImage] img")
-        expect(images).to_have_count(1 + len(models), timeout=120_000)
+        expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
         page.wait_for_timeout(500)
         page.screenshot(path=str(shots / "scan.png"), full_page=True)
 

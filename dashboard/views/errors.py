@@ -41,7 +41,7 @@ if image is None:
     st.stop()
 explain = common.explain_api()
 tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), common.outline(image, mask))]
-for m in run.models:
+for m in common.with_cam(run):
     heat = common.cam_for(run, m, image, "gradcam")[0]
     tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}",
                   explain.overlay(image, heat, mask=mask)))

@@ -16,6 +16,13 @@ else:
     model = st.selectbox("Model", run.models, format_func=run.display, key="card_model")
     card = run.cards[model]
     st.markdown(common.card_markdown(card))
+    if card.get("feature_importance"):
+        import plotly.express as px
+        imp = pd.DataFrame(card["feature_importance"])
+        st.markdown("**Permutation feature importance** (drop in validation AUC when one feature is shuffled; "
+                    "this takes the place of a CAM for a classical model)")
+        st.plotly_chart(px.bar(imp.iloc[::-1], x="mean", y="feature", error_x="std", orientation="h",
+                               labels={"mean": "AUC drop", "feature": ""}, height=520), width="stretch")
     rows = common.test_rows(run, model)
     thr = common.threshold(card)
     st.markdown(f"**Per-class report on the test split at {common.PRESETS[common.preset()]} (t = {thr:.3f})**, "

@@ -79,8 +79,9 @@ def cam_grid():
                           help="'random' is a sanity baseline: a map that explains nothing. 'scorecam' runs one "
                                "forward pass per feature channel: slow on a CPU.")
     alpha = c2.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
-    for start in range(0, len(calls), 3):
-        for col, (_, r) in zip(st.columns(3), calls.iloc[start:start + 3].iterrows()):
+    explained = calls[calls["family"].isin(["cnn", "sequence"])]
+    for start in range(0, len(explained), 3):
+        for col, (_, r) in zip(st.columns(3), explained.iloc[start:start + 3].iterrows()):
             heat, secs = common.cam_for(run, r["model"], image, method)
             col.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
                       caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s")
@@ -88,5 +89,7 @@ def cam_grid():
 
 st.subheader("Where the models look")
 st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
-           "the bleed is; compare with the green outline of the true bleed on phantoms.")
+           "the bleed is; compare with the green outline of the true bleed on phantoms. Sequence models see "
+           "this lone slice as a stack of one. Classical models have no map: their permutation feature "
+           "importances are on the Model cards page; ensembles inherit their members' explanations.")
 cam_grid()
