@@ -9,6 +9,7 @@ from pathlib import Path
 
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", Path(__file__).resolve().parents[1] / "data" / "phantoms"))
 PHANTOM_SIZE = 256
+CPU_BUDGET_S = 45   # per network in the CPU demo: nine CNNs, then the classical models, in ~10 minutes
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Preset:
     batch_size: int
     difficulty: tuple[float, float]   # phantom bleed difficulty range (core.phantom)
     models: tuple[str, ...]           # what `python train.py` trains without --models
+    time_budget_s: float | None       # per network: epochs are cut to what fits (core.training.planned_epochs)
 
 
 def demo_preset(device_type: str) -> Preset:
@@ -28,30 +30,37 @@ def demo_preset(device_type: str) -> Preset:
     or a few subarachnoid lines of the hardest phantoms are a pixel or two wide, and AlexNet and the
     VGGs (no batch norm in AlexNet/VGG-16) stayed at chance after 6 epochs even on a GPU; with the
     easier half of the range (bigger, denser bleeds) and batch 16 (twice the optimizer steps for the
-    same compute) they learn. The sequence models (5 slices a prediction) are GPU-preset only."""
+    same compute) they learn. The sequence models (5 slices a prediction) are GPU-preset only.
+
+    Even at 64 px a VGG-16 epoch costs ~38 s on 2 cores (it is compute-bound there), so each network
+    gets a time budget: after its first epoch it runs only as many epochs as fit (at least 2).
+    Phantom stacks are written only for sequence models (train.py): otherwise every slice is its
+    own head, 600 independent heads rather than 120 stacks of 5 near-identical slices."""
     from core.models import CLASSICAL_NAMES, CNN_NAMES, SEQUENCE_NAMES
 
     if device_type == "cuda":
         return Preset(phantoms=5000, image_size=None, epochs=10, batch_size=64, difficulty=(0.2, 0.8),
-                      models=(*CNN_NAMES, *SEQUENCE_NAMES, *CLASSICAL_NAMES, "ensemble_soft", "ensemble_stack"))
+                      models=(*CNN_NAMES, *SEQUENCE_NAMES, *CLASSICAL_NAMES, "ensemble_soft", "ensemble_stack"),
+                      time_budget_s=None)
     return Preset(phantoms=600, image_size=64, epochs=8, batch_size=16, difficulty=(0.0, 0.5),
-                  models=(*CNN_NAMES, *CLASSICAL_NAMES, "ensemble_soft", "ensemble_stack"))
+                  models=(*CNN_NAMES, *CLASSICAL_NAMES, "ensemble_soft", "ensemble_stack"),
+                  time_budget_s=CPU_BUDGET_S)
 
 
-def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8)) -> Path:
-    """The cached phantom set for (n, seed, difficulty), generated on first use.
+def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5) -> Path:
+    """The cached phantom set for (n, seed, difficulty, stack size), generated on first use.
 
     Generated into a temporary folder and renamed into place, so concurrent torchrun workers and
     killed runs never see a half-written set."""
     from core.phantom import write_dataset
 
     lo, hi = difficulty
-    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}"
+    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}"
     if root.is_dir():
         return root
     PHANTOM_CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=PHANTOM_CACHE))
-    write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, difficulty=difficulty)
+    write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty)
     try:
         tmp.rename(root)
     except OSError:            # another worker finished first: its set is identical (same seed)

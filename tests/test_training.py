@@ -136,3 +136,20 @@ def test_torchrun_ddp_on_cpu_writes_a_valid_run(phantoms, tmp_path):
     card = ckpt.load(out / "resnet18").card
     assert card["training"]["world_size"] == 2
     assert ckpt.list_models(out) == ["resnet18"]
+
+
+def test_time_budget_plans_epochs_from_the_first_one():
+    from core.training import TrainConfig, planned_epochs
+    cfg = TrainConfig(models=["resnet18"], epochs=8, time_budget_s=45)
+    assert [planned_epochs(cfg, s) for s in (5, 10, 15, 22.4, 23, 40, 400)] == [8, 4, 3, 2, 2, 2, 2]
+    assert planned_epochs(TrainConfig(models=["resnet18"], epochs=8), 400) == 8   # no budget: as asked
+
+
+def test_time_budget_cuts_a_run_short(phantoms, tmp_path):
+    out = tmp_path / "budget"
+    assert train.main(["--data", str(phantoms), "--models", "resnet18", "--epochs", "6", "--image-size", "32",
+                       "--batch-size", "16", "--time-budget", "0.001", "--out", str(out), "--device", "cpu"]) == 0
+    card = ckpt.load_card(out / "resnet18")
+    assert card["training"]["epochs"] == card["training"]["epochs_planned"] == 2
+    assert card["training"]["time_budget_s"] == 0.001
+    assert pd.read_csv(out / "resnet18" / ckpt.HISTORY)["epoch"].tolist() == [1, 2]
