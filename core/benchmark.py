@@ -19,7 +19,7 @@ import torch
 
 from core import checkpoints as ckpt
 from core.latency import measure_latency
-from core.models import REGISTRY, count_gmacs
+from core.models import REGISTRY, TORCH_FAMILIES, count_gmacs
 from core.sequence import count_stack_gmacs
 
 VARIANTS = ("eager", "channels_last", "compile")
@@ -71,7 +71,9 @@ def main(argv=None) -> int:
                    help="input size: each model's native size (default) or the size it was trained at")
     args = p.parse_args(argv)
     run = Path(args.run)
-    names = args.models.split(",") if args.models else ckpt.list_models(run)
+    # Classical pipelines and ensembles have no network to compile; their latency is in their cards.
+    names = args.models.split(",") if args.models else [
+        m for m in ckpt.list_models(run) if ckpt.load_card(run / m).get("family", "cnn") in TORCH_FAMILIES]
     variants = [v for v in args.variants.split(",") if v]
     if not names or any(v not in VARIANTS for v in variants):
         print(f"hemolens: nothing to benchmark in {run} (or unknown variant; choose from {VARIANTS})", file=sys.stderr)

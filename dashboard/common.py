@@ -66,7 +66,10 @@ class Run:
 
 
 def open_run(path: Path) -> Run:
-    models = tuple(ckpt.list_models(path))
+    """A run's completed models in registry order: CNNs, sequence models, classical, ensembles."""
+    from core.models import REGISTRY
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    models = tuple(sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m)))
     files = [path / ckpt.SPLIT, *(path / m / ckpt.CARD for m in models)]
     return Run(path, models, max(f.stat().st_mtime for f in files))
 
