@@ -369,9 +369,12 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
         if dist.is_initialized():
             dist.barrier()
     if ensembles and is_main():
-        from core.ensemble import fit_ensemble   # combines the saved predictions of the models above
+        from core.ensemble import EnsembleError, fit_ensemble   # combines the saved predictions above
         for name in ensembles:
-            cards[name] = fit_ensemble(name, run_dir)
+            try:
+                cards[name] = fit_ensemble(name, run_dir)
+            except EnsembleError as err:   # e.g. a validation split too small to cross-validate a stack
+                print(f"hemolens: {name} skipped: {err}", file=sys.stderr, flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
     return cards
