@@ -127,6 +127,28 @@ def stack_indices(manifest: pd.DataFrame, k: int) -> np.ndarray:
     return stacks
 
 
+def slice_order(scans: list, names: list[str]) -> list[int]:
+    """Indices that put several uploaded slices of one series in order: DICOM position along the
+    slice normal, then InstanceNumber, then the slice number in the file name (core.data naming,
+    else its last number), then the name."""
+    import re
+
+    from core.data import series_of_stem
+
+    def key(i):
+        stem = Path(names[i]).stem
+        number = series_of_stem(stem)[1]
+        if number is None:
+            digits = re.findall(r"\d+", stem)
+            number = int(digits[-1]) if digits else None
+        scan = scans[i]
+        return (scan.slice_position is None, scan.slice_position or 0.0,
+                scan.instance_number is None, scan.instance_number or 0,
+                number is None, number or 0, names[i])
+
+    return sorted(range(len(scans)), key=key)
+
+
 # --- training ----------------------------------------------------------------------------------------
 
 def fit_sequence(name: str, data, cfg, run_dir: Path, device: torch.device) -> dict:

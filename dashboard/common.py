@@ -286,21 +286,25 @@ def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
     return load_scan(bytes(data), window=window, frame=frame)
 
 
-def predict_all(run: Run, image: np.ndarray) -> tuple[pd.DataFrame, float]:
+def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
+                centre: int = 0) -> tuple[pd.DataFrame, float]:
     """Every model's probability and decision at its threshold for one uint8 (H, W) slice, and seconds.
 
-    A sequence model sees the lone slice as a stack of itself; an ensemble combines its members."""
+    With `series` (ordered slices, `image` = series[centre]) a sequence model reads the slices around
+    the centre; alone, a slice is a stack of itself. An ensemble combines its members."""
     from core.datasets import resize_square
     from core.inference import predict_all as predict
 
+    slices = series if series else [image]
+    manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
     loaded = {model: model_for(run, model) for model in run.models}  # cached: not part of the timing
     start = time.perf_counter()
-    probs = predict(loaded, lambda size: resize_square(image, size)[None].copy())   # writable, as torch wants
+    probs = predict(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
     rows = []
     for model, prob in probs.items():
-        thr = threshold(run.cards[model])
+        thr, p = threshold(run.cards[model]), float(prob[centre])
         rows.append({"model": model, "Model": run.display(model), "family": run.cards[model].get("family", "cnn"),
-                     "probability": float(prob[0]), "threshold": thr, "hemorrhage": float(prob[0]) >= thr})
+                     "probability": p, "threshold": thr, "hemorrhage": p >= thr})
     return pd.DataFrame(rows), time.perf_counter() - start
 
 

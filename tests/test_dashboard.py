@@ -162,6 +162,23 @@ def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
     at.file_uploader(key="scan_upload").clear().upload("again.png", png_bytes(np.zeros((64, 64), np.uint8))).run()
     assert len(ok(at).metric) == len(MODELS) and not at.error, "the app keeps working after a bad upload"
 
+def test_scan_page_series_upload_feeds_neighbours_to_sequence_models(run_dir):
+    from core.phantom import generate_stack
+    stack = generate_stack(np.random.default_rng(4), 96, 3, "intraparenchymal", 0.2)
+    files = [(f"p1_0_{i + 1}.png", png_bytes(render(s.hu)), "image/png") for i, s in enumerate(stack)]
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("series").run()
+    at.file_uploader(key="scan_series").set_value([files[2], files[0], files[1]]).run()   # any order
+    assert len(ok(at).metric) == len(MODELS) and not at.error
+    assert at.image[0].captions[0].startswith("slice 2 of 3")
+    in_series = {m.label: m.value for m in at.metric}
+    at.radio(key="scan_source").set_value("upload").run()
+    at.file_uploader(key="scan_upload").upload(*files[1]).run()   # the same centre slice, alone
+    alone = {m.label: m.value for m in ok(at).metric}
+    assert in_series["ResNet-18"] == alone["ResNet-18"], "a CNN reads the slice alone either way"
+    assert in_series["CNN + BiGRU"] != alone["CNN + BiGRU"], "the GRU reads the neighbours of a series"
+
+
 def test_scan_page_test_example_matches_predictions_csv(run_dir):
     at = ok(page("scan"))
     at.radio(key="scan_source").set_value("test").run()

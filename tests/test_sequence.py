@@ -247,3 +247,15 @@ def test_sequence_cam_gives_one_map_per_slice(gru_run):
         p.requires_grad for p in loaded.model.parameters())
     with pytest.raises(ValueError, match="one"):
         sequence_cam(loaded.model, x[0])
+
+
+def test_slice_order_uses_position_then_instance_then_file_name():
+    from types import SimpleNamespace as Scan
+    from core.sequence import slice_order
+    unknown = Scan(slice_position=None, instance_number=None)
+    names = ["N7_0_110.png", "N7_0_9.png", "N7_0_100.png", "IMG-0001-00003.dcm", "scan.png"]
+    assert slice_order([unknown] * 5, names) == [3, 1, 2, 0, 4]   # by number (3, 9, 100, 110), unnumbered last
+    dicom = [Scan(slice_position=p, instance_number=n) for p, n in ((12.5, 1), (-7.5, 3), (2.5, 2))]
+    assert slice_order(dicom, ["a", "b", "c"]) == [1, 2, 0]        # position wins over instance and name
+    by_instance = [Scan(slice_position=None, instance_number=n) for n in (3, 1, 2)]
+    assert slice_order(by_instance, ["x_9", "y_1", "z_5"]) == [1, 2, 0]

@@ -4,13 +4,15 @@ import streamlit as st
 
 from core.imaging import WINDOWS, ScanError
 from core.phantom import SUBTYPES, generate_slice, render
+from core.sequence import slice_order
 from dashboard import common
 
 run = common.require_run()
 st.title("Scan")
-SOURCES = {"upload": "Upload a file", "test": "Example from the test split", "phantom": "Fresh phantom"}
+SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
+           "phantom": "Fresh phantom"}
 source = st.radio("Scan", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="scan_source")
-mask, facts = None, ""
+mask, facts, series, centre = None, "", None, 0
 
 if source == "upload":
     # No `type=` filter: DICOM files often have no extension and arrive as application/octet-stream;
@@ -38,6 +40,26 @@ if source == "upload":
     if scan.modality not in ("CT", "raster"):
         st.warning(f"This is a {scan.modality} image, not CT: the models were trained on head CT slices in the "
                    "brain window, so their outputs below mean nothing for it.")
+elif source == "series":
+    uploads = st.file_uploader("Several slices of one series (DICOM, or images numbered in slice order)",
+                               accept_multiple_files=True, key="scan_series")
+    if len(uploads or []) < 2:
+        st.info("Upload two or more adjacent slices: the sequence models (CNN + GRU/LSTM) read the slices "
+                "around the one you pick; every other model reads that slice alone.")
+        st.stop()
+    try:
+        scans = [common.read_scan(u.getvalue()) for u in uploads]
+    except ScanError as err:
+        st.error(str(err))
+        st.stop()
+    if len({sc.image.shape for sc in scans}) > 1:
+        st.error("The slices differ in size; upload slices of one series.")
+        st.stop()
+    order = slice_order(scans, [u.name for u in uploads])
+    series = [scans[i].image for i in order]
+    centre = st.slider("Slice", 1, len(series), (len(series) + 1) // 2, key="series_slice") - 1
+    image = series[centre]
+    facts = f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file name)"
 elif source == "test":
     cases = common.test_probs(run)
     truth = common.truth(cases)
@@ -60,7 +82,7 @@ else:
 left, right = st.columns([1, 2])
 left.image(common.outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
-calls, seconds = common.predict_all(run, image)
+calls, seconds = common.predict_all(run, image, series, centre)
 right.subheader(f"{common.consensus(calls['hemorrhage'])}")
 right.caption(f"Each model at its {common.PRESETS[common.preset()]} threshold; {seconds * 1000:.0f} ms for "
               f"{len(calls)} models on this machine.")
@@ -89,7 +111,7 @@ def cam_grid():
 
 st.subheader("Where the models look")
 st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
-           "the bleed is; compare with the green outline of the true bleed on phantoms. Sequence models see "
-           "this lone slice as a stack of one. Classical models have no map: their permutation feature "
+           "the bleed is; compare with the green outline of the true bleed on phantoms. A sequence model's map "
+           "here is of this slice seen alone (a stack of one). Classical models have no map: their permutation feature "
            "importances are on the Model cards page; ensembles inherit their members' explanations.")
 cam_grid()
