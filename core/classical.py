@@ -37,10 +37,10 @@ from core import checkpoints as ckpt
 from core.atomic import atomic_path
 from core.datasets import resize_square
 from core.features import FEATURE_CONFIG, FEATURE_NAMES, extract_features
-from core.metrics import binary_metrics, choose_thresholds
+from core.metrics import auc_or_nan, card_metrics
 from core.models import CLASSICAL_NAMES, REGISTRY
 from core.splits import Prepared
-from core.training import TrainConfig, is_main, versions
+from core.training import TrainConfig, dataset_facts, is_main, versions
 
 MODEL_FILE = "model.skops"
 # Types the fitted pipelines hold beyond skops' trusted defaults (stock scikit-learn estimators,
@@ -204,10 +204,6 @@ def top_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray
     return [{"feature": FEATURE_NAMES[i], "mean": float(mean[i]), "std": float(std[i])} for i in order]
 
 
-def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
-
-
 def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
     """Fit one classical model on the train split and write its folder; returns its card.
 
@@ -243,14 +239,13 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, de
         "epoch": 1, "train_loss": log_loss(y["train"], probs["train"], labels=[0, 1]),
         "train_acc": float(np.mean((probs["train"] >= 0.5) == y["train"])),
         "val_loss": log_loss(y["val"], probs["val"], labels=[0, 1]),
-        "val_acc": float(np.mean((probs["val"] >= 0.5) == y["val"])), "val_auc": _auc(y["val"], probs["val"]),
+        "val_acc": float(np.mean((probs["val"] >= 0.5) == y["val"])), "val_auc": auc_or_nan(y["val"], probs["val"]),
         "lr": float("nan"), "seconds": feature_seconds + fit_seconds,
         "img_per_s": len(part["train"]) / (feature_seconds + fit_seconds),
         "data_wait_s": feature_seconds, "compute_s": fit_seconds}])[ckpt.HISTORY_COLUMNS]
     print(f"{name}: val_auc {history['val_auc'][0]:.3f} (features {feature_seconds:.1f}s, fit {fit_seconds:.1f}s)",
           flush=True)
 
-    thresholds = choose_thresholds(y["val"], probs["val"])
     params, params_detail = count_fitted_params(pipeline)
     predictions = pd.concat([man.iloc[part[s]].assign(split=s, prob=probs[s]) for s in ("val", "test")],
                             ignore_index=True)
@@ -258,10 +253,7 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, de
         "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
         "classes": ["normal", "hemorrhage"], "input_size": data.image_size, "native_input_size": spec.input_size,
         "window": "brain", "channels": "grey", "resize_policy": data.resize_policy, "weights_file": MODEL_FILE,
-        "thresholds": thresholds,
-        "metrics": {s: binary_metrics(y[s], probs[s], threshold=0.5) for s in ("val", "test")},
-        "metrics_at_thresholds": {k: binary_metrics(y["test"], probs["test"], threshold=t)
-                                  for k, t in thresholds.items()},
+        **card_metrics(y["val"], probs["val"], y["test"], probs["test"]),
         "params": params, "params_detail": params_detail,
         "hyperparameters": {k: v for k, v in pipeline["clf"].get_params().items()
                             if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
@@ -274,9 +266,7 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, de
                      "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "device": "cpu",
                      "pretrained": False, "seed": cfg.seed, "world_size": 1,
                      "best_val_auc": history["val_auc"][0], "args": cfg.args or asdict(cfg)},
-        "dataset": {"source": cfg.data or "synthetic phantoms",
-                    "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(y[s].sum())}
-                               for s in ("train", "val", "test")}},
+        "dataset": dataset_facts(cfg, man, part),
         "versions": {**versions(), "skops": skops.__version__},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

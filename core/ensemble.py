@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 from core import checkpoints as ckpt
-from core.metrics import binary_metrics, choose_thresholds
+from core.metrics import auc_or_nan, card_metrics
 from core.models import ENSEMBLE_NAMES, get_spec
 from core.training import versions
 
@@ -113,10 +113,6 @@ def _stack_weights(x_val: np.ndarray, y_val: np.ndarray, groups: np.ndarray,
     return out_of_fold, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), folds
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-
-
 def _latency(cards: dict[str, dict]) -> dict:
     """Members run one after another: latencies add up, throughputs combine harmonically."""
     lat = [c.get("latency") or {} for c in cards.values()]
@@ -171,8 +167,6 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
         probs[val] = out_of_fold
     seconds = time.perf_counter() - started
 
-    thresholds = choose_thresholds(y[val], probs[val])
-    part = {"val": val, "test": test}
     member_params = {m: c.get("params") for m, c in cards.items()}
     card.update({
         "display_name": spec.display_name, "family": "ensemble", "reference": spec.reference,
@@ -180,16 +174,14 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
         "member_input_sizes": {m: c.get("input_size") for m, c in cards.items()},
         "member_families": {m: c.get("family") for m, c in cards.items()},
         "weights_by_member": dict(zip(members, weights.tolist())), "bias": bias,
-        "thresholds": thresholds,
-        "metrics": {s: binary_metrics(y[part[s]], probs[part[s]], threshold=0.5) for s in part},
-        "metrics_at_thresholds": {k: binary_metrics(y[test], probs[test], threshold=t) for k, t in thresholds.items()},
+        **card_metrics(y[val], probs[val], y[test], probs[test]),
         # What running the ensemble takes: every member plus the combiner's n weights and bias.
         "params": int(sum(v or 0 for v in member_params.values())) + len(members) + 1,
         "params_detail": {"combiner": len(members) + 1, "members": member_params},
         "size_bytes_members": int(sum(c.get("size_bytes") or 0 for c in cards.values())),
         "latency": _latency(cards),
         "training": {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "device": "cpu", "pretrained": False,
-                     "seed": seed, "world_size": 1, "best_val_auc": _auc(y[val], probs[val]),
+                     "seed": seed, "world_size": 1, "best_val_auc": auc_or_nan(y[val], probs[val]),
                      "args": {"members": members}},
         "dataset": cards[members[0]].get("dataset"),
         "versions": versions(),
@@ -198,7 +190,7 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
     history = pd.DataFrame([{
         "epoch": 1, "train_loss": train_loss, "train_acc": train_acc,
         "val_loss": log_loss(y[val], probs[val], labels=[0, 1]), "val_acc": float(np.mean((probs[val] >= 0.5) == y[val])),
-        "val_auc": _auc(y[val], probs[val]), "lr": float("nan"), "seconds": seconds, "img_per_s": float("nan"),
+        "val_auc": auc_or_nan(y[val], probs[val]), "lr": float("nan"), "seconds": seconds, "img_per_s": float("nan"),
         "data_wait_s": float("nan"), "compute_s": float("nan")}])[ckpt.HISTORY_COLUMNS]
     predictions = rows.assign(prob=probs)
     print(f"{name}: val_auc {history['val_auc'][0]:.3f} over {', '.join(members)}", flush=True)

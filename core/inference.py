@@ -71,15 +71,18 @@ def stack_rows(n: int, k: int, manifest: pd.DataFrame | None = None) -> np.ndarr
 def predict_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
                 manifest: pd.DataFrame | None = None, device: str = "cpu") -> dict[str, np.ndarray]:
     """P(hemorrhage) per case for every predictor. images_at(size) gives the cases' (N, S, S) uint8
-    slices at one size (cached by the caller). Ensembles are combined from their members'
+    slices at one size; it is called once per size. Ensembles are combined from their members'
     probabilities, so every member must be among the predictors."""
     from core.predict import predict_probs
 
     out: dict[str, np.ndarray] = {}
+    sized: dict[int, np.ndarray] = {}
     for name, p in predictors.items():
         if p.family == "ensemble":
             continue
-        images = images_at(p.input_size)
+        if p.input_size not in sized:
+            sized[p.input_size] = images_at(p.input_size)
+        images = sized[p.input_size]
         if p.family == "classical":
             out[name] = p.loaded.predict(images)
             continue

@@ -96,6 +96,22 @@ def binary_metrics(y_true, prob, threshold: float = 0.5, bootstrap: int = 0, see
     return out
 
 
+def auc_or_nan(y_true, prob) -> float:
+    """ROC AUC, or NaN where the labels hold one class (a tiny validation split): never an error."""
+    y = np.asarray(y_true)
+    return float(roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else NAN
+
+
+def card_metrics(y_val, prob_val, y_test, prob_test) -> dict:
+    """What every model card says of its predictions, whatever the family: operating points chosen
+    on validation, metrics at 0.5 on validation and test, and test metrics at each chosen point."""
+    thresholds = choose_thresholds(y_val, prob_val)
+    return {"thresholds": thresholds,
+            "metrics": {"val": binary_metrics(y_val, prob_val, threshold=0.5),
+                        "test": binary_metrics(y_test, prob_test, threshold=0.5)},
+            "metrics_at_thresholds": {k: binary_metrics(y_test, prob_test, threshold=t) for k, t in thresholds.items()}}
+
+
 def choose_thresholds(y_val, prob_val) -> dict[str, float]:
     """Operating points picked on validation, to be applied unchanged on test.
 

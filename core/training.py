@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from core import checkpoints as ckpt
 from core.datasets import SliceDataset, to_model_input
 from core.latency import measure_latency
-from core.metrics import binary_metrics, choose_thresholds
+from core.metrics import auc_or_nan, card_metrics
 from core.models import IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
 from core.predict import predict_probs
 from core.splits import Prepared
@@ -143,8 +142,7 @@ def evaluate(model, images, labels, device, rows=None) -> dict:
     labels = np.asarray(labels, dtype=np.float32)
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    auc = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else float("nan")
-    return {"val_loss": loss, "val_acc": float(np.mean((probs >= 0.5) == labels)), "val_auc": float(auc),
+    return {"val_loss": loss, "val_acc": float(np.mean((probs >= 0.5) == labels)), "val_auc": auc_or_nan(labels, probs),
             "probs": probs}
 
 
@@ -268,7 +266,6 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         tables.append(man.iloc[idx].assign(split=split, prob=probs[split]))
     predictions = pd.concat(tables, ignore_index=True)
     y = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
-    thresholds = choose_thresholds(y["val"], probs["val"])
     size = data.image_size
     stack_size = rows.shape[1] if rows.ndim == 2 else None
     if stack_size:   # one prediction reads a whole stack
@@ -279,10 +276,8 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
         "classes": ["normal", "hemorrhage"], "input_size": size, "native_input_size": spec.input_size,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "window": "brain", "channels": "grey replicated to 3",
-        "resize_policy": data.resize_policy, "thresholds": thresholds,
-        "metrics": {s: binary_metrics(y[s], probs[s], threshold=0.5) for s in ("val", "test")},
-        "metrics_at_thresholds": {k: binary_metrics(y["test"], probs["test"], threshold=t)
-                                  for k, t in thresholds.items()},
+        "resize_policy": data.resize_policy,
+        **card_metrics(y["val"], probs["val"], y["test"], probs["test"]),
         **({"architecture": architecture} if architecture else {}),
         "params": count_params(model), "gmacs": gmacs_of(model, size),
         "gmacs_native": gmacs_of(model, spec.input_size),
@@ -293,9 +288,7 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                      "best_val_auc": max((h["val_auc"] for h in history), default=None),
                      "args": cfg.args or asdict(cfg)},
-        "dataset": {"source": cfg.data or "synthetic phantoms",
-                    "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(man["label"].to_numpy()[part[s]].sum())}
-                               for s in ("train", "val", "test")}},
+        "dataset": dataset_facts(cfg, man, part),
         "versions": versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -304,6 +297,14 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
                            pd.DataFrame(history)[ckpt.HISTORY_COLUMNS], predictions)
     ckpt.clear_resume_state(model_dir)
     return card
+
+
+def dataset_facts(cfg: TrainConfig, manifest: pd.DataFrame, part: dict[str, np.ndarray]) -> dict:
+    """The card's "dataset": where the data came from and images / hemorrhages per split."""
+    labels = manifest["label"].to_numpy()
+    return {"source": cfg.data or "synthetic phantoms",
+            "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(labels[part[s]].sum())}
+                       for s in ("train", "val", "test")}}
 
 
 def versions() -> dict:

@@ -419,3 +419,15 @@ def test_curve_points():
     assert pr["threshold"].iloc[:-1].tolist() == skm.precision_recall_curve(y, prob)[2].tolist()
     assert M.roc_points([0, 0], [0.1, 0.2]).empty and M.pr_points([1, 1], [0.1, 0.2]).empty
     assert isinstance(roc, pd.DataFrame)
+
+
+def test_auc_or_nan_and_card_metrics():
+    rng = np.random.default_rng(7)
+    y, p = rng.integers(0, 2, 60), rng.random(60)
+    assert M.auc_or_nan(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    assert np.isnan(M.auc_or_nan(np.ones(5), p[:5]))
+    card = M.card_metrics(y[:30], p[:30], y[30:], p[30:])
+    assert card["thresholds"] == M.choose_thresholds(y[:30], p[:30])
+    assert card["metrics"]["test"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[30:], p[30:]))
+    for point, t in card["thresholds"].items():
+        assert card["metrics_at_thresholds"][point]["threshold"] == t and card["metrics_at_thresholds"][point]["n"] == 30
