@@ -68,6 +68,9 @@ def main(argv=None) -> int:
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         time_budget_s=args.time_budget or (None if args.data or args.epochs else preset.time_budget_s),
+        # The preset's per-model recipe belongs to the demo as shipped; any training flag overrides it.
+        per_model={} if args.data or args.epochs or args.image_size or args.time_budget or args.lr
+        else preset.per_model,
         args={k: v for k, v in vars(args).items() if v is not None})
     # Sequence models need stacks of adjacent slices; otherwise independent heads teach more per slice
     # (a CPU demo on 120 stacks of 5 near-identical slices left six of nine CNNs at chance).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ class TrainConfig:
     data: str | None = None
     sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
+    per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
 
 
@@ -172,6 +173,8 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
 
     model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
     pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
+    if not pretrained_loaded and REGISTRY[name].scratch_init:
+        REGISTRY[name].scratch_init(model)
     _short_run_batch_norm(model)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -284,6 +287,7 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": planned_epochs(cfg, history[0]["wall_s"]),
                      "time_budget_s": cfg.time_budget_s, "seconds": train_seconds,
+                     "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
                      "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
                      "best_val_auc": max((h["val_auc"] for h in history), default=None),
@@ -352,8 +356,9 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
     ensembles = [m for m in cfg.models if REGISTRY[m].family == "ensemble"]
     for name in [m for m in cfg.models if m not in ensembles]:
         spec = REGISTRY[name]
-        size = max(cfg.image_size or spec.input_size, spec.min_input_size)
-        if is_main() and size != (cfg.image_size or spec.input_size):
+        model_cfg = replace(cfg, **cfg.per_model.get(name, {}))   # e.g. the CPU demo's smaller VGG-16 input
+        size = max(model_cfg.image_size or spec.input_size, spec.min_input_size)
+        if is_main() and size != (model_cfg.image_size or spec.input_size):
             print(f"{name}: trained at {size} px, the smallest input it accepts", flush=True)
         if size not in prepared:
             prepared[size] = prepare_fn(size)
@@ -366,7 +371,7 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
                 print(f"{name}: already complete in {run_dir}, skipped", flush=True)
             cards[name] = ckpt.load_card(run_dir / name)
             continue
-        cards[name] = trainer_of(spec.family)(name, prepared[size], cfg, run_dir, device)
+        cards[name] = trainer_of(spec.family)(name, prepared[size], model_cfg, run_dir, device)
         if dist.is_initialized():
             dist.barrier()
     if ensembles and is_main():

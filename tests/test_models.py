@@ -230,3 +230,25 @@ def test_min_input_size_is_the_smallest_accepted(built):
         if spec.min_input_size > 32:
             with pytest.raises(RuntimeError):
                 model(torch.zeros(1, 3, spec.min_input_size - 2, spec.min_input_size - 2))
+
+
+def _penultimate_rms(model: nn.Module, x: torch.Tensor) -> float:
+    """RMS of what VGG's one-logit head reads (the second 4096-wide layer, after ReLU)."""
+    with torch.no_grad():
+        h = model.classifier[:-1](torch.flatten(model.avgpool(model.features(x)), 1))
+    return float(h.pow(2).mean().sqrt())
+
+
+def test_vgg16_from_scratch_init_keeps_the_signal_scale():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)   # unit-variance input
+    model = create_model("vgg16").eval()
+    shrunk = _penultimate_rms(model, x)    # torchvision's ImageNet init
+    REGISTRY["vgg16"].scratch_init(model)
+    kept = _penultimate_rms(model, x)
+    assert shrunk < 0.3 and 0.5 < kept < 5, (shrunk, kept)
+    head = model.classifier[-1]
+    assert abs(float(head.weight.detach().std()) - 0.01) < 0.003 and not head.bias.detach().any()
+    first = model.features[0]   # fan-in 3 x 3 x 3 = 27
+    assert abs(float(first.weight.detach().std()) - (2 / 27) ** 0.5) < 0.05
+    assert all(REGISTRY[n].scratch_init is None for n in CNN_NAMES if n != "vgg16")

@@ -158,3 +158,31 @@ def test_time_budget_cuts_a_run_short(phantoms, tmp_path):
     assert card["training"]["epochs"] == card["training"]["epochs_planned"] == 2
     assert card["training"]["time_budget_s"] == 0.001
     assert pd.read_csv(out / "resnet18" / ckpt.HISTORY)["epoch"].tolist() == [1, 2]
+
+
+def test_per_model_settings_replace_the_run_settings_for_that_model_only(phantoms, tmp_path):
+    from core.splits import prepare
+    from core.training import TrainConfig, train_run
+    cfg = TrainConfig(models=["resnet18", "mobilenet_v2"], out=str(tmp_path / "run"), epochs=3, image_size=32,
+                      batch_size=16, device="cpu", per_model={"resnet18": {"image_size": 40, "time_budget_s": 0.001}})
+    cards = train_run(cfg, phantoms, lambda size: prepare(phantoms, size, seed=0))
+    assert cards["resnet18"]["input_size"] == 40 and cards["mobilenet_v2"]["input_size"] == 32
+    assert cards["resnet18"]["training"]["epochs"] == 2 and cards["mobilenet_v2"]["training"]["epochs"] == 3
+    assert cards["resnet18"]["training"]["recipe"] == {"image_size": 40, "time_budget_s": 0.001}
+    assert cards["mobilenet_v2"]["training"]["recipe"] == {}
+
+
+def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
+    import core.training
+    from core.presets import demo_preset
+    seen = {}
+    monkeypatch.setattr(train, "phantom_root", lambda *a, **k: phantoms)
+    monkeypatch.setattr(core.training, "train_run", lambda cfg, root, prepare_fn: seen.setdefault("cfg", cfg) and {})
+    preset = demo_preset("cpu")
+    for argv, recipe in ((["--models", "vgg16"], preset.per_model), (["--epochs", "3"], {}),
+                         (["--image-size", "64"], {}), (["--lr", "1e-3"], {}), (["--data", str(phantoms)], {})):
+        seen.clear()
+        assert train.main([*argv, "--device", "cpu"]) == 0
+        assert seen["cfg"].per_model == recipe, argv
+    assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
+    assert demo_preset("cuda").per_model == {}
