@@ -171,6 +171,9 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
     on_device = device if device.type == "cuda" else torch.device("cpu")
     train_ds = SliceDataset(data.images, labels[part["train"]], on_device, rows=rows[part["train"]])
 
+    # Seeded here, per model: otherwise a model's random init would follow from how many epochs the
+    # model before it ran (train_one_epoch reseeds per epoch), which the time budget decides.
+    torch.manual_seed(cfg.seed)
     model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
     pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
     if not pretrained_loaded and REGISTRY[name].scratch_init:

@@ -186,3 +186,28 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         assert seen["cfg"].per_model == recipe, argv
     assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
     assert demo_preset("cuda").per_model == {}
+
+
+class _Built(Exception):
+    """Stops fit_model once the model is built: only its initial weights matter."""
+
+
+def test_a_models_initial_weights_do_not_depend_on_the_models_before_it(phantoms, tmp_path, monkeypatch):
+    import core.training
+    from core.splits import prepare
+    from core.training import TrainConfig, fit_model
+    initial = []
+
+    def record_and_stop(model):
+        initial.append({k: v.clone() for k, v in model.state_dict().items()})
+        raise _Built
+
+    monkeypatch.setattr(core.training, "_short_run_batch_norm", record_and_stop)
+    data = prepare(phantoms, 32, seed=0)
+    cfg = TrainConfig(models=["resnet18"], out=str(tmp_path), epochs=1, image_size=32, device="cpu")
+    for before in (1, 2):   # the global RNG as two different earlier models would leave it
+        torch.manual_seed(before)
+        with pytest.raises(_Built):
+            fit_model("resnet18", data, cfg, tmp_path, torch.device("cpu"))
+    assert initial[0].keys() == initial[1].keys()
+    assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
