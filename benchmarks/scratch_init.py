@@ -2,49 +2,28 @@
 
     python benchmarks/scratch_init.py [--model vgg16] [--size 32] [--epochs 6] [--difficulty 0 0.25]
 
-Trains the model twice on the CPU demo's phantom set, once as torchvision initialises it and once
-re-initialised by its registry `scratch_init` (VGG-16: He fan-in), same seed, data and schedule as
-core.training, and prints the training loss and validation AUC per epoch for both. Not part of
+Trains the model twice with core.training.fit_model on the CPU demo's phantom set (same seed, data,
+learning rate and schedule as the CPU demo: its batch size and the model's warm-up), once as
+torchvision initialises it and once re-initialised by its registry `scratch_init` (VGG-16: He
+fan-in), and prints the training loss and validation AUC per epoch for both. Not part of
 `make bench`: it trains for minutes. A loss that stays at ln 2 = 0.693 is a constant prediction.
 """
 import argparse
+import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
-from core.datasets import SliceDataset  # noqa: E402
-from core.models import REGISTRY, create_model  # noqa: E402
+from core.checkpoints import HISTORY  # noqa: E402
+from core.models import REGISTRY  # noqa: E402
 from core.presets import demo_preset, phantom_root  # noqa: E402
 from core.splits import prepare  # noqa: E402
-from core.training import evaluate, lr_factor, train_one_epoch  # noqa: E402
-
-
-def curve(name, data, init, epochs, batch_size, warmup_epochs=0.25, seed=0):
-    torch.manual_seed(seed)
-    model = create_model(name)
-    if init == "scratch_init":
-        REGISTRY[name].scratch_init(model)
-    split, labels = data.manifest["split"].to_numpy(), data.manifest["label"].to_numpy()
-    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    ds = SliceDataset(data.images, labels[train], rows=train)
-    loader = DataLoader(ds, batch_size=batch_size, drop_last=True,
-                        sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(seed)))
-    opt = torch.optim.AdamW(model.parameters(), lr=REGISTRY[name].scratch_lr, weight_decay=1e-4, fused=True)
-    steps = len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, int(warmup_epochs * steps), epochs * steps))
-    n_pos = labels[train].sum()
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(train) - n_pos) / n_pos))
-    cpu = torch.device("cpu")
-    for epoch in range(1, epochs + 1):
-        stats = train_one_epoch(model, loader, opt, sched, loss_fn, cpu, epoch, seed)
-        auc = evaluate(model, data.images, labels[val], cpu, rows=val)["val_auc"]
-        print(f"{name:<10}{init:<14}{epoch:>6}{stats['train_loss']:>12.3f}{auc:>10.3f}{stats['seconds']:>10.1f}",
-              flush=True)
+from core.training import TrainConfig, fit_model  # noqa: E402
 
 
 def main() -> int:
@@ -54,14 +33,25 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--difficulty", type=float, nargs=2, default=None, metavar=("LO", "HI"))
     args = ap.parse_args()
-    if REGISTRY[args.model].scratch_init is None:
+    spec = REGISTRY[args.model]
+    if spec.scratch_init is None:
         print(f"{args.model} has no scratch_init in the registry; nothing to compare", file=sys.stderr)
         return 2
     preset = demo_preset("cpu")
     data = prepare(phantom_root(preset.phantoms, 0, tuple(args.difficulty or preset.difficulty), 1), args.size, seed=0)
-    print(f"{'model':<10}{'init':<14}{'epoch':>6}{'train loss':>12}{'val AUC':>10}{'seconds':>10}")
-    for init in ("torchvision", "scratch_init"):
-        curve(args.model, data, init, args.epochs, preset.batch_size)
+    warmup = preset.per_model.get(args.model, {}).get("warmup_epochs", TrainConfig.warmup_epochs)
+    rows = []
+    for init, variant in (("torchvision", dataclasses.replace(spec, scratch_init=None)), ("scratch_init", spec)):
+        REGISTRY[args.model] = variant   # the engine always applies the registry's scratch_init
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TrainConfig(models=[args.model], out=out, epochs=args.epochs, image_size=args.size,
+                              batch_size=preset.batch_size, warmup_epochs=warmup, patience=args.epochs, device="cpu")
+            fit_model(args.model, data, cfg, Path(out), torch.device("cpu"))
+            history = pd.read_csv(Path(out) / args.model / HISTORY)
+        rows.extend((init, h) for h in history.itertuples())
+    print(f"\n{'model':<10}{'init':<14}{'epoch':>6}{'train loss':>12}{'val AUC':>10}{'seconds':>10}")
+    for init, h in rows:
+        print(f"{args.model:<10}{init:<14}{h.epoch:>6}{h.train_loss:>12.3f}{h.val_auc:>10.3f}{h.seconds:>10.1f}")
     return 0
 
 
