@@ -50,8 +50,8 @@ def demo_preset(device_type: str) -> Preset:
 # The VGGs' three linear layers hold 120 M of their 138 M weights and cost ~0.4 s a step on 2 cores at
 # any input size: a VGG-16 step (batch 16) is 0.73 s at 32 px and 1.28 s at 64 px. From scratch,
 # VGG-16 needed ~150 steps before its loss left ln 2, over three minutes at 64 px. At 32 px (its
-# smallest input), with a short warm-up and He init (core.models.he_fan_in_init), five epochs fit
-# in ~2 minutes; VGG-16-BN at 32 px gets 3 epochs for less than 2 cost at 64 px.
+# smallest input), with a short warm-up and He init (core.models.he_fan_in_init), five or six
+# epochs fit in ~2 minutes; VGG-16-BN at 32 px gets 3 epochs for less than 2 cost at 64 px.
 CPU_VGG_RECIPE = {"vgg16": {"image_size": 32, "time_budget_s": 125, "warmup_epochs": 0.25},
                   "vgg16_bn": {"image_size": 32, "time_budget_s": 70, "warmup_epochs": 0.25}}
 

@@ -76,11 +76,6 @@ def build_sequence_model(kind: str, backbone: str = DEFAULT_BACKBONE, stack_size
     return model
 
 
-def architecture_of(model: SequenceClassifier) -> dict:
-    """What core.checkpoints.load needs to rebuild the model (stored in the card)."""
-    return {"backbone": model.backbone_name, "stack_size": model.stack_size, "hidden": model.rnn.hidden_size}
-
-
 class _RepeatedSlice(nn.Module):
     """Feeds the model a stack of K copies of a (B, 3, S, S) input (core.models.count_gmacs builds one slice)."""
 

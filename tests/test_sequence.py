@@ -17,7 +17,7 @@ from core.data import discover
 from core.datasets import to_model_input
 from core.models import IMAGENET_MEAN, IMAGENET_STD, create_model
 from core.predict import predict_probs
-from core.sequence import architecture_of, sequence_cam, stack_indices
+from core.sequence import sequence_cam, stack_indices
 from core.splits import prepare, read_manifest
 
 K = 5
@@ -46,7 +46,8 @@ def test_centre_and_per_slice_logits_and_gradients_reach_every_slice(built):
 
 def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
     name, model = built
-    card = {"model": name, "architecture": architecture_of(model), "input_size": 32}
+    architecture = {"backbone": model.backbone_name, "stack_size": model.stack_size, "hidden": model.rnn.hidden_size}
+    card = {"model": name, "architecture": architecture, "input_size": 32}
     ckpt.save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
                     pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS))
     loaded = ckpt.load(tmp_path / name)
