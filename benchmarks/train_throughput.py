@@ -28,7 +28,7 @@ def measure(name, data, size, device, epochs, batch_size, amp):
         model = model.to(memory_format=torch.channels_last)
     on = device if device.type == "cuda" else torch.device("cpu")
     ds = SliceDataset(data.images, data.manifest["label"].to_numpy(), on)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=SliceDataset.collate)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)   # as core.training
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = torch.nn.BCEWithLogitsLoss()

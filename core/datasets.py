@@ -111,6 +111,17 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return self.images[self.rows[i]].unsqueeze(-3), self.labels[i]
 
+    def __getitems__(self, indices: list[int]):
+        """A whole batch in one gather (DataLoader calls this when it exists): on a GPU-resident
+        cache, one indexing kernel instead of a copy per item plus a stack. Loaders pass
+        `collate_fn=SliceDataset.collate`, since the batch comes out already stacked."""
+        rows = torch.as_tensor(self.rows[np.asarray(indices)], device=self.images.device)
+        return self.images[rows].unsqueeze(-3), self.labels[torch.as_tensor(indices, device=self.labels.device)]
+
+    @staticmethod
+    def collate(batch):
+        return batch
+
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B,1,S,S) slices or (B,K,1,S,S) stacks, uint8 -> (B,3,S,S) / (B,K,3,S,S) float normalised; grey

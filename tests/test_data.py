@@ -176,6 +176,20 @@ def test_slice_dataset_items():
     assert len(ds) == 5 and image.shape == (1, 16, 16) and image.dtype == torch.uint8 and label.item() == 1.0
 
 
+@pytest.mark.parametrize("rows", [None, np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]])])
+def test_slice_dataset_batches_in_one_gather_match_item_by_item(rows):
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8)
+    labels = [0, 1, 0, 1, 1][:4 if rows is not None else 5]
+    ds = SliceDataset(images, labels, rows=rows)
+    indices = np.random.default_rng(1).permutation(len(ds)).tolist()
+    batched = list(torch.utils.data.DataLoader(ds, batch_size=3, sampler=indices, collate_fn=SliceDataset.collate))
+    assert len(batched) == 2
+    for (x, y), chunk in zip(batched, (indices[:3], indices[3:])):
+        x_ref = torch.stack([ds[i][0] for i in chunk])
+        y_ref = torch.stack([ds[i][1] for i in chunk])
+        assert x.shape == x_ref.shape and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+
+
 # --- the real datasets in ../shared/data -------------------------------------------------------------
 
 def test_kaggle_set_labels_and_near_duplicates_share_a_split(shared_data):
