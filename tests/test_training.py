@@ -211,3 +211,23 @@ def test_a_models_initial_weights_do_not_depend_on_the_models_before_it(phantoms
             fit_model("resnet18", data, cfg, tmp_path, torch.device("cpu"))
     assert initial[0].keys() == initial[1].keys()
     assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
+
+
+def test_cudnn_autotuning_only_for_runs_long_enough_to_pay_it_back(phantoms, tmp_path, monkeypatch):
+    import core.training
+    from core.splits import prepare
+    from core.training import CUDNN_AUTOTUNE_MIN_STEPS, TrainConfig, fit_model
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)   # restored after the test
+    seen = []
+
+    def record_and_stop(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        raise _Built
+
+    monkeypatch.setattr(core.training, "train_one_epoch", record_and_stop)
+    data = prepare(phantoms, 32, seed=0)
+    for epochs in (2, CUDNN_AUTOTUNE_MIN_STEPS):   # every epoch has at least one step
+        cfg = TrainConfig(models=["resnet18"], out=str(tmp_path), epochs=epochs, image_size=32, device="cpu")
+        with pytest.raises(_Built):
+            fit_model("resnet18", data, cfg, tmp_path, torch.device("cpu"))
+    assert seen == [False, True]
