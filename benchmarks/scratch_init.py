@@ -1,11 +1,12 @@
 """From-scratch learning curves: torchvision's initialisation against the registry's scratch_init.
 
     python benchmarks/scratch_init.py [--model vgg16] [--size 32] [--epochs 6] [--difficulty 0 0.25]
+    python benchmarks/scratch_init.py --model mobilenet_v3_large --size 64 --epochs 8
 
 Trains the model twice with core.training.fit_model on the CPU demo's phantom set (same seed, data,
 learning rate and schedule as the CPU demo: its batch size and the model's warm-up), once as
 torchvision initialises it and once re-initialised by its registry `scratch_init` (VGG-16: He
-fan-in), and prints the training loss and validation AUC per epoch for both. Not part of
+fan-in; the MobileNets: zero-gamma residual blocks), and prints the training loss and validation AUC per epoch for both. Not part of
 `make bench`: it trains for minutes. A loss that stays at ln 2 = 0.693 is a constant prediction.
 """
 import argparse
@@ -49,9 +50,10 @@ def main() -> int:
             fit_model(args.model, data, cfg, Path(out), torch.device("cpu"))
             history = pd.read_csv(Path(out) / args.model / HISTORY)
         rows.extend((init, h) for h in history.itertuples())
-    print(f"\n{'model':<10}{'init':<14}{'epoch':>6}{'train loss':>12}{'val AUC':>10}{'seconds':>10}")
+    width = len(args.model) + 2
+    print(f"\n{'model':<{width}}{'init':<14}{'epoch':>6}{'train loss':>12}{'val AUC':>10}{'seconds':>10}")
     for init, h in rows:
-        print(f"{args.model:<10}{init:<14}{h.epoch:>6}{h.train_loss:>12.3f}{h.val_auc:>10.3f}{h.seconds:>10.1f}")
+        print(f"{args.model:<{width}}{init:<14}{h.epoch:>6}{h.train_loss:>12.3f}{h.val_auc:>10.3f}{h.seconds:>10.1f}")
     return 0
 
 
