@@ -35,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                       "only as many epochs as fit (at least 2); default: the "
                                                       "preset's (45 s on a CPU, none on a GPU) for the demo, "
                                                       "none with --data")
+    p.add_argument("--epoch-size", type=int, help="training images per epoch, drawn afresh each epoch "
+                                                  "(default: the whole training split; 448 in the CPU demo)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="rotate, zoom, flip and jitter training batches (default: on; off in the CPU demo)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", help="registry CNN that encodes each slice of "
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
         lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
+        augment=args.augment if args.augment is not None else bool(args.data) or preset.augment,
+        epoch_size=args.epoch_size or (None if args.data else preset.epoch_size),
         time_budget_s=args.time_budget or (None if args.data or args.epochs else preset.time_budget_s),
         # The preset's per-model recipe belongs to the demo as shipped; any training flag overrides it.
         per_model={} if args.data or args.epochs or args.image_size or args.time_budget or args.lr
@@ -84,13 +90,25 @@ def main(argv=None) -> int:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
     if cards and all(cards.values()):
-        print(f"\n{'model':<20}{'test AUC':>10}{'test acc':>10}{'train s':>9}{'ms/img':>9}")
-        for name, card in cards.items():
-            test = card["metrics"]["test"]
-            print(f"{name:<20}{test['roc_auc'] or float('nan'):>10.3f}{test['accuracy']:>10.3f}"
-                  f"{card['training']['seconds']:>9.1f}{card['latency']['batch1_ms_p50']:>9.1f}")
+        print_summary(cards)
         print(f"run folder: {cfg.out}  ({time.perf_counter() - start:.0f} s in all)")
     return 0
+
+
+def print_summary(cards: dict) -> None:
+    """One line per model: test AUC with its DeLong 95% CI, flagged where the CI reaches 0.5 (a model the
+    test set cannot tell from chance), accuracy, training seconds and batch-1 latency."""
+    print(f"\n{'model':<20}{'test AUC':>10}{'95% CI':>14}{'test acc':>10}{'train s':>9}{'ms/img':>9}")
+    near_chance = []
+    for name, card in cards.items():
+        test = card["metrics"]["test"]
+        lo, hi = test.get("roc_auc_ci") or (float("nan"), float("nan"))
+        flag = "" if lo > 0.5 else "*"   # NaN (one-class test set) is flagged too
+        near_chance += [name] if flag else []
+        print(f"{name:<20}{test['roc_auc'] or float('nan'):>10.3f}{f'{lo:.2f}-{hi:.2f}{flag}':>14}"
+              f"{test['accuracy']:>10.3f}{card['training']['seconds']:>9.1f}{card['latency']['batch1_ms_p50']:>9.1f}")
+    if near_chance:
+        print(f"* not clearly above chance: the test AUC's 95% CI includes 0.5 ({', '.join(near_chance)})")
 
 
 if __name__ == "__main__":

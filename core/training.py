@@ -10,6 +10,7 @@ augmented there. On CUDA: bf16 autocast and channels_last. Under torchrun: Distr
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -47,6 +48,8 @@ class TrainConfig:
     lr: float | None = None             # None: the model's scratch_lr, or 3e-4 fine-tuning pretrained weights
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.datasets)
+    epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
     patience: int = 4                   # epochs without a better validation AUC before stopping
     time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
     device: str = "auto"
@@ -101,8 +104,9 @@ def planned_epochs(cfg: TrainConfig, first_epoch_s: float) -> int:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
-                    desc: str = "", amp: bool | None = None) -> dict:
-    """One pass over the loader. `amp` (bf16 autocast + channels_last) defaults to on for CUDA."""
+                    desc: str = "", amp: bool | None = None, augment: bool = True, steps: int | None = None) -> dict:
+    """One pass over the loader, or its first `steps` batches (a shuffling sampler makes them a fresh
+    random draw each epoch). `amp` (bf16 autocast + channels_last) defaults to on for CUDA."""
     model.train()
     # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
     gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
@@ -110,11 +114,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     amp = device.type == "cuda" if amp is None else amp
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, disable=not is_main() or not sys.stderr.isatty(), unit="batch")
+    steps = len(loader) if steps is None else min(steps, len(loader))
+    bar = tqdm(itertools.islice(loader, steps), total=steps, desc=desc, leave=False,
+               disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen)
+        x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
         if amp and x.ndim == 4:   # stacks (5-D) stay contiguous: convolutions follow the channels_last weights
             x = x.contiguous(memory_format=torch.channels_last)
         got_data = time.perf_counter()
@@ -193,7 +199,10 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
                else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=SliceDataset.collate,
                         drop_last=len(train_ds) // world > cfg.batch_size)   # BatchNorm dislikes a batch of 1
-    steps_per_epoch = len(loader)
+    # An epoch of epoch_size images (DDP: across all ranks) keeps time budgets and validation at the
+    # same granularity on a larger training split: more distinct images for the same optimizer steps.
+    steps_per_epoch = (len(loader) if not cfg.epoch_size
+                       else min(len(loader), max(1, cfg.epoch_size // (cfg.batch_size * world))))
     # cuDNN autotuning times every algorithm for each new layer shape. On an H100 it cost 7-27 s in
     # the first epoch (MobileNetV2 at 224 px, batch 64: 36 s vs 9 s) and saved at most ~8 ms a step
     # afterwards (MobileNetV2; nothing on ResNet-50 or Xception), so it pays only on long runs.
@@ -228,7 +237,7 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
         if world > 1:
             sampler.set_epoch(epoch)
         stats = train_one_epoch(trainee, loader, optimizer, scheduler, loss_fn, device, epoch, cfg.seed,
-                                desc=f"{name} {epoch}/{epochs[0]}")
+                                desc=f"{name} {epoch}/{epochs[0]}", augment=cfg.augment, steps=steps_per_epoch)
         val = evaluate(model, data.images, labels[part["val"]], device, rows=rows[part["val"]])
         val_auc = _agree(val["val_auc"], device)
         row = {"epoch": epoch, **{k: v for k, v in stats.items()}, **{k: val[k] for k in ("val_loss", "val_acc")},
@@ -249,8 +258,9 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
             # A resume state is model + best + two Adam moments: 2 GB for VGG-16, which took longer to
             # write and hash than an epoch on a GPU. It is written once the training it would save has
             # cost RESUME_SAVE_RATIO times what the last write cost (so <= ~1/ratio overhead); small
-            # models are saved every epoch.
-            if unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1:
+            # models are saved every epoch. None follows the last epoch: the run finishes right after.
+            last = epoch >= planned_epochs(cfg, history[0]["wall_s"]) or stale >= cfg.patience
+            if not last and (unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1):
                 tick = time.perf_counter()
                 ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
                                        {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
@@ -294,7 +304,8 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "gmacs_native": gmacs_of(model, spec.input_size),
         "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": planned_epochs(cfg, history[0]["wall_s"]),
-                     "time_budget_s": cfg.time_budget_s, "seconds": train_seconds,
+                     "time_budget_s": cfg.time_budget_s, "seconds": train_seconds, "augment": cfg.augment,
+                     "epoch_size": cfg.epoch_size or len(part["train"]),
                      "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
                      "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,

@@ -184,8 +184,67 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         seen.clear()
         assert train.main([*argv, "--device", "cpu"]) == 0
         assert seen["cfg"].per_model == recipe, argv
+        # Unaugmented epochs of 448 fresh images belong to the phantom demo; real data gets the defaults.
+        demo = "--data" not in argv
+        assert (seen["cfg"].augment, seen["cfg"].epoch_size) == ((False, 448) if demo else (True, None)), argv
     assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
-    assert demo_preset("cuda").per_model == {}
+    assert demo_preset("cuda").per_model == {} and demo_preset("cuda").augment
+    for flag, augment in (("--augment", True), ("--no-augment", False)):
+        seen.clear()
+        assert train.main([flag, "--device", "cpu"] + (["--data", str(phantoms)] if augment else [])) == 0
+        assert seen["cfg"].augment is augment
+
+
+class _InputRecorder(torch.nn.Module):
+    """One logit per image from a learnable bias; keeps every batch it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.bias.expand(len(x), 1)
+
+
+def test_an_epoch_can_stop_after_some_steps_and_augmentation_can_be_off():
+    from torch.utils.data import DataLoader, RandomSampler
+    from core.datasets import SliceDataset, to_model_input
+    from core.models import IMAGENET_MEAN, IMAGENET_STD
+    from core.training import train_one_epoch
+    images = torch.randint(0, 256, (40, 32, 32), dtype=torch.uint8).numpy()
+    ds = SliceDataset(images, np.arange(40) % 2, torch.device("cpu"))
+    loader = DataLoader(ds, batch_size=4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)),
+                        collate_fn=SliceDataset.collate)
+    runs = {}
+    for steps, augment in ((3, False), (None, True)):
+        model = _InputRecorder()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        train_one_epoch(model, loader, opt, sched, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"), 1, 0,
+                        augment=augment, steps=steps)
+        runs[augment] = (sched.last_epoch, model.inputs)
+    assert runs[False][0] == 3 and runs[True][0] == len(loader) == 10
+    plain = to_model_input(torch.as_tensor(images).unsqueeze(1), IMAGENET_MEAN, IMAGENET_STD)
+
+    def matches_a_plain_image(x):   # each input is exactly one of the unaugmented slices
+        return all(any(torch.equal(one, p) for p in plain) for one in x)
+
+    assert all(matches_a_plain_image(x) for x in runs[False][1])
+    assert not any(matches_a_plain_image(x) for x in runs[True][1])
+
+
+def test_summary_flags_models_whose_test_auc_ci_includes_chance(capsys):
+    def card(auc, lo, hi):
+        return {"metrics": {"test": {"roc_auc": auc, "roc_auc_ci": [lo, hi], "accuracy": 0.5}},
+                "training": {"seconds": 1.0}, "latency": {"batch1_ms_p50": 1.0}}
+    train.print_summary({"good": card(0.8, 0.7, 0.9), "weak": card(0.58, 0.45, 0.71),
+                         "one_class": card(float("nan"), float("nan"), float("nan"))})
+    out = capsys.readouterr().out
+    assert "0.70-0.90 " in out and "0.45-0.71*" in out
+    assert out.strip().splitlines()[-1] == ("* not clearly above chance: the test AUC's 95% CI includes 0.5 "
+                                            "(weak, one_class)")
 
 
 class _Built(Exception):
