@@ -114,8 +114,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     amp = device.type == "cuda" if amp is None else amp
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
-    steps = len(loader) if steps is None else min(steps, len(loader))
-    bar = tqdm(itertools.islice(loader, steps), total=steps, desc=desc, leave=False,
+    # A whole epoch runs the loader to its end: that also advances the sampler's generator as before.
+    batches = loader if steps is None or steps >= len(loader) else itertools.islice(loader, steps)
+    bar = tqdm(batches, total=min(steps or len(loader), len(loader)), desc=desc, leave=False,
                disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
     for images, labels in bar:
@@ -258,9 +259,8 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
             # A resume state is model + best + two Adam moments: 2 GB for VGG-16, which took longer to
             # write and hash than an epoch on a GPU. It is written once the training it would save has
             # cost RESUME_SAVE_RATIO times what the last write cost (so <= ~1/ratio overhead); small
-            # models are saved every epoch. None follows the last epoch: the run finishes right after.
-            last = epoch >= planned_epochs(cfg, history[0]["wall_s"]) or stale >= cfg.patience
-            if not last and (unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1):
+            # models are saved every epoch.
+            if unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1:
                 tick = time.perf_counter()
                 ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
                                        {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
