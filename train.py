@@ -36,9 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                       "preset's (45 s on a CPU, none on a GPU) for the demo, "
                                                       "none with --data")
     p.add_argument("--epoch-size", type=int, help="training images per epoch, drawn afresh each epoch "
-                                                  "(default: the whole training split; 448 in the CPU demo)")
+                                                  "(default: the whole training split; 448 on the CPU preset's phantoms)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="rotate, zoom, flip and jitter training batches (default: on; off in the CPU demo)")
+                   help="rotate, zoom, flip and jitter training batches (default: on; off on the CPU "
+                                        "preset's phantoms)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", help="registry CNN that encodes each slice of "
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
-        augment=args.augment if args.augment is not None else bool(args.data) or preset.augment,
+        # Like the phantom set itself, the preset's epoch size and augmentation apply without --data.
+        augment=args.augment if args.augment is not None else (True if args.data else preset.augment),
         epoch_size=args.epoch_size or (None if args.data else preset.epoch_size),
         time_budget_s=args.time_budget or (None if args.data or args.epochs else preset.time_budget_s),
         # The preset's per-model recipe belongs to the demo as shipped; any training flag overrides it.

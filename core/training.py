@@ -114,9 +114,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     amp = device.type == "cuda" if amp is None else amp
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
+    steps = len(loader) if steps is None else min(steps, len(loader))
     # A whole epoch runs the loader to its end: that also advances the sampler's generator as before.
-    batches = loader if steps is None or steps >= len(loader) else itertools.islice(loader, steps)
-    bar = tqdm(batches, total=min(steps or len(loader), len(loader)), desc=desc, leave=False,
+    batches = loader if steps == len(loader) else itertools.islice(loader, steps)
+    bar = tqdm(batches, total=steps, desc=desc, leave=False,
                disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
     for images, labels in bar:
@@ -305,7 +306,7 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": planned_epochs(cfg, history[0]["wall_s"]),
                      "time_budget_s": cfg.time_budget_s, "seconds": train_seconds, "augment": cfg.augment,
-                     "epoch_size": cfg.epoch_size or len(part["train"]),
+                     "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
                      "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
                      "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
                      "world_size": dist.get_world_size() if dist.is_initialized() else 1,
