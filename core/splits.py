@@ -5,7 +5,7 @@ each image once, group, split (or honour the folder's split), and report leakage
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class Prepared:
     leakage: dict               # near-duplicates, straddling groups, skipped files
     image_size: int
     resize_policy: str = RESIZE_POLICY
+    # What models compute from these images and can share within a run (the classical models' features).
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -136,6 +136,23 @@ def test_load_classical_reproduces_stored_test_probabilities(run, prepared, name
     assert model.predict([np.kron(images[0], np.ones((3, 2), np.uint8))]).shape == (1,)
 
 
+def test_models_of_a_run_share_features_and_knn_importances_match_its_ball_tree(run, prepared):
+    # The run fixture fitted all five on one Prepared set: its features were extracted once.
+    features, seconds = prepared.derived["features"]
+    cards = {n: ckpt.load_card(run / n) for n in CLASSICAL_NAMES}
+    assert len({c["training"]["feature_seconds"] for c in cards.values()}) == 1 and seconds > 0
+    split = prepared.manifest["split"].to_numpy()
+    np.testing.assert_array_equal(features["val"], extract_features(prepared.images[split == "val"]))
+    # kNN's importances came from a brute-force copy; the saved ball-tree pipeline gives the same numbers.
+    knn = load_classical(run / "knn")
+    assert knn.pipeline["clf"].algorithm == "ball_tree"
+    labels = prepared.manifest["label"].to_numpy()[split == "val"]
+    mean, std = permutation_importances(knn.pipeline, features["val"], labels, seed=0)
+    for row in cards["knn"]["feature_importance"]:
+        i = FEATURE_NAMES.index(row["feature"])
+        assert row["mean"] == pytest.approx(mean[i], abs=1e-9) and row["std"] == pytest.approx(std[i], abs=1e-9)
+
+
 def test_tampered_model_file_is_refused(run, tmp_path):
     folder = shutil.copytree(run / "svm", tmp_path / "svm")
     data = bytearray((folder / MODEL_FILE).read_bytes())
