@@ -31,6 +31,7 @@ from core.latency import measure_latency
 from core.metrics import auc_or_nan, card_metrics
 from core.models import IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
 from core.predict import predict_probs
+from core.run_budget import RunBudget
 from core.splits import Prepared
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
     patience: int = 4                   # epochs without a better validation AUC before stopping
     time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
+    run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.run_budget)
     device: str = "auto"
     seed: int = 0
     pretrained: bool = False
@@ -98,7 +100,7 @@ def planned_epochs(cfg: TrainConfig, first_epoch_s: float) -> int:
     """Epochs to run once the first one is timed: cfg.epochs, or as many as fit the time budget
     (at least 2, so the schedule gets past its warm-up). A pure function of the first epoch, so a
     resumed run plans exactly as the killed one did."""
-    if not cfg.time_budget_s:
+    if cfg.time_budget_s is None:
         return cfg.epochs
     return int(min(cfg.epochs, max(2, cfg.time_budget_s // max(first_epoch_s, 1e-9))))
 
@@ -224,6 +226,8 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
         model.load_state_dict(model_state)
         optimizer.load_state_dict(opt_state)
         history, best_auc, stale = meta["history"], meta["best_auc"], meta["stale"]
+        # The budget the killed run was given (under a run budget it depended on the clock then).
+        cfg = replace(cfg, time_budget_s=meta.get("time_budget_s", cfg.time_budget_s))
         start_epoch = meta["epoch"] + 1
         scheduler.last_epoch = meta["epoch"] * steps_per_epoch   # the schedule is a pure function of the step
         if is_main():
@@ -264,7 +268,8 @@ def fit_model(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device
             if unsaved >= RESUME_SAVE_RATIO * save_cost or epoch == 1:
                 tick = time.perf_counter()
                 ckpt.save_resume_state(model_dir, model.state_dict(), optimizer.state_dict(), best_state,
-                                       {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale})
+                                       {"epoch": epoch, "history": history, "best_auc": best_auc, "stale": stale,
+                                        "time_budget_s": cfg.time_budget_s})
                 save_cost, unsaved = time.perf_counter() - tick, 0.0
         if stale >= cfg.patience:
             break
@@ -305,7 +310,7 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "gmacs_native": gmacs_of(model, spec.input_size),
         "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": planned_epochs(cfg, history[0]["wall_s"]),
-                     "time_budget_s": cfg.time_budget_s, "seconds": train_seconds, "augment": cfg.augment,
+                     "time_budget_s": cfg.time_budget_s, "run_budget_s": cfg.run_budget_s, "seconds": train_seconds, "augment": cfg.augment,
                      "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
                      "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
                      "device": str(device), "pretrained": pretrained_loaded, "seed": cfg.seed,
@@ -362,9 +367,10 @@ def _setup_distributed(device: torch.device) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, dict]:
+def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn, started: float | None = None) -> dict[str, dict]:
     """Train every model of cfg on one dataset; returns {model: card}. `prepare_fn(size)` gives the
-    Prepared split at one image size (cached per size, so native-size runs decode once per size)."""
+    Prepared split at one image size (cached per size, so native-size runs decode once per size).
+    started: the time.perf_counter() from which cfg.run_budget_s counts (default: now)."""
     device = resolve_device(cfg.device)
     _setup_distributed(device)
     if device.type == "cuda" and dist.is_initialized():
@@ -373,9 +379,15 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
     prepared: dict[int, Prepared] = {}
     cards = {}
     ensembles = [m for m in cfg.models if REGISTRY[m].family == "ensemble"]
+    own_cfg = {m: replace(cfg, **cfg.per_model.get(m, {})) for m in cfg.models}   # e.g. the CPU demo's VGG input
+    # Networks train in epochs that time budgets can cut; the classical models fit once.
+    networks = [m for m in cfg.models if REGISTRY[m].family in ("cnn", "sequence")
+                and not (cfg.resume and (run_dir / m / ckpt.CARD).is_file())]
+    budget = RunBudget(cfg.run_budget_s, time.perf_counter() if started is None else started) \
+        if cfg.run_budget_s else None
     for name in [m for m in cfg.models if m not in ensembles]:
         spec = REGISTRY[name]
-        model_cfg = replace(cfg, **cfg.per_model.get(name, {}))   # e.g. the CPU demo's smaller VGG-16 input
+        model_cfg, tick = own_cfg[name], time.perf_counter()
         size = max(model_cfg.image_size or spec.input_size, spec.min_input_size)
         if is_main() and size != (model_cfg.image_size or spec.input_size):
             print(f"{name}: trained at {size} px, the smallest input it accepts", flush=True)
@@ -390,7 +402,16 @@ def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn) -> dict[str, 
                 print(f"{name}: already complete in {run_dir}, skipped", flush=True)
             cards[name] = ckpt.load_card(run_dir / name)
             continue
+        if budget and name in networks:
+            later = networks[networks.index(name):]
+            share = _agree(budget.share(model_cfg.time_budget_s, [own_cfg[m].time_budget_s for m in later]), device)
+            if is_main() and share < (model_cfg.time_budget_s or math.inf):
+                print(f"{name}: {share:.0f} s of training instead of {model_cfg.time_budget_s or 'unlimited'}, "
+                      f"to end the run within its {cfg.run_budget_s:.0f} s", flush=True)
+            model_cfg = replace(model_cfg, time_budget_s=share)
         cards[name] = trainer_of(spec.family)(name, prepared[size], model_cfg, run_dir, device)
+        if budget and name in networks and cards[name]:
+            budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
         if dist.is_initialized():
             dist.barrier()
     if ensembles and is_main():

@@ -160,6 +160,52 @@ def test_time_budget_cuts_a_run_short(phantoms, tmp_path):
     assert pd.read_csv(out / "resnet18" / ckpt.HISTORY)["epoch"].tolist() == [1, 2]
 
 
+def test_run_budget_shares_the_time_left_in_proportion_to_own_budgets():
+    from core.run_budget import FIXED_COST_GUESS_S, RunBudget
+    budget = RunBudget(seconds=600, started=100.0)
+    own = [45, 95, 30]
+    # On schedule every network keeps its own budget.
+    assert budget.share(45, own, now=100.0) == 45 and budget.share(30, own[2:], now=150.0) == 30
+    # Behind: shares in proportion to own budgets, filling exactly the time left after fixed costs.
+    now = 100.0 + 600 - 3 * FIXED_COST_GUESS_S - 85   # 85 s left for 170 s of budgets
+    shares = [budget.share(b, own, now=now) for b in own]
+    assert shares == pytest.approx([22.5, 47.5, 15.0])
+    # Measured fixed costs replace the guess; past the end there is nothing left to share.
+    budget.record(wall_s=40.0, training_s=28.0)
+    budget.record(wall_s=30.0, training_s=30.0)
+    assert budget.fixed_costs == [12.0, 0.0]
+    assert budget.share(30, [30], now=100.0 + 600 - 6 - 10) == pytest.approx(10.0)
+    assert budget.share(45, own, now=10_000.0) == 0.0
+    # Networks without a budget of their own share equally; with others, they weigh as their mean.
+    assert budget.share(None, [None, None], now=100.0) == pytest.approx((600 - 2 * 6) / 2)
+    assert budget.share(None, [None, 20, 40], now=100.0) == pytest.approx((600 - 3 * 6) * 30 / 90)
+
+
+def test_run_budget_cuts_networks_and_a_resumed_one_keeps_the_budget_it_was_given(phantoms, tmp_path):
+    out = tmp_path / "budget"
+    argv = ["--data", str(phantoms), "--models", "resnet18,mobilenet_v2", "--epochs", "4", "--image-size", "32",
+            "--batch-size", "16", "--run-budget", "0.5", "--out", str(out), "--device", "cpu"]
+    assert train.main(argv) == 0
+    for name in ("resnet18", "mobilenet_v2"):
+        training = ckpt.load_card(out / name)["training"]
+        assert training["run_budget_s"] == 0.5 and training["time_budget_s"] == 0.0
+        assert training["epochs"] == training["epochs_planned"] == 2   # whole epochs, at least two
+    # Killed after its last epoch, then resumed with time to spare: it plans what the killed run did.
+    import core.training as training_module
+    from core.splits import prepare
+    from core.training import TrainConfig, train_run
+    cfg = TrainConfig(models=["resnet18"], out=str(tmp_path / "resumed"), epochs=2, image_size=32, batch_size=16,
+                      device="cpu", run_budget_s=0.5)
+    prepare_fn = lambda size: prepare(phantoms, size, seed=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training_module, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train_run(cfg, phantoms, prepare_fn)
+    card = train_run(TrainConfig(**{**cfg.__dict__, "epochs": 4, "run_budget_s": 1e6, "resume": True}),
+                     phantoms, prepare_fn)["resnet18"]
+    assert card["training"]["time_budget_s"] == 0.0 and card["training"]["epochs"] == 2
+
+
 def test_per_model_settings_replace_the_run_settings_for_that_model_only(phantoms, tmp_path):
     from core.splits import prepare
     from core.training import TrainConfig, train_run
@@ -177,7 +223,7 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
     from core.presets import demo_preset
     seen = {}
     monkeypatch.setattr(train, "phantom_root", lambda *a, **k: phantoms)
-    monkeypatch.setattr(core.training, "train_run", lambda cfg, root, prepare_fn: seen.setdefault("cfg", cfg) and {})
+    monkeypatch.setattr(core.training, "train_run", lambda cfg, root, prepare_fn, **kw: seen.setdefault("cfg", cfg) and {})
     preset = demo_preset("cpu")
     for argv, recipe in ((["--models", "vgg16"], preset.per_model), (["--epochs", "3"], {}),
                          (["--image-size", "64"], {}), (["--lr", "1e-3"], {}), (["--data", str(phantoms)], {})):
@@ -187,6 +233,9 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         # Unaugmented epochs of 448 fresh images belong to the phantom demo; real data gets the defaults.
         demo = "--data" not in argv
         assert (seen["cfg"].augment, seen["cfg"].epoch_size) == ((False, 448) if demo else (True, None)), argv
+        # The whole-run budget belongs to the demo's own settings, like the per-network ones.
+        shipped = argv[0] in ("--models", "--image-size", "--lr")
+        assert seen["cfg"].run_budget_s == (preset.run_budget_s if shipped else None), argv
     assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
     assert demo_preset("cuda").per_model == {} and demo_preset("cuda").augment
     for flag, augment in (("--augment", True), ("--no-augment", False)):
