@@ -170,27 +170,29 @@ def test_dicom_series_are_ordered_along_the_slice_normal(tmp_path):
 
 @pytest.fixture(scope="module")
 def gru_run(tmp_path_factory):
-    """cnn_gru trained on 100 phantom slices (20 stacks) at 32 px: killed after epoch 1 (its card
-    never written), then resumed to epoch 2 by train_run, as `train.py --resume` does."""
+    """cnn_gru trained on 100 phantom slices (20 stacks) at 32 px: killed in its second epoch (its
+    card never written), then resumed from epoch 1 by train_run, as `train.py --resume` does."""
     from core.phantom import write_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_dataset(root, 100, size=32, seed=0, stack_size=K)
     out = tmp_path_factory.mktemp("runs") / "seq"
-    cfg = training.TrainConfig(models=["cnn_gru"], out=str(out), epochs=1, batch_size=16, device="cpu",
-                               sequence_backbone="resnet18", stack_size=K)
+    cfg = training.TrainConfig(models=["cnn_gru"], out=str(out), epochs=2, image_size=32, batch_size=16,
+                               device="cpu", sequence_backbone="resnet18", stack_size=K)
     prepare_fn = lambda size: prepare(root, size, seed=0)
+    train_one_epoch = training.train_one_epoch
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
+    def killed_in_epoch_2(*args, **kwargs):
+        if args[6] == 2:   # the epoch argument
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "_finish", killed)
+        mp.setattr(training, "train_one_epoch", killed_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
-            training.train_run(training.TrainConfig(**{**cfg.__dict__, "image_size": 32}), root, prepare_fn)
+            training.train_run(cfg, root, prepare_fn)
     assert json.loads((out / "cnn_gru" / "last.json").read_text())["epoch"] == 1
-    cards = training.train_run(training.TrainConfig(**{**cfg.__dict__, "image_size": 32, "epochs": 2,
-                                                       "resume": True}), root, prepare_fn)
+    cards = training.train_run(training.TrainConfig(**{**cfg.__dict__, "resume": True}), root, prepare_fn)
     return out, cards["cnn_gru"]
 
 
