@@ -237,6 +237,8 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         shipped = argv[0] in ("--models", "--image-size", "--lr")
         assert seen["cfg"].run_budget_s == (preset.run_budget_s if shipped else None), argv
     assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
+    from core.models import CNN_NAMES   # every CNN, in the CPU demo's own order
+    assert sorted(m for m in preset.models if m in CNN_NAMES) == sorted(CNN_NAMES)
     assert demo_preset("cuda").per_model == {} and demo_preset("cuda").augment
     for flag, augment in (("--augment", True), ("--no-augment", False)):
         seen.clear()
