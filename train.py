@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
     p.add_argument("--time-budget", type=float, help="seconds of training per network: after the first epoch, "
-                                                      "only as many epochs as fit (at least 2); default: the "
+                                                      "the number of epochs nearest it (at least 2); default: the "
                                                       "preset's (45 s on a CPU, none on a GPU) for the demo, "
                                                       "none with --data")
     p.add_argument("--run-budget", type=float, help="seconds for the whole run: where it falls behind, each "

@@ -42,8 +42,8 @@ def demo_preset(device_type: str) -> Preset:
     few hundred optimizer steps the plain networks (AlexNet, VGG-16) stayed at or near chance. The
     CPU demo therefore draws its bleeds from the easiest quarter of the difficulty range (large,
     dense bleeds a radiologist would call obvious), uses batch 16 (twice the optimizer steps for the
-    same compute) and gives each network a time budget: after its first epoch it runs only as many
-    epochs as fit (at least 2), and the whole run has a budget those shrink to where it falls behind
+    same compute) and gives each network a time budget: after its first epoch it runs the number of
+    epochs nearest it (at least 2), and the whole run has a budget those shrink to where it falls behind
     (a slow moment of a shared machine). The classical models come first: they fit in seconds, so
     the networks share what is left. The sequence models (5 slices a prediction) are GPU-preset only.
     Phantom stacks are written only for sequence models (train.py): otherwise every slice is its

@@ -146,7 +146,7 @@ def test_torchrun_ddp_on_cpu_writes_a_valid_run(phantoms, tmp_path):
 def test_time_budget_plans_epochs_from_the_first_one():
     from core.training import TrainConfig, planned_epochs
     cfg = TrainConfig(models=["resnet18"], epochs=8, time_budget_s=45)
-    assert [planned_epochs(cfg, s) for s in (5, 10, 15, 22.4, 23, 40, 400)] == [8, 4, 3, 2, 2, 2, 2]
+    assert [planned_epochs(cfg, s) for s in (5, 10, 15, 17.9, 18.1, 23, 400)] == [8, 5, 3, 3, 2, 2, 2]
     assert planned_epochs(TrainConfig(models=["resnet18"], epochs=8), 400) == 8   # no budget: as asked
 
 
