@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from core.presets import demo_preset, phantom_root  # noqa: E402
+from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, demo_preset, phantom_root  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,12 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
     p.add_argument("--time-budget", type=float, help="seconds of training per network: after the first epoch, "
                                                       "the number of epochs nearest it (at least 2); default: the "
-                                                      "preset's (45 s on a CPU, none on a GPU) for the demo, "
-                                                      "none with --data")
+                                                      f"preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) for the demo, "
+                                                      "none with --data or --epochs")
     p.add_argument("--run-budget", type=float, help="seconds for the whole run: where it falls behind, each "
                                                     "network trains for less than its time budget (its share of "
-                                                    "the time left); default: the preset's (550 s on a CPU, none "
-                                                    "on a GPU) for the demo, none with --data")
+                                                    "the time left); default: the preset's "
+                                                    f"({CPU_RUN_BUDGET_S} s on a CPU, none on a GPU) for the demo, "
+                                                    "none with --data, --epochs or --time-budget")
     p.add_argument("--epoch-size", type=int, help="training images per epoch, drawn afresh each epoch "
                                                   "(default: the whole training split; 448 on the CPU preset's phantoms)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
         augment=args.augment if args.augment is not None else (True if args.data else preset.augment),
         epoch_size=args.epoch_size or (None if args.data else preset.epoch_size),
         time_budget_s=args.time_budget or (None if args.data or args.epochs else preset.time_budget_s),
-        run_budget_s=args.run_budget or (None if args.data or args.epochs else preset.run_budget_s),
+        # A network's epochs or seconds asked for explicitly are not shrunk by the demo's run budget.
+        run_budget_s=args.run_budget or (None if args.data or args.epochs or args.time_budget
+                                         else preset.run_budget_s),
         # The preset's per-model recipe belongs to the demo as shipped; any training flag overrides it.
         per_model={} if args.data or args.epochs or args.image_size or args.time_budget or args.lr
         else preset.per_model,

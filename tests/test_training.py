@@ -226,7 +226,8 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
     monkeypatch.setattr(core.training, "train_run", lambda cfg, root, prepare_fn, **kw: seen.setdefault("cfg", cfg) and {})
     preset = demo_preset("cpu")
     for argv, recipe in ((["--models", "vgg16"], preset.per_model), (["--epochs", "3"], {}),
-                         (["--image-size", "64"], {}), (["--lr", "1e-3"], {}), (["--data", str(phantoms)], {})):
+                         (["--image-size", "64"], {}), (["--lr", "1e-3"], {}), (["--data", str(phantoms)], {}),
+                         (["--time-budget", "60"], {})):
         seen.clear()
         assert train.main([*argv, "--device", "cpu"]) == 0
         assert seen["cfg"].per_model == recipe, argv
