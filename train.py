@@ -32,9 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
     p.add_argument("--time-budget", type=float, help="seconds of training per network: after the first epoch, "
-                                                      "the number of epochs nearest it (at least 2); default: the "
-                                                      f"preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) for the demo, "
-                                                      "none with --data or --epochs")
+                                                      "the number of epochs nearest it (at least 2); default: "
+                                                      f"the preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) "
+                                                      "for the demo, none with --data or --epochs")
     p.add_argument("--run-budget", type=float, help="seconds for the whole run: where it falls behind, each "
                                                     "network trains for less than its time budget (its share of "
                                                     "the time left); default: the preset's "

@@ -27,7 +27,7 @@ class Preset:
     batch_size: int
     difficulty: tuple[float, float]   # phantom bleed difficulty range (core.phantom)
     models: tuple[str, ...]           # what `python train.py` trains without --models
-    time_budget_s: float | None       # per network: epochs are cut to what fits (core.training.planned_epochs)
+    time_budget_s: float | None       # per network: epochs cut to those nearest it (core.training.planned_epochs)
     run_budget_s: float | None = None   # the whole run: networks' budgets shrink to fit it (core.run_budget)
     per_model: dict = field(default_factory=dict)   # {model: {TrainConfig field: value}} for one model
     augment: bool = True              # the studies' rotation / zoom / flip / jitter of training batches

@@ -223,7 +223,8 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
     from core.presets import demo_preset
     seen = {}
     monkeypatch.setattr(train, "phantom_root", lambda *a, **k: phantoms)
-    monkeypatch.setattr(core.training, "train_run", lambda cfg, root, prepare_fn, **kw: seen.setdefault("cfg", cfg) and {})
+    monkeypatch.setattr(core.training, "train_run",
+                        lambda cfg, root, prepare_fn, **kw: seen.setdefault("cfg", cfg) and {})
     preset = demo_preset("cpu")
     for argv, recipe in ((["--models", "vgg16"], preset.per_model), (["--epochs", "3"], {}),
                          (["--image-size", "64"], {}), (["--lr", "1e-3"], {}), (["--data", str(phantoms)], {}),
