@@ -314,7 +314,8 @@ def _finish(name, model, data: Prepared, cfg, model_dir, device, history, train_
         "gmacs_native": gmacs_of(model, spec.input_size),
         "latency": measure_latency(model, size, device, stack_size=stack_size),
         "training": {"epochs": len(history), "epochs_planned": planned_epochs(cfg, history[0]["wall_s"]),
-                     "time_budget_s": cfg.time_budget_s, "run_budget_s": cfg.run_budget_s,   # the share it was given
+                     "time_budget_s": cfg.time_budget_s,   # under a run budget: the share it was given
+                     "run_budget_s": cfg.run_budget_s,
                      "seconds": train_seconds, "augment": cfg.augment,
                      "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
                      "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
