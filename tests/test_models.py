@@ -1,6 +1,5 @@
 """The model registry: every entry builds, runs, back-propagates, explains, and loads ImageNet weights."""
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -117,16 +116,19 @@ def test_unknown_name_lists_the_available_models():
 def offline(monkeypatch, tmp_path):
     """No network and an empty torch.hub cache, on any machine."""
     def no_dns(*args, **kwargs):
+        lookups.append(args[0])
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    lookups = []
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return lookups
 
 
 @pytest.mark.parametrize("name", ["resnet18", "xception"])   # torchvision weights= and timm pretrained=True
 def test_pretrained_without_network_falls_back_fast(name, offline, capsys):
-    start = time.perf_counter()
     model = create_model(name, pretrained=True)
-    assert time.perf_counter() - start < 15
+    # It gave up at the first failed name lookup: no retry loop, nothing downloaded.
+    assert len(offline) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"hemolens: ImageNet weights for {name} are unreachable (no network?")
