@@ -1,4 +1,4 @@
-"""Train and compare hemorrhage classifiers; thin CLI over core.training.
+"""Train and compare hemorrhage classifiers; thin CLI over core.run.
 
     python train.py                      # the embedded demo: synthetic phantoms, every CNN, quick preset
     python train.py --data PATH --models resnet50,mobilenet_v2 --epochs 10 --out checkpoints/mine
@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-
-from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, demo_preset, phantom_root  # noqa: E402
+from core.data.discover import DatasetError
+from core.data.splits import prepare
+from core.engine.config import TrainConfig, resolve_device
+from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, phantom_root
+from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
+from core.run import train_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,47 +56,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    start = time.perf_counter()   # a run budget counts from here: generating the phantoms is part of the run
-    args = parse_args(argv)
-    from core.data import DatasetError
-    from core.models import CNN_NAMES, REGISTRY
-    from core.splits import prepare
-    from core.training import TrainConfig, resolve_device, train_run
-
-    preset = demo_preset(resolve_device(args.device).type)
+def model_names(args: argparse.Namespace, preset: Preset) -> list[str]:
+    """The models asked for (default: the preset's); SystemExit(2) with one line for unknown ones."""
     names = (list(preset.models) if args.models is None else list(REGISTRY) if args.models == "all"
              else [m.strip() for m in args.models.split(",") if m.strip()])
     unknown = [m for m in names + [args.sequence_backbone] if m not in REGISTRY]
     if unknown:
         print(f"hemolens: unknown model(s) {', '.join(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)
-        return 2
-    if REGISTRY[args.sequence_backbone].family != "cnn" or args.stack_size < 1:
+        raise SystemExit(2)
+    if args.sequence_backbone not in CNN_NAMES or args.stack_size < 1:
         print(f"hemolens: --sequence-backbone must be one of {', '.join(CNN_NAMES)} and --stack-size >= 1",
               file=sys.stderr)
-        return 2
-    cfg = TrainConfig(
+        raise SystemExit(2)
+    return names
+
+
+def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -> TrainConfig:
+    """The run's TrainConfig from the flags and the preset. The preset's epoch size, augmentation and
+    budgets belong to the phantom demo: --data drops them, and so does a flag that asks for a
+    network's epochs or seconds explicitly; its per-model recipe goes with any training flag."""
+    demo = args.data is None
+    explicit_length = bool(args.epochs or args.time_budget)
+    return TrainConfig(
         models=names, out=args.out, epochs=args.epochs or preset.epochs,
         image_size=args.image_size or preset.image_size, batch_size=args.batch_size or preset.batch_size,
         lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
-        # Like the phantom set itself, the preset's epoch size and augmentation apply without --data.
-        augment=args.augment if args.augment is not None else (True if args.data else preset.augment),
-        epoch_size=args.epoch_size or (None if args.data else preset.epoch_size),
-        time_budget_s=args.time_budget or (None if args.data or args.epochs else preset.time_budget_s),
-        # A network's epochs or seconds asked for explicitly are not shrunk by the demo's run budget.
-        run_budget_s=args.run_budget or (None if args.data or args.epochs or args.time_budget
-                                         else preset.run_budget_s),
-        # The preset's per-model recipe belongs to the demo as shipped; any training flag overrides it.
-        per_model={} if args.data or args.epochs or args.image_size or args.time_budget or args.lr
-        else preset.per_model,
+        augment=args.augment if args.augment is not None else (preset.augment if demo else True),
+        epoch_size=args.epoch_size or (preset.epoch_size if demo else None),
+        time_budget_s=args.time_budget or (preset.time_budget_s if demo and not args.epochs else None),
+        run_budget_s=args.run_budget or (preset.run_budget_s if demo and not explicit_length else None),
+        per_model=(preset.per_model if demo and not explicit_length and not args.image_size and not args.lr
+                   else {}),
         args={k: v for k, v in vars(args).items() if v is not None})
-    # Sequence models need stacks of adjacent slices; otherwise independent heads teach more per slice
-    # (a CPU demo on 120 stacks of 5 near-identical slices left six of nine CNNs at chance).
-    stack_size = args.stack_size if any(REGISTRY[m].family == "sequence" for m in names) else 1
-    root = Path(args.data) if args.data else phantom_root(args.phantoms or preset.phantoms, args.seed,
-                                                          preset.difficulty, stack_size)
+
+
+def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Path:
+    """--data, or the cached phantom set. Phantom stacks only for sequence models: otherwise independent
+    heads teach more per slice (docs/NOTES.md, "CPU demo preset")."""
+    if args.data:
+        return Path(args.data)
+    stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
+    return phantom_root(args.phantoms or preset.phantoms, args.seed, preset.difficulty, stack_size)
+
+
+def main(argv=None) -> int:
+    start = time.perf_counter()   # a run budget counts from here: generating the phantoms is part of the run
+    args = parse_args(argv)
+    preset = demo_preset(resolve_device(args.device).type)
+    try:
+        names = model_names(args, preset)
+    except SystemExit as stop:
+        return stop.code
+    cfg = resolve_config(args, preset, names)
+    root = data_root(args, preset, names)
     try:
         cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed), started=start)
     except DatasetError as err:

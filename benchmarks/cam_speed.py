@@ -22,8 +22,9 @@ import torch  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget  # noqa: E402
 
-from core.explain import cam_batch  # noqa: E402
-from core.models import CNN_NAMES, REGISTRY, create_model  # noqa: E402
+from core.explain.cam import cam_batch  # noqa: E402
+from core.nets.build import cam_layers, create_model  # noqa: E402
+from core.registry import CNN_NAMES, REGISTRY  # noqa: E402
 
 GOAL_S = 1.5
 
@@ -39,7 +40,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def library_gradcam(model, name, x):
-    with GradCAM(model=model, target_layers=REGISTRY[name].cam_layers(model)) as cam:
+    with GradCAM(model=model, target_layers=cam_layers(model)) as cam:
         cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])
     model.zero_grad(set_to_none=True)
 

@@ -3,8 +3,8 @@ probability, and one hemorrhage Grad-CAM per convolutional model.
 
     python benchmarks/scan_page.py [--run checkpoints/demo] [--repeats 5] [--threads 2]
 
-The same core calls the page makes (core.imaging.load_scan, core.inference.predict_all,
-core.explain.explain_image), timed after one warm-up upload. Goal: <= 1.5 s on a 2-core CPU for
+The same core calls the page makes (core.io.imaging.load_scan, core.inference.predict_all,
+core.explain.cam.explain_image), timed after one warm-up upload. Goal: <= 1.5 s on a 2-core CPU for
 the demo run. The median and the best of the repeats are printed, per step and in total.
 """
 import argparse
@@ -22,12 +22,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core import checkpoints as ckpt  # noqa: E402
-from core.datasets import resize_square  # noqa: E402
-from core.explain import explain_image  # noqa: E402
-from core.imaging import load_scan  # noqa: E402
+from core.io import store as ckpt  # noqa: E402
+from core.data.decode import resize_square  # noqa: E402
+from core.explain.cam import explain_image  # noqa: E402
+from core.io.imaging import load_scan  # noqa: E402
 from core.inference import load_predictor, predict_all  # noqa: E402
-from core.phantom import generate_slice, render  # noqa: E402
+from core.phantom.generate import generate_slice, render  # noqa: E402
 
 GOAL_S = 1.5
 
@@ -49,8 +49,8 @@ def one_upload(predictors, data: bytes) -> dict[str, float]:
     times["probabilities"] = time.perf_counter() - tick
     tick = time.perf_counter()
     for p in predictors.values():
-        if p.has_cam:
-            explain_image(p.loaded, image, "gradcam")
+        if p.family.explained_by_cam:
+            explain_image(p, image, "gradcam")
     times["gradcams"] = time.perf_counter() - tick
     times["total"] = time.perf_counter() - start
     return times
@@ -71,7 +71,7 @@ def main() -> int:
     data = upload_bytes()
     one_upload(predictors, data)   # warm-up: first-call allocations, oneDNN kernel choice
     runs = [one_upload(predictors, data) for _ in range(args.repeats)]
-    n_cam = sum(p.has_cam for p in predictors.values())
+    n_cam = sum(p.family.explained_by_cam for p in predictors.values())
     print(f"{args.run}: {len(names)} models ({n_cam} with Grad-CAM), 512 px PNG upload, CPU {args.threads} threads, "
           f"median (best) of {args.repeats}; load average {os.getloadavg()[0]:.1f}")
     for key in runs[0]:

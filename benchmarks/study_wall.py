@@ -3,7 +3,7 @@
     python benchmarks/study_wall.py [--n 5000] [--epochs 10] [--batch-size 64] [--device auto]
 
 The six are the registry CNNs a source study used (AlexNet, VGG-16, ResNet-50, MobileNetV2,
-Inception-v3, Xception), each at its native size, trained through core.training.train_run exactly
+Inception-v3, Xception), each at its native size, trained through core.run.train_run exactly
 as `python train.py` trains them on a GPU (bf16 autocast, channels_last, the decoded set on the
 GPU), from scratch. Every epoch runs (no early stopping), so the figure is 10 epochs each. Printed
 per model: training seconds (with each epoch's validation), the rest of its wall time (test
@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from core.checkpoints import HISTORY  # noqa: E402
-from core.models import CNN_NAMES, REGISTRY  # noqa: E402
+from core.io.store import HISTORY  # noqa: E402
+from core.registry import CNN_NAMES, REGISTRY  # noqa: E402
 from core.presets import phantom_root  # noqa: E402
-from core.splits import prepare  # noqa: E402
-from core.training import TrainConfig, train_run  # noqa: E402
+from core.data.splits import prepare  # noqa: E402
+from core.engine.config import TrainConfig  # noqa: E402
+from core.run import train_run  # noqa: E402
 
 STUDY_CNNS = [name for name in CNN_NAMES if REGISTRY[name].study]
 

@@ -15,11 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from core.datasets import SliceDataset  # noqa: E402
-from core.models import CNN_NAMES, create_model  # noqa: E402
-from core.phantom import write_dataset  # noqa: E402
-from core.splits import prepare  # noqa: E402
-from core.training import resolve_device, train_one_epoch  # noqa: E402
+from core.data.decode import SliceDataset  # noqa: E402
+from core.nets.build import create_model  # noqa: E402
+from core.registry import CNN_NAMES  # noqa: E402
+from core.phantom.generate import write_dataset  # noqa: E402
+from core.data.splits import prepare  # noqa: E402
+from core.engine.config import resolve_device  # noqa: E402
+from core.engine.loop import train_one_epoch  # noqa: E402
 
 
 def measure(name, data, size, device, epochs, batch_size, amp):

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 
-from core import checkpoints as ckpt
-from core.latency import measure_latency
-from core.models import REGISTRY, TORCH_FAMILIES, count_gmacs
-from core.sequence import count_stack_gmacs
+from core.io import store as ckpt
+from core.families import family_of_card
+from core.nets.build import load_network
+from core.nets.measure import count_gmacs, measure_latency
+from core.registry import get_spec
 
 VARIANTS = ("eager", "channels_last", "compile")
 
 
 def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, queue) -> None:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    loaded = ckpt.load(model_dir, device)
+    loaded = load_network(model_dir, device)
     card = loaded.card
-    size = REGISTRY[card["model"]].input_size if size_mode == "native" else card["input_size"]
-    stack = card.get("architecture", {}).get("stack_size")   # a sequence model reads a stack per prediction
-    gmacs = count_stack_gmacs(loaded.model, size) if stack else count_gmacs(loaded.model, size)
+    size = get_spec(card["model"]).input_size if size_mode == "native" else card["input_size"]
+    gmacs = count_gmacs(loaded.model, size)
     out = {"model": card["model"], "device": device, "input_size": size, "params": card["params"],
            "gmacs": gmacs, "size_bytes": card["size_bytes"]}
     if device == "cuda":
@@ -41,7 +41,7 @@ def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, q
         if variant == "compile":
             model = torch.compile(model)
         out[variant] = measure_latency(model, size, device, channels_last=variant == "channels_last",
-                                       warmup=5 if variant == "compile" else 3, stack_size=stack)
+                                       warmup=5 if variant == "compile" else 3)
     out["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                              else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
     queue.put(out)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     run = Path(args.run)
     # Classical pipelines and ensembles have no network to compile; their latency is in their cards.
     names = args.models.split(",") if args.models else [
-        m for m in ckpt.list_models(run) if ckpt.load_card(run / m).get("family", "cnn") in TORCH_FAMILIES]
+        m for m in ckpt.list_models(run) if family_of_card(ckpt.load_card(run / m)).is_network]
     variants = [v for v in args.variants.split(",") if v]
     if not names or any(v not in VARIANTS for v in variants):
         print(f"hemolens: nothing to benchmark in {run} (or unknown variant; choose from {VARIANTS})", file=sys.stderr)

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import checkpoints as ckpt
-from core import metrics as M
-from core.data import DatasetError
-from core.datasets import decode_images
+from core.io import store as ckpt
+from core.metrics import binary as M
+from core.data.discover import DatasetError
+from core.data.decode import decode_images
 from core.inference import load_predictor, predict_all
 from core.report import write_report
-from core.splits import prepare, read_manifest
+from core.data.splits import prepare, read_manifest
 
 # Bleed area bands (mm2 on the slice). Commercial triage loses sensitivity on small bleeds
 # (~72% under 5 mL); on single slices, area is the size we can measure.
@@ -109,13 +109,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
     sizes = sorted({p.input_size for p in predictors.values() if p.input_size})
     images_at(sizes[0])
     cases, _, facts = by_size[sizes[0]]
-    probs = predict_all(predictors, images_at, manifest=cases, device=device)
+    probs = predict_all(predictors, images_at, manifest=cases)
     y = cases["label"].to_numpy()
     per_model, predictions = {}, []
     for name in names:
         card, prob = predictors[name].card, probs[name]
         per_model[name] = {
-            "display_name": card["display_name"], "family": card.get("family", "cnn"),
+            "display_name": card["display_name"], "family": predictors[name].family.key,
             "thresholds": card["thresholds"],
             "metrics": {k: M.binary_metrics(y, prob, threshold=t, bootstrap=bootstrap if k == "default" else 0)
                         for k, t in card["thresholds"].items()},

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core import checkpoints as ckpt
-from core.atomic import atomic_write
+from core.io import store as ckpt
+from core.io.atomic import atomic_write
 
 LEADERBOARD_METRICS = ["accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc"]
 

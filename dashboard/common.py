@@ -20,10 +20,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import checkpoints as ckpt
-from core import metrics as M
-from core.imaging import Scan, load_scan
-from core.inference import Predictor, load_predictor
+from core.io import store as ckpt
+from core.metrics import binary as M
+from core.io.imaging import Scan, load_scan
+from core.families import family_of_card
+from core.families.base import Predictor
+from core.inference import load_predictor
+from core.registry import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
@@ -67,7 +70,6 @@ class Run:
 
 def open_run(path: Path) -> Run:
     """A run's completed models in registry order: CNNs, sequence models, classical, ensembles."""
-    from core.models import REGISTRY
     order = {name: i for i, name in enumerate(REGISTRY)}
     models = tuple(sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m)))
     files = [path / ckpt.SPLIT, *(path / m / ckpt.CARD for m in models)]
@@ -146,7 +148,7 @@ def histories(run_dir: str, stamp: float) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def split_manifest(run_dir: str, stamp: float) -> pd.DataFrame:
-    from core.splits import read_manifest
+    from core.data.splits import read_manifest
     return read_manifest(Path(run_dir) / ckpt.SPLIT)
 
 
@@ -198,7 +200,7 @@ def rounds_to(printed: float, computed: float) -> bool:
 
 
 def confusion_check(tn: int, fp: int, fn: int, tp: int, printed: dict) -> pd.DataFrame:
-    """Every metric a printed confusion matrix implies (core.metrics.from_confusion), Wilson intervals
+    """Every metric a printed confusion matrix implies (core.metrics.binary.from_confusion), Wilson intervals
     for the proportions, and whether each figure the paper printed is the matrix's, rounded."""
     got = M.from_confusion(tn, fp, fn, tp)
     counts = {"accuracy": (tp + tn, tn + fp + fn + tp), "sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
@@ -234,7 +236,7 @@ def leaderboard(run: Run) -> tuple[pd.DataFrame, dict[str, dict]]:
     for model in run.models:
         card = run.cards[model]
         met = mets[model] = test_metrics(*run.key, model, threshold(card), BOOTSTRAP)
-        row = {"Model": run.display(model), "Family": card.get("family", "cnn"), "Source": "this run",
+        row = {"Model": run.display(model), "Family": family_of_card(card).key, "Source": "this run",
                "Threshold": met["threshold"]}
         for key, label in METRICS.items():
             row[label], row[f"{label} 95% CI"] = met[key], ci_text(met.get(f"{key}_ci"))
@@ -247,7 +249,7 @@ def leaderboard(run: Run) -> tuple[pd.DataFrame, dict[str, dict]]:
 
 def published_board() -> pd.DataFrame:
     """core.published rows, labelled, with the leaderboard's column names."""
-    from core.published import PUBLISHED, published_rows
+    from core.metrics.published import PUBLISHED, published_rows
 
     pub = published_rows()
     out = pd.DataFrame({
@@ -277,12 +279,12 @@ def model_for(run: Run, model: str) -> Predictor:
 
 def with_cam(run: Run) -> list[str]:
     """The run's models that Grad-CAM can explain (CNNs and sequence models)."""
-    return [m for m in run.models if run.cards[m].get("family", "cnn") in ("cnn", "sequence")]
+    return [m for m in run.models if family_of_card(run.cards[m]).explained_by_cam]
 
 
 def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
     """An uploaded file's bytes as a Scan; the content decides the format, never a MIME type or
-    file name. Raises core.imaging.ScanError with one sentence for the user."""
+    file name. Raises core.io.imaging.ScanError with one sentence for the user."""
     return load_scan(bytes(data), window=window, frame=frame)
 
 
@@ -292,7 +294,7 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
 
     With `series` (ordered slices, `image` = series[centre]) a sequence model reads the slices around
     the centre; alone, a slice is a stack of itself. An ensemble combines its members."""
-    from core.datasets import resize_square
+    from core.data.decode import resize_square
     from core.inference import predict_all as predict
 
     slices = series if series else [image]
@@ -303,7 +305,7 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
     rows = []
     for model, prob in probs.items():
         thr, p = threshold(run.cards[model]), float(prob[centre])
-        rows.append({"model": model, "Model": run.display(model), "family": run.cards[model].get("family", "cnn"),
+        rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
                      "probability": p, "threshold": thr, "hemorrhage": p >= thr})
     return pd.DataFrame(rows), time.perf_counter() - start
 
@@ -314,13 +316,13 @@ def consensus(calls: pd.Series) -> str:
 
 def explain_api():
     """core.explain, imported only where CAMs are drawn: it pulls in pytorch-grad-cam and OpenCV."""
-    return importlib.import_module("core.explain")
+    return importlib.import_module("core.explain.cam")
 
 
 @st.cache_data(show_spinner="Computing CAMs…", max_entries=512)
 def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
     """(cam in [0, 1] at the image's size, seconds) of the hemorrhage class for one model."""
-    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir).loaded, image, method=method,
+    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method,
                                          target=1)
     return result.cam, result.seconds
 
@@ -330,7 +332,7 @@ def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.nd
 
 
 def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> np.ndarray:
-    """RGB copy of a grey uint8 image with the mask border drawn in colour (green, as in core.explain.overlay)."""
+    """RGB copy of a grey uint8 image with the mask border drawn in colour (green, as in core.explain.cam.overlay)."""
     from scipy import ndimage
 
     rgb = np.repeat(image[..., None], 3, axis=2)
@@ -342,7 +344,7 @@ def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> n
 @st.cache_data(show_spinner=False, max_entries=256)
 def case_image(path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """(display image, phantom mask or None, error sentence) for a file named in split.csv."""
-    from core.imaging import ScanError
+    from core.io.imaging import ScanError
     try:
         image = load_scan(path).image
     except ScanError as err:
@@ -357,30 +359,13 @@ def case_image(path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
 
 # ---------------------------------------------------------------- model cards
 
-def input_line(card: dict) -> str:
-    """What the model reads, by family."""
-    family = card.get("family", "cnn")
-    if family == "ensemble":
-        rule = card.get("combine", {})
-        return (f"- Members: {', '.join(card.get('members', []))}; {rule.get('rule', '?')} in "
-                f"{rule.get('space', '?')} space")
-    if family == "classical":
-        features = card.get("features", {})
-        return (f"- Input: {card['input_size']} px slices, {len(features.get('names', []))} hand-crafted features "
-                "(brain-window histogram, GLCM, LBP, HOG); explained by permutation importance, not CAMs")
-    stack = card.get("architecture", {})
-    return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
-            f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}"
-            + (f"; stacks of {stack['stack_size']} slices encoded by {stack['backbone']}" if stack else ""))
-
-
 def card_markdown(card: dict) -> str:
     """A model card as readable Markdown (the JSON download carries everything)."""
     t, lat, tr, ds = card["thresholds"], card.get("latency", {}), card.get("training", {}), card.get("dataset", {})
     lines = [f"# {card.get('display_name', card['model'])} (`{card['model']}`)", "",
              "Research and teaching tool, not for clinical use.", "",
-             f"- Family: {card.get('family', '')}; reference: {card.get('reference', '')}",
-             input_line(card),
+             f"- Family: {family_of_card(card).key}; reference: {card.get('reference', '')}",
+             family_of_card(card).describe_input(card),
              f"- Parameters: {card['params']:,}"
              + (f"; GMACs at input size: {card['gmacs']:.3f}" if card.get("gmacs") is not None else "")
              + f"; weights: {card['size_bytes'] / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",

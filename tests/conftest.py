@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_phantoms(tmp_path_factory) -> Path:
     """80 phantom slices at 64 px in stacks of 2 (40 independent groups), shared by the suite."""
-    from core.phantom import write_dataset
+    from core.phantom.generate import write_dataset
     root = tmp_path_factory.mktemp("phantoms")
     write_dataset(root, n=80, size=64, seed=3, stack_size=2)
     return root

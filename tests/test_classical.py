@@ -13,13 +13,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.pipeline import Pipeline
 
-from core import checkpoints as ckpt
-from core.classical import (MODEL_FILE, fit_classical, load_classical, make_pipeline, permutation_importances)
-from core.features import FEATURE_NAMES, extract_features, slice_features
-from core.models import CLASSICAL_NAMES
-from core.phantom import write_dataset
-from core.splits import prepare
-from core.training import TrainConfig
+from core.io import store as ckpt
+from core.families.classical import (MODEL_FILE, fit_classical, load_classical, make_pipeline, permutation_importances)
+from core.data.features import FEATURE_NAMES, extract_features, slice_features
+from core.registry import CLASSICAL_NAMES
+from core.phantom.generate import write_dataset
+from core.data.splits import prepare
+from core.engine.config import TrainConfig
 
 CARD_KEYS = {"schema_version", "model", "display_name", "family", "reference", "classes", "input_size", "window",
              "thresholds", "metrics", "metrics_at_thresholds", "params", "size_bytes", "weights_sha256", "latency",
@@ -131,9 +131,9 @@ def test_load_classical_reproduces_stored_test_probabilities(run, prepared, name
     test = preds[preds["split"] == "test"]
     row = {i: k for k, i in enumerate(prepared.manifest["id"])}
     images = prepared.images[[row[i] for i in test["id"]]]
-    np.testing.assert_array_equal(model.predict(images), test["prob"].to_numpy())
+    np.testing.assert_array_equal(model.predict_images(images), test["prob"].to_numpy())
     # A slice of another size is padded and resized like the training set was: same shape out.
-    assert model.predict([np.kron(images[0], np.ones((3, 2), np.uint8))]).shape == (1,)
+    assert model.predict_images([np.kron(images[0], np.ones((3, 2), np.uint8))]).shape == (1,)
 
 
 def test_models_of_a_run_share_features_and_knn_importances_match_its_ball_tree(run, prepared):

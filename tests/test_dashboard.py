@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import checkpoints as ckpt
-from core.imaging import ScanError
-from core.metrics import binary_metrics
-from core.models import IMAGENET_MEAN, IMAGENET_STD
-from core.phantom import generate_slice, render
+from core.io import store as ckpt
+from core.io.imaging import ScanError
+from core.metrics.binary import binary_metrics
+from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.phantom.generate import generate_slice, render
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
@@ -167,9 +167,9 @@ def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
 def test_scan_page_series_upload_feeds_neighbours_to_sequence_models(run_dir, monkeypatch):
     """What the GRU is given, not what it happened to learn: the stack for the chosen slice holds its
     ordered neighbours in a series and the slice alone otherwise."""
-    from core.datasets import resize_square, to_model_input
-    from core.phantom import generate_stack
-    from core.sequence import SequenceClassifier
+    from core.data.decode import resize_square, to_model_input
+    from core.phantom.generate import generate_stack
+    from core.nets.sequence import SequenceClassifier
     stacks = []   # every (B, K, 3, S, S) batch a sequence model predicts on (not its CAM passes)
     forward_all = SequenceClassifier.forward_all
 
@@ -219,7 +219,7 @@ def test_scan_page_test_example_matches_predictions_csv(run_dir):
     assert "green: true bleed outline" in ok(at).image[0].captions[0]
 
 def test_scan_page_cam_grid(run_dir):
-    from core import explain
+    from core.explain import cam as explain
     at = ok(page("scan"))
     at.radio(key="scan_source").set_value("phantom").run()
     assert len(ok(at).image) == 1 + len(TINY_RUN_CAM_MODELS)
@@ -262,7 +262,7 @@ def test_read_scan_and_helpers():
     assert common.rounds_to(0.9734, 989 / 1016) and not common.rounds_to(0.9777, 1220 / 1247)
     assert common.checkpoints_root(["--checkpoints", "/x/y"]) == Path("/x/y")
     assert common.consensus(pd.Series([True, False, True])) == "2 of 3 models call hemorrhage"
-    from core.published import PUBLISHED
+    from core.metrics.published import PUBLISHED
     vgg = common.confusion_check(**PUBLISHED["B"]["confusion"]["VGG16"], printed=PUBLISHED["B"]["models"]["VGG16"])
     verdicts = dict(zip(vgg["metric"], vgg["matches print"]))
     assert verdicts["accuracy"] is True and verdicts["f1"] is False and verdicts["sensitivity"] is False

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from core.data import DatasetError, class_of_folder, discover, series_of_stem, split_of_folder
-from core.datasets import SliceDataset, augment_batch, decode_images, pad_to_square, resize_square
-from core.splits import prepare, read_manifest, write_manifest
+from core.data.discover import DatasetError, class_of_folder, discover, series_of_stem, split_of_folder
+from core.data.decode import SliceDataset, augment_batch, decode_images, pad_to_square, resize_square
+from core.data.splits import prepare, read_manifest, write_manifest
 
 
 def _noise_png(path: Path, seed: int, size=(48, 48)) -> Path:
@@ -221,7 +221,7 @@ def test_declared_groups_are_authoritative_over_hash_similarity(tmp_path):
             _noise_png(tmp_path / label / f"{series}_slice{s}.png", seed=7)   # same picture in both series
     table = discover(tmp_path)
     assert set(table["group"]) == {"series:a", "series:b"}
-    from core.splits import assign_groups, near_duplicate_pairs
+    from core.data.splits import assign_groups, near_duplicate_pairs
     decoded = decode_images(table["path"].tolist(), size=32)
     table = table.assign(sha256=[f"x{i}" for i in range(len(table))], group_hint=table["group"])
     pairs = near_duplicate_pairs(decoded.phash, decoded.dhash)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import checkpoints as ckpt
-from core.phantom import generate_slice, render
+from core.io import store as ckpt
+from core.phantom.generate import generate_slice, render
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import checkpoints as ckpt
-from core.ensemble import EnsembleError, combine, fit_ensemble, load_ensemble
+from core.io import store as ckpt
+from core.families.base import Cases
+from core.families.ensemble import EnsembleError, combine, fit_ensemble, load_ensemble
 
 CARD_KEYS = {"schema_version", "model", "display_name", "family", "classes", "members", "combine", "thresholds",
              "metrics", "metrics_at_thresholds", "params", "size_bytes", "weights_sha256", "latency", "training",
@@ -85,9 +86,9 @@ def test_combine_replays_the_stored_test_probabilities(noisy_run, name):
     member_probs = _member_probs(noisy_run, loaded.members)
     np.testing.assert_array_equal(combine(loaded.card, loaded.weights, member_probs), stored)
     one = {m: p[:1] for m, p in member_probs.items()}                      # one new scan at a time
-    np.testing.assert_array_equal(loaded.predict(one), stored[:1])
-    with pytest.raises(EnsembleError, match="beta"):
-        loaded.predict({m: p for m, p in member_probs.items() if m != "beta"})
+    np.testing.assert_array_equal(loaded.predict(Cases(None, probs=one)), stored[:1])
+    with pytest.raises(ckpt.CheckpointError, match="beta"):
+        loaded.predict(Cases(None, probs={m: p for m, p in member_probs.items() if m != "beta"}))
 
 
 def test_stacking_keeps_up_with_a_perfect_member(tmp_path):
@@ -111,7 +112,7 @@ def test_stacking_validation_probabilities_are_out_of_fold(noisy_run):
     fit_ensemble("ensemble_stack", noisy_run)
     loaded = load_ensemble(noisy_run / "ensemble_stack")
     preds = pd.read_csv(noisy_run / "ensemble_stack" / "predictions.csv", dtype={"id": str})
-    refitted = loaded.predict(_member_probs(noisy_run, loaded.members, "val"))
+    refitted = loaded.predict(Cases(None, probs=_member_probs(noisy_run, loaded.members, "val")))
     assert not np.allclose(preds.loc[preds["split"] == "val", "prob"], refitted)
 
 
@@ -145,8 +146,9 @@ def test_tampered_ensemble_weights_are_refused(noisy_run):
 
 
 def test_train_run_fits_classical_members_then_both_ensembles(tmp_path, tiny_phantoms):
-    from core.splits import prepare
-    from core.training import TrainConfig, train_run
+    from core.data.splits import prepare
+    from core.engine.config import TrainConfig
+    from core.run import train_run
 
     cfg = TrainConfig(models=["knn", "mlp", "ensemble_soft", "ensemble_stack"], out=str(tmp_path / "run"),
                       image_size=32, seed=0)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import checkpoints as ckpt
+from core.io import store as ckpt
 from core.evaluate import main as evaluate_main
-from core.phantom import write_dataset
+from core.phantom.generate import write_dataset
 
 from conftest import TINY_RUN_MODELS
 

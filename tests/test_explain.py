@@ -13,13 +13,16 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 import train
-from core import checkpoints as ckpt
-from core import models
-from core.checkpoints import LoadedModel
-from core.explain import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
-                          faithfulness, localization_scores, main, overlay, phantom_cases, score_localization)
-from core.models import CNN_NAMES, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, create_model
-from core.phantom import render, write_dataset
+from core.io import store as ckpt
+from core.nets.build import LoadedModel, cam_layers, load_network
+from core.nets.cnn import CNNS, CNNBuild
+from core.explain.__main__ import main
+from core.explain.cam import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
+                              faithfulness, localization_scores, overlay, phantom_cases, score_localization)
+from core.nets.build import create_model
+from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.registry import CNN_NAMES
+from core.phantom.generate import render, write_dataset
 
 # Small inputs keep the matrix fast, but every target layer must still get a 2x2 map: a 1x1 map
 # upsamples to a flat one, which is all zeros for either target. alexnet is 1x1 at 64 px and
@@ -95,7 +98,7 @@ def test_matches_the_library_and_batches(random_model):
     name, model, x = random_model
     if name != "resnet18":
         pytest.skip("checked on one model")
-    with GradCAM(model=model, target_layers=REGISTRY[name].cam_layers(model)) as cam:
+    with GradCAM(model=model, target_layers=cam_layers(model)) as cam:
         plain = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)] * len(x))
     model.zero_grad(set_to_none=True)
     ours = cam_batch(model, name, x)
@@ -143,8 +146,10 @@ class ImageIsTheFeatureMap(nn.Module):
 
 @pytest.mark.parametrize("shape, centre", [((90, 150), (22, 112)), ((150, 90), (121, 14)), ((70, 70), (30, 50))])
 def test_cam_is_mapped_back_onto_the_original_image(monkeypatch, shape, centre):
-    monkeypatch.setitem(REGISTRY, "toy", models.ModelSpec("toy", "Toy", "cnn", 48, None, lambda m: [m.feat], "", ""))
-    loaded = LoadedModel(ImageIsTheFeatureMap().eval(),
+    monkeypatch.setitem(CNNS, "toy", CNNBuild(None, lambda m: [m.feat], ""))
+    toy = ImageIsTheFeatureMap().eval()
+    toy.registry_name = "toy"
+    loaded = LoadedModel(toy,
                          {"model": "toy", "input_size": 48, "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     image = np.zeros(shape, np.uint8)
     (r, c), half = centre, 5
@@ -252,7 +257,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_gradcam_points_at_phantom_bleeds_better_than_chance(trained_run):
-    loaded = ckpt.load(trained_run / "resnet18")
+    loaded = load_network(trained_run / "resnet18")
     assert loaded.card["metrics"]["test"]["roc_auc"] >= 0.75
     cases = phantom_cases(40, SIZE, seed=1, difficulty=(0.0, 0.4))
     images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]

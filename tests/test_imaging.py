@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MPEG2MPML
 
-from core.imaging import STACK_WINDOWS, WINDOWS, Scan, ScanError, apply_window, load_scan, to_uint8
+from core.io.imaging import STACK_WINDOWS, WINDOWS, Scan, ScanError, apply_window, load_scan, to_uint8
 
 PATIENT = "Doe^Jane^Secretname"
 STORED = np.array([[0, 1024, 1064, 3000]] * 4, dtype=np.int16)  # -> HU -1024, 0, 40, 1976

@@ -8,8 +8,8 @@ from scipy.stats import binom, binomtest, mannwhitneyu, norm
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from core import metrics as M
-from core.published import PUBLISHED, RECOMPUTED, published_rows
+from core.metrics import binary as M
+from core.metrics.published import PUBLISHED, RECOMPUTED, published_rows
 
 Z95 = norm.ppf(0.975)
 

@@ -10,7 +10,10 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from safetensors.torch import save_file
 from torch import nn
 
-from core.models import CNN_NAMES, IMAGENET_MEAN, IMAGENET_STD, REGISTRY, count_gmacs, count_params, create_model
+from core.nets.build import NETWORK_NAMES, cam_layers, create_model, init_from_scratch, load_network
+from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD
+from core.nets.measure import count_gmacs, count_params
+from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 
 # Published ballparks (conv/linear MACs of one image at native size); the counter must land within
 # 30 %. vgg16_bn: the same convolutions as vgg16; mobilenet_v3_large: 219 M in its paper.
@@ -67,6 +70,8 @@ def test_registry_lists_the_nine_cnns():
         "inception_v3": 299, "xception": 299}
     assert set(GMACS_REF) == set(CNN_NAMES)
     assert {s.family for s in REGISTRY.values()} == {"cnn", "sequence", "classical", "ensemble"}
+    # Every network of the registry can be built, and nothing else is a network.
+    assert set(CNNS) == set(CNN_NAMES) and set(NETWORK_NAMES) == {*CNN_NAMES, *SEQUENCE_NAMES}
 
 
 def test_forward_gives_one_finite_logit(built):
@@ -90,7 +95,7 @@ def test_gradient_reaches_the_input(built):
 def test_gradcam_on_the_spec_layers(built):
     spec, model = built
     size = spec.input_size
-    with GradCAM(model=model, target_layers=spec.cam_layers(model)) as cam:
+    with GradCAM(model=model, target_layers=cam_layers(model)) as cam:
         heat = cam(input_tensor=disc_image(size), targets=[BinaryClassifierOutputTarget(1)])
     assert heat.shape == (1, size, size)
     assert np.isfinite(heat).all()
@@ -210,14 +215,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
     """save_model -> load through the run-folder format (sha256 verified) reproduces the logits exactly."""
     import pandas as pd
 
-    from core import checkpoints as ckpt
+    from core.io import store as ckpt
     spec, model = built
     card = {"model": spec.name, "display_name": spec.display_name, "family": spec.family,
             "input_size": spec.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "thresholds": {"default": 0.5}}
     history = pd.DataFrame(columns=ckpt.HISTORY_COLUMNS)
     predictions = pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS)
     ckpt.save_model(tmp_path / spec.name, model.state_dict(), card, history, predictions)
-    loaded = ckpt.load(tmp_path / spec.name)
+    loaded = load_network(tmp_path / spec.name)
     x = disc_image(spec.input_size)
     with torch.inference_mode():
         assert torch.equal(model(x), loaded.model(x))
@@ -246,14 +251,14 @@ def test_vgg16_from_scratch_init_keeps_the_signal_scale():
     x = torch.randn(4, 3, 32, 32)   # unit-variance input
     model = create_model("vgg16").eval()
     shrunk = _penultimate_rms(model, x)    # torchvision's ImageNet init
-    REGISTRY["vgg16"].scratch_init(model)
+    init_from_scratch(model)
     kept = _penultimate_rms(model, x)
     assert shrunk < 0.3 and 0.5 < kept < 5, (shrunk, kept)
     head = model.classifier[-1]
     assert abs(float(head.weight.detach().std()) - 0.01) < 0.003 and not head.bias.detach().any()
     first = model.features[0]   # fan-in 3 x 3 x 3 = 27
     assert abs(float(first.weight.detach().std()) - (2 / 27) ** 0.5) < 0.05
-    assert {n for n in CNN_NAMES if REGISTRY[n].scratch_init} == {"vgg16", "mobilenet_v2", "mobilenet_v3_large"}
+    assert {n for n in CNN_NAMES if CNNS[n].scratch_init} == {"vgg16", "mobilenet_v2", "mobilenet_v3_large"}
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large"])
@@ -262,7 +267,7 @@ def test_mobilenet_scratch_init_starts_every_residual_block_as_the_identity(name
     from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
     torch.manual_seed(0)
     model = create_model(name).eval()
-    REGISTRY[name].scratch_init(model)
+    init_from_scratch(model)
     blocks = [m for m in model.modules() if isinstance(m, (V2Block, V3Block))]
     residual = [b for b in blocks if b.use_res_connect]
     assert len(residual) >= 5 and len(residual) < len(blocks)   # strided / widening blocks have no shortcut

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import phantom
-from core.phantom import FOV_MM, LABEL_COLUMNS, SUBTYPES, TISSUES
+from core.phantom import generate as phantom
+from core.phantom.generate import FOV_MM, LABEL_COLUMNS, SUBTYPES, TISSUES
 
 ROOT = Path(__file__).resolve().parents[1]
 T = {name: code for code, name in enumerate(TISSUES)}

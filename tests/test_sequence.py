@@ -11,14 +11,18 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from core import checkpoints as ckpt
-from core import training
-from core.data import discover
-from core.datasets import to_model_input
-from core.models import IMAGENET_MEAN, IMAGENET_STD, create_model
-from core.predict import predict_probs
-from core.sequence import sequence_cam, stack_indices
-from core.splits import prepare, read_manifest
+from core.io import store as ckpt
+from core.data.discover import discover
+from core.engine import fit
+from core.engine.config import TrainConfig
+from core.run import train_run
+from core.data.decode import to_model_input
+from core.nets.build import create_model, load_network
+from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.nets.predict import predict_probs
+from core.data.stacks import stack_indices
+from core.explain.cam import sequence_cam
+from core.data.splits import prepare, read_manifest
 
 K = 5
 
@@ -50,7 +54,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
     card = {"model": name, "architecture": architecture, "input_size": 32}
     ckpt.save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
                     pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS))
-    loaded = ckpt.load(tmp_path / name)
+    loaded = load_network(tmp_path / name)
     assert (loaded.model.backbone_name, loaded.model.stack_size, loaded.model.kind) == (
         "resnet18", K, name.removeprefix("cnn_"))
     x = torch.randn(2, K, 3, 32, 32)
@@ -61,7 +65,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
 def test_unknown_backbone_and_kind_are_refused():
     with pytest.raises(ValueError, match="not a registry CNN"):
         create_model("cnn_gru", backbone="svm")
-    from core.sequence import build_sequence_model
+    from core.nets.sequence import build_sequence_model
     with pytest.raises(ValueError, match="gru or lstm"):
         build_sequence_model("rnn")
 
@@ -172,15 +176,15 @@ def test_dicom_series_are_ordered_along_the_slice_normal(tmp_path):
 def gru_run(tmp_path_factory):
     """cnn_gru trained on 100 phantom slices (20 stacks) at 32 px: killed in its second epoch (its
     card never written), then resumed from epoch 1 by train_run, as `train.py --resume` does."""
-    from core.phantom import write_dataset
+    from core.phantom.generate import write_dataset
 
     root = tmp_path_factory.mktemp("phantoms")
     write_dataset(root, 100, size=32, seed=0, stack_size=K)
     out = tmp_path_factory.mktemp("runs") / "seq"
-    cfg = training.TrainConfig(models=["cnn_gru"], out=str(out), epochs=2, image_size=32, batch_size=16,
-                               device="cpu", sequence_backbone="resnet18", stack_size=K)
+    cfg = TrainConfig(models=["cnn_gru"], out=str(out), epochs=2, image_size=32, batch_size=16,
+                      device="cpu", sequence_backbone="resnet18", stack_size=K)
     prepare_fn = lambda size: prepare(root, size, seed=0)
-    train_one_epoch = training.train_one_epoch
+    train_one_epoch = fit.train_one_epoch
 
     def killed_in_epoch_2(*args, **kwargs):
         if args[6] == 2:   # the epoch argument
@@ -188,11 +192,11 @@ def gru_run(tmp_path_factory):
         return train_one_epoch(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "train_one_epoch", killed_in_epoch_2)
+        mp.setattr(fit, "train_one_epoch", killed_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
-            training.train_run(cfg, root, prepare_fn)
+            train_run(cfg, root, prepare_fn)
     assert json.loads((out / "cnn_gru" / "last.json").read_text())["epoch"] == 1
-    cards = training.train_run(training.TrainConfig(**{**cfg.__dict__, "resume": True}), root, prepare_fn)
+    cards = train_run(TrainConfig(**{**cfg.__dict__, "resume": True}), root, prepare_fn)
     return out, cards["cnn_gru"]
 
 
@@ -213,7 +217,7 @@ def test_fit_sequence_writes_a_contract_complete_run_folder(gru_run):
 
 
 def test_stack_gmacs_count_every_slice(gru_run):
-    from core.models import count_gmacs
+    from core.nets.measure import count_gmacs
     _, card = gru_run
     one_slice = count_gmacs(create_model("resnet18"), 32)
     assert K * one_slice <= card["gmacs"] <= K * one_slice * 1.1
@@ -221,7 +225,7 @@ def test_stack_gmacs_count_every_slice(gru_run):
 
 def test_loaded_sequence_model_reproduces_saved_predictions(gru_run):
     out, _ = gru_run
-    loaded = ckpt.load(out / "cnn_gru")
+    loaded = load_network(out / "cnn_gru")
     split = read_manifest(out / "split.csv")
     data = prepare(json.loads((out / "run.json").read_text())["data_root"], loaded.card["input_size"], seed=0)
     assert data.manifest["sha256"].tolist() == split["sha256"].tolist()
@@ -236,7 +240,7 @@ def test_loaded_sequence_model_reproduces_saved_predictions(gru_run):
 
 def test_sequence_cam_gives_one_map_per_slice(gru_run):
     out, _ = gru_run
-    loaded = ckpt.load(out / "cnn_gru")
+    loaded = load_network(out / "cnn_gru")
     split = read_manifest(out / "split.csv")
     data = prepare(json.loads((out / "run.json").read_text())["data_root"], 64, seed=0)
     centre = int(np.flatnonzero((split["split"] == "test").to_numpy() & (split["label"] == 1).to_numpy())[0])
@@ -254,7 +258,7 @@ def test_sequence_cam_gives_one_map_per_slice(gru_run):
 
 def test_slice_order_uses_position_then_instance_then_file_name():
     from types import SimpleNamespace as Scan
-    from core.sequence import slice_order
+    from core.data.stacks import slice_order
     unknown = Scan(slice_position=None, instance_number=None)
     names = ["N7_0_110.png", "N7_0_9.png", "N7_0_100.png", "IMG-0001-00003.dcm", "scan.png"]
     assert slice_order([unknown] * 5, names) == [3, 1, 2, 0, 4]   # by number (3, 9, 100, 110), unnumbered last

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import train
-from core import checkpoints as ckpt
-from core.predict import predict_probs
+from core.io import store as ckpt
+from core.nets.build import load_network
+from core.nets.predict import predict_probs
 
 from conftest import TINY_RUN_MODELS
 
@@ -66,9 +67,9 @@ def test_run_folder_matches_the_contract(run_dir):
 
 
 def test_loaded_model_reproduces_saved_predictions(run_dir):
-    loaded = ckpt.load(run_dir / "resnet18")
+    loaded = load_network(run_dir / "resnet18")
     preds = pd.read_csv(run_dir / "resnet18" / "predictions.csv")
-    from core.datasets import decode_images
+    from core.data.decode import decode_images
     test = preds[preds["split"] == "test"]
     images = decode_images(test["path"].tolist(), size=loaded.card["input_size"]).images
     probs = predict_probs(loaded.model, images, loaded.card["mean"], loaded.card["std"])
@@ -84,16 +85,16 @@ def test_tampered_truncated_and_corrupt_checkpoints_are_refused(run_dir, tmp_pat
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="sha256"):
-        ckpt.load(folder)
+        load_network(folder)
     weights.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(ckpt.CheckpointError, match="sha256"):
-        ckpt.load(folder)
+        load_network(folder)
     # Without a recorded hash, a truncated file still fails cleanly as safetensors.
     with pytest.raises(ckpt.CheckpointError, match="safetensors"):
         ckpt.load_weights(weights, expected_sha256=None)
     (folder / "card.json").write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match="JSON"):
-        ckpt.load(folder)
+        load_network(folder)
 
 
 def test_bad_data_gives_one_clear_line(tmp_path, capsys):
@@ -127,7 +128,7 @@ def test_kill_9_then_resume_continues_from_last_completed_epoch(phantoms, tmp_pa
     assert f"resuming after epoch {done}" in log
     history = pd.read_csv(out / "resnet18" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3, 4]
-    assert ckpt.load(out / "resnet18").card["training"]["epochs"] == 4
+    assert load_network(out / "resnet18").card["training"]["epochs"] == 4
 
 
 def test_torchrun_ddp_on_cpu_writes_a_valid_run(phantoms, tmp_path):
@@ -138,16 +139,15 @@ def test_torchrun_ddp_on_cpu_writes_a_valid_run(phantoms, tmp_path):
                              "--image-size", "32", "--batch-size", "8", "--out", str(out), "--device", "cpu"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    card = ckpt.load(out / "resnet18").card
+    card = load_network(out / "resnet18").card
     assert card["training"]["world_size"] == 2
     assert ckpt.list_models(out) == ["resnet18"]
 
 
 def test_time_budget_plans_epochs_from_the_first_one():
-    from core.training import TrainConfig, planned_epochs
-    cfg = TrainConfig(models=["resnet18"], epochs=8, time_budget_s=45)
-    assert [planned_epochs(cfg, s) for s in (5, 10, 15, 17.9, 18.1, 23, 400)] == [8, 5, 3, 3, 2, 2, 2]
-    assert planned_epochs(TrainConfig(models=["resnet18"], epochs=8), 400) == 8   # no budget: as asked
+    from core.engine.budget import planned_epochs
+    assert [planned_epochs(8, 45, s) for s in (5, 10, 15, 17.9, 18.1, 23, 400)] == [8, 5, 3, 3, 2, 2, 2]
+    assert planned_epochs(8, None, 400) == 8   # no budget: as asked
 
 
 def test_time_budget_cuts_a_run_short(phantoms, tmp_path):
@@ -161,7 +161,7 @@ def test_time_budget_cuts_a_run_short(phantoms, tmp_path):
 
 
 def test_run_budget_shares_the_time_left_in_proportion_to_own_budgets():
-    from core.run_budget import FIXED_COST_GUESS_S, RunBudget
+    from core.engine.budget import FIXED_COST_GUESS_S, RunBudget
     budget = RunBudget(seconds=600, started=100.0)
     own = [45, 95, 30]
     # On schedule every network keeps its own budget.
@@ -191,14 +191,15 @@ def test_run_budget_cuts_networks_and_a_resumed_one_keeps_the_budget_it_was_give
         assert training["run_budget_s"] == 0.5 and training["time_budget_s"] == 0.0
         assert training["epochs"] == training["epochs_planned"] == 2   # whole epochs, at least two
     # Killed after its last epoch, then resumed with time to spare: it plans what the killed run did.
-    import core.training as training_module
-    from core.splits import prepare
-    from core.training import TrainConfig, train_run
+    import core.engine.fit
+    from core.data.splits import prepare
+    from core.engine.config import TrainConfig
+    from core.run import train_run
     cfg = TrainConfig(models=["resnet18"], out=str(tmp_path / "resumed"), epochs=2, image_size=32, batch_size=16,
                       device="cpu", run_budget_s=0.5)
     prepare_fn = lambda size: prepare(phantoms, size, seed=0)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_module, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        mp.setattr(core.engine.fit, "finish_network", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train_run(cfg, phantoms, prepare_fn)
     card = train_run(TrainConfig(**{**cfg.__dict__, "epochs": 4, "run_budget_s": 1e6, "resume": True}),
@@ -207,8 +208,9 @@ def test_run_budget_cuts_networks_and_a_resumed_one_keeps_the_budget_it_was_give
 
 
 def test_per_model_settings_replace_the_run_settings_for_that_model_only(phantoms, tmp_path):
-    from core.splits import prepare
-    from core.training import TrainConfig, train_run
+    from core.data.splits import prepare
+    from core.engine.config import TrainConfig
+    from core.run import train_run
     cfg = TrainConfig(models=["resnet18", "mobilenet_v2"], out=str(tmp_path / "run"), epochs=3, image_size=32,
                       batch_size=16, device="cpu", per_model={"resnet18": {"image_size": 40, "time_budget_s": 0.001}})
     cards = train_run(cfg, phantoms, lambda size: prepare(phantoms, size, seed=0))
@@ -219,11 +221,10 @@ def test_per_model_settings_replace_the_run_settings_for_that_model_only(phantom
 
 
 def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
-    import core.training
     from core.presets import demo_preset
     seen = {}
     monkeypatch.setattr(train, "phantom_root", lambda *a, **k: phantoms)
-    monkeypatch.setattr(core.training, "train_run",
+    monkeypatch.setattr(train, "train_run",
                         lambda cfg, root, prepare_fn, **kw: seen.setdefault("cfg", cfg) and {})
     preset = demo_preset("cpu")
     for argv, recipe in ((["--models", "vgg16"], preset.per_model), (["--epochs", "3"], {}),
@@ -239,7 +240,7 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         shipped = argv[0] in ("--models", "--image-size", "--lr")
         assert seen["cfg"].run_budget_s == (preset.run_budget_s if shipped else None), argv
     assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
-    from core.models import CNN_NAMES   # every CNN, in the CPU demo's own order
+    from core.registry import CNN_NAMES   # every CNN, in the CPU demo's own order
     assert sorted(m for m in preset.models if m in CNN_NAMES) == sorted(CNN_NAMES)
     assert demo_preset("cuda").per_model == {} and demo_preset("cuda").augment
     for flag, augment in (("--augment", True), ("--no-augment", False)):
@@ -263,9 +264,9 @@ class _InputRecorder(torch.nn.Module):
 
 def test_an_epoch_can_stop_after_some_steps_and_augmentation_can_be_off():
     from torch.utils.data import DataLoader, RandomSampler
-    from core.datasets import SliceDataset, to_model_input
-    from core.models import IMAGENET_MEAN, IMAGENET_STD
-    from core.training import train_one_epoch
+    from core.data.decode import SliceDataset, to_model_input
+    from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+    from core.engine.loop import train_one_epoch
     images = torch.randint(0, 256, (40, 32, 32), dtype=torch.uint8).numpy()
     ds = SliceDataset(images, np.arange(40) % 2, torch.device("cpu"))
     loader = DataLoader(ds, batch_size=4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)),
@@ -300,46 +301,33 @@ def test_summary_flags_models_whose_test_auc_ci_includes_chance(capsys):
                                             "(weak, one_class)")
 
 
-class _Built(Exception):
-    """Stops fit_model once the model is built: only its initial weights matter."""
+def _session(data, epochs: int):
+    from core.data.decode import SliceDataset
+    from core.engine.config import TrainConfig
+    from core.engine.fit import build_session
+    cfg = TrainConfig(models=["resnet18"], epochs=epochs, image_size=32, device="cpu")
+    train_ds = SliceDataset(data.images, data.manifest["label"].to_numpy())
+    return build_session("resnet18", train_ds, cfg, torch.device("cpu"), {})
 
 
-def test_a_models_initial_weights_do_not_depend_on_the_models_before_it(phantoms, tmp_path, monkeypatch):
-    import core.training
-    from core.splits import prepare
-    from core.training import TrainConfig, fit_model
-    initial = []
-
-    def record_and_stop(model):
-        initial.append({k: v.clone() for k, v in model.state_dict().items()})
-        raise _Built
-
-    monkeypatch.setattr(core.training, "_short_run_batch_norm", record_and_stop)
+def test_a_models_initial_weights_do_not_depend_on_the_models_before_it(phantoms):
+    from core.data.splits import prepare
     data = prepare(phantoms, 32, seed=0)
-    cfg = TrainConfig(models=["resnet18"], out=str(tmp_path), epochs=1, image_size=32, device="cpu")
+    initial = []
     for before in (1, 2):   # the global RNG as two different earlier models would leave it
         torch.manual_seed(before)
-        with pytest.raises(_Built):
-            fit_model("resnet18", data, cfg, tmp_path, torch.device("cpu"))
+        initial.append(_session(data, 1).model.state_dict())
     assert initial[0].keys() == initial[1].keys()
     assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
 
 
-def test_cudnn_autotuning_only_for_runs_long_enough_to_pay_it_back(phantoms, tmp_path, monkeypatch):
-    import core.training
-    from core.splits import prepare
-    from core.training import CUDNN_AUTOTUNE_MIN_STEPS, TrainConfig, fit_model
+def test_cudnn_autotuning_only_for_runs_long_enough_to_pay_it_back(phantoms, monkeypatch):
+    from core.data.splits import prepare
+    from core.engine.fit import CUDNN_AUTOTUNE_MIN_STEPS
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)   # restored after the test
-    seen = []
-
-    def record_and_stop(*args, **kwargs):
-        seen.append(torch.backends.cudnn.benchmark)
-        raise _Built
-
-    monkeypatch.setattr(core.training, "train_one_epoch", record_and_stop)
     data = prepare(phantoms, 32, seed=0)
+    seen = []
     for epochs in (2, CUDNN_AUTOTUNE_MIN_STEPS):   # every epoch has at least one step
-        cfg = TrainConfig(models=["resnet18"], out=str(tmp_path), epochs=epochs, image_size=32, device="cpu")
-        with pytest.raises(_Built):
-            fit_model("resnet18", data, cfg, tmp_path, torch.device("cpu"))
+        _session(data, epochs)
+        seen.append(torch.backends.cudnn.benchmark)
     assert seen == [False, True]

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from core import metrics as M
+from core.metrics import binary as M
 from dashboard import common, figures
 
 run = common.require_run()

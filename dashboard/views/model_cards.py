@@ -4,8 +4,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import metrics as M
-from core.published import PUBLISHED
+from core.metrics import binary as M
+from core.metrics.published import PUBLISHED
 from dashboard import common
 
 st.title("Model cards")

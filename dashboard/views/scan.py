@@ -2,9 +2,9 @@
 import numpy as np
 import streamlit as st
 
-from core.imaging import WINDOWS, ScanError
-from core.phantom import SUBTYPES, generate_slice, render
-from core.sequence import slice_order
+from core.io.imaging import WINDOWS, ScanError
+from core.phantom.generate import SUBTYPES, generate_slice, render
+from core.data.stacks import slice_order
 from dashboard import common
 
 run = common.require_run()
@@ -101,7 +101,7 @@ def cam_grid():
                           help="'random' is a sanity baseline: a map that explains nothing. 'scorecam' runs one "
                                "forward pass per feature channel: slow on a CPU.")
     alpha = c2.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
-    explained = calls[calls["family"].isin(["cnn", "sequence"])]
+    explained = calls[calls["cam"]]
     for start in range(0, len(explained), 3):
         for col, (_, r) in zip(st.columns(3), explained.iloc[start:start + 3].iterrows()):
             heat, secs = common.cam_for(run, r["model"], image, method)

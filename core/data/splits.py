@@ -13,9 +13,9 @@ import pandas as pd
 from scipy.cluster.hierarchy import DisjointSet
 from sklearn.model_selection import StratifiedGroupKFold
 
-from core.atomic import atomic_write
-from core.data import DatasetError, discover
-from core.datasets import RESIZE_POLICY, DecodedSet, decode_images
+from core.io.atomic import atomic_write
+from core.data.discover import DatasetError, discover
+from core.data.decode import RESIZE_POLICY, DecodedSet, decode_images
 
 # Calibrated on the public Kaggle head CT set (64-bit hashes of the 64 px padded square): every
 # re-cropped duplicate pair listed in shared/data/README.md is within both bounds (phash <= 6,

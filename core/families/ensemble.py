@@ -16,7 +16,6 @@ split itself does. The model refitted on all validation rows scores the test row
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
-from core import checkpoints as ckpt
-from core.metrics import auc_or_nan, card_metrics
-from core.models import ENSEMBLE_NAMES, get_spec
-from core.training import versions
+from core.engine.cards import fitted_once_history, model_card
+from core.families.base import Cases, Family, FitError, Predictor
+from core.io import store
+from core.registry import ENSEMBLE_NAMES, get_spec
 
 EPS = 1e-6
 STACK_FOLDS = 5
@@ -40,14 +39,14 @@ RULES = {"ensemble_soft": {"rule": "soft_voting", "space": "probability",
                             "formula": "p = sigmoid(bias + sum_i weights[i] * logit(clip(p_i, eps, 1 - eps)))"}}
 
 
-class EnsembleError(ValueError):
+class EnsembleError(FitError):
     """An ensemble that cannot be built or applied; one readable sentence."""
 
 
 def default_members(run_dir: str | Path, exclude: str = "") -> list[str]:
     """Every completed model of the run that is not an ensemble."""
-    return [m for m in ckpt.list_models(run_dir)
-            if m != exclude and ckpt.load_card(Path(run_dir) / m).get("family") != "ensemble"]
+    return [m for m in store.list_models(run_dir)
+            if m != exclude and store.load_card(Path(run_dir) / m).get("family") != "ensemble"]
 
 
 def member_predictions(run_dir: str | Path, members: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -56,7 +55,7 @@ def member_predictions(run_dir: str | Path, members: list[str]) -> tuple[pd.Data
     key = ["split", "id"]
     frames = {}
     for m in members:
-        frame = pd.read_csv(Path(run_dir) / m / ckpt.PREDICTIONS, dtype={"id": str})
+        frame = pd.read_csv(Path(run_dir) / m / store.PREDICTIONS, dtype={"id": str})
         frame = frame[frame["split"].isin(["val", "test"])].reset_index(drop=True)
         if frame.duplicated(key).any():
             raise EnsembleError(f"{m}'s predictions.csv lists some (split, id) twice; it cannot be aligned.")
@@ -123,102 +122,113 @@ def _latency(cards: dict[str, dict]) -> dict:
             "note": "sum of the members' latencies (members run one after another)"}
 
 
+def _weights(name: str, rows: pd.DataFrame, p: np.ndarray, y: np.ndarray, val: np.ndarray, seed: int):
+    """(weights, bias, out-of-fold val probabilities or None, how val probabilities were made)."""
+    if name == "ensemble_soft":
+        return (np.full(p.shape[1], 1.0 / p.shape[1]), 0.0, None,
+                "the rule applied to the members' validation probabilities")
+    groups = rows["group"].astype(str).to_numpy() if "group" in rows else rows["id"].to_numpy()
+    out_of_fold, weights, bias, folds = _stack_weights(logit(np.clip(p[val], EPS, 1 - EPS)), y[val], groups[val], seed)
+    return (weights, bias, out_of_fold, f"out-of-fold: cross_val_predict on val over {folds} stratified group folds "
+                                        f"(seed {seed}); the weights are refitted on all of val")
+
+
+def _members_of(name: str, run_dir: Path, members: list[str] | None) -> tuple[list[str], dict[str, dict]]:
+    """The member models (default: every other completed, non-ensemble model) and their cards."""
+    members = list(dict.fromkeys(members if members is not None else default_members(run_dir, exclude=name)))
+    if len(members) < 2:
+        raise EnsembleError(f"{name} needs at least 2 completed member models in {run_dir}; found "
+                            f"{', '.join(members) or 'none'}.")
+    cards = {m: store.load_card(run_dir / m) for m in members}
+    nested = [m for m, c in cards.items() if c.get("family") == "ensemble"]
+    if nested:
+        raise EnsembleError(f"{name} cannot take another ensemble ({', '.join(nested)}) as a member.")
+    return members, cards
+
+
 def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = None, seed: int | None = None) -> dict:
     """Combine the saved predictions of `members` (default: every other completed, non-ensemble
     model of the run) and write the ensemble's folder; returns its card. `seed` (stacking folds)
     defaults to the run's seed."""
     started = time.perf_counter()
-    spec = get_spec(name)
     if name not in ENSEMBLE_NAMES:
-        raise EnsembleError(f"{name} is a {spec.family} model, not an ensemble.")
+        raise EnsembleError(f"{name} is a {get_spec(name).family} model, not an ensemble.")
     run_dir = Path(run_dir)
-    members = list(dict.fromkeys(members if members is not None else default_members(run_dir, exclude=name)))
-    if len(members) < 2:
-        raise EnsembleError(f"{name} needs at least 2 completed member models in {run_dir}; found "
-                            f"{', '.join(members) or 'none'}.")
-    cards = {m: ckpt.load_card(run_dir / m) for m in members}
-    nested = [m for m, c in cards.items() if c.get("family") == "ensemble"]
-    if nested:
-        raise EnsembleError(f"{name} cannot take another ensemble ({', '.join(nested)}) as a member.")
+    members, cards = _members_of(name, run_dir, members)
     if seed is None:
         run_json = run_dir / "run.json"
-        seed = int(ckpt.read_json(run_json).get("seed", 0)) if run_json.is_file() else 0
-
+        seed = int(store.read_json(run_json).get("seed", 0)) if run_json.is_file() else 0
     rows, p = member_predictions(run_dir, members)
     split, y = rows["split"].to_numpy(), rows["label"].to_numpy().astype(int)
     val, test = split == "val", split == "test"
-    combine_spec = {**RULES[name], "eps": EPS}
-    card = {"model": name, "members": members, "combine": combine_spec}
-    if name == "ensemble_soft":
-        weights, bias = np.full(len(members), 1.0 / len(members)), 0.0
-        combine_spec["validation_probs"] = "the rule applied to the members' validation probabilities"
-    else:
-        groups = rows["group"].astype(str).to_numpy() if "group" in rows else rows["id"].to_numpy()
-        out_of_fold, weights, bias, folds = _stack_weights(logit(np.clip(p[val], EPS, 1 - EPS)), y[val],
-                                                           groups[val], seed)
-        combine_spec["validation_probs"] = (f"out-of-fold: cross_val_predict on val over {folds} stratified "
-                                            f"group folds (seed {seed}); the weights are refitted on all of val")
+    weights, bias, out_of_fold, how = _weights(name, rows, p, y, val, seed)
+    card = {"model": name, "members": members, "combine": {**RULES[name], "eps": EPS, "validation_probs": how}}
     state = {"weights": torch.tensor(weights, dtype=torch.float64), "bias": torch.tensor([bias], dtype=torch.float64)}
     probs = combine(card, state, {m: p[:, i] for i, m in enumerate(members)})
-    train_loss = train_acc = float("nan")
-    if name == "ensemble_stack":
-        train_loss = log_loss(y[val], probs[val], labels=[0, 1])   # the refitted model on its own data
-        train_acc = float(np.mean((probs[val] >= 0.5) == y[val]))
+    fitted = {}
+    if out_of_fold is not None:   # the refitted stack on its own (validation) data, as the training columns
+        fitted = {"train_loss": log_loss(y[val], probs[val], labels=[0, 1]),
+                  "train_acc": float(np.mean((probs[val] >= 0.5) == y[val]))}
         probs[val] = out_of_fold
     seconds = time.perf_counter() - started
-
+    history = fitted_once_history({"val": y[val]}, {"val": probs[val]}, seconds, **fitted)
     member_params = {m: c.get("params") for m, c in cards.items()}
-    card.update({
-        "display_name": spec.display_name, "family": "ensemble", "reference": spec.reference,
-        "classes": ["normal", "hemorrhage"], "input_size": None,
-        "member_input_sizes": {m: c.get("input_size") for m, c in cards.items()},
-        "member_families": {m: c.get("family") for m, c in cards.items()},
-        "weights_by_member": dict(zip(members, weights.tolist())), "bias": bias,
-        **card_metrics(y[val], probs[val], y[test], probs[test]),
+    training = {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "device": "cpu", "pretrained": False,
+                "seed": seed, "world_size": 1, "best_val_auc": history["val_auc"][0], "args": {"members": members}}
+    card = model_card(
+        name, {"val": y[val], "test": y[test]}, {"val": probs[val], "test": probs[test]}, training,
+        cards[members[0]].get("dataset"), **card, input_size=None,
+        member_input_sizes={m: c.get("input_size") for m, c in cards.items()},
+        member_families={m: c.get("family") for m, c in cards.items()},
+        weights_by_member=dict(zip(members, weights.tolist())), bias=bias,
         # What running the ensemble takes: every member plus the combiner's n weights and bias.
-        "params": int(sum(v or 0 for v in member_params.values())) + len(members) + 1,
-        "params_detail": {"combiner": len(members) + 1, "members": member_params},
-        "size_bytes_members": int(sum(c.get("size_bytes") or 0 for c in cards.values())),
-        "latency": _latency(cards),
-        "training": {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "device": "cpu", "pretrained": False,
-                     "seed": seed, "world_size": 1, "best_val_auc": auc_or_nan(y[val], probs[val]),
-                     "args": {"members": members}},
-        "dataset": cards[members[0]].get("dataset"),
-        "versions": versions(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    history = pd.DataFrame([{
-        "epoch": 1, "train_loss": train_loss, "train_acc": train_acc,
-        "val_loss": log_loss(y[val], probs[val], labels=[0, 1]), "val_acc": float(np.mean((probs[val] >= 0.5) == y[val])),
-        "val_auc": auc_or_nan(y[val], probs[val]), "lr": float("nan"), "seconds": seconds, "img_per_s": float("nan"),
-        "data_wait_s": float("nan"), "compute_s": float("nan")}])[ckpt.HISTORY_COLUMNS]
-    predictions = rows.assign(prob=probs)
+        params=int(sum(v or 0 for v in member_params.values())) + len(members) + 1,
+        params_detail={"combiner": len(members) + 1, "members": member_params},
+        size_bytes_members=int(sum(c.get("size_bytes") or 0 for c in cards.values())), latency=_latency(cards))
     print(f"{name}: val_auc {history['val_auc'][0]:.3f} over {', '.join(members)}", flush=True)
-    return ckpt.save_model(run_dir / name, state, card, history, predictions)
+    return store.save_model(run_dir / name, state, card, history, rows.assign(prob=probs))
 
 
-@dataclass
-class LoadedEnsemble:
-    card: dict
-    weights: dict[str, torch.Tensor]
+class LoadedEnsemble(Predictor):
+    """An ensemble's card and weights: it scores a case from its members' probabilities."""
 
-    @property
-    def members(self) -> list[str]:
-        return self.card["members"]
+    def __init__(self, card: dict, weights: dict[str, torch.Tensor]):
+        super().__init__(card, ENSEMBLE)
+        self.weights = weights
+        self.members = tuple(card["members"])
 
-    @property
-    def thresholds(self) -> dict:
-        return self.card["thresholds"]
-
-    def predict(self, member_probs: dict[str, np.ndarray]) -> np.ndarray:
-        return combine(self.card, self.weights, member_probs)
+    def predict(self, cases: Cases) -> np.ndarray:
+        missing = [m for m in self.members if m not in cases.probs]
+        if missing:
+            raise store.CheckpointError(f"ensemble {self.name} needs its members {', '.join(missing)}, "
+                                        "which are not in this run.")
+        return combine(self.card, self.weights, cases.probs)
 
 
 def load_ensemble(model_dir: str | Path) -> LoadedEnsemble:
     """An ensemble's card and weights; the weights' sha256 is verified against the card first."""
-    card = ckpt.load_card(model_dir)
+    card = store.load_card(model_dir)
     if card.get("family") != "ensemble" or card.get("model") not in RULES:
-        raise ckpt.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not an ensemble.")
+        raise store.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not an ensemble.")
     if not card.get("weights_sha256"):
-        raise ckpt.CheckpointError(f"{model_dir}/card.json has no sha256 for its weights; refusing to load them.")
-    return LoadedEnsemble(card, ckpt.load_weights(Path(model_dir) / ckpt.WEIGHTS, card["weights_sha256"]))
+        raise store.CheckpointError(f"{model_dir}/card.json has no sha256 for its weights; refusing to load them.")
+    return LoadedEnsemble(card, store.load_weights(Path(model_dir) / store.WEIGHTS, card["weights_sha256"]))
+
+
+class EnsembleFamily(Family):
+    key = "ensemble"
+    needs_images = False
+
+    def fit(self, name: str, data, cfg, run_dir: Path, device=None) -> dict:
+        return fit_ensemble(name, run_dir)
+
+    def load(self, model_dir: str | Path, device="cpu") -> LoadedEnsemble:
+        return load_ensemble(model_dir)
+
+    def describe_input(self, card: dict) -> str:
+        rule = card.get("combine", {})
+        return (f"- Members: {', '.join(card.get('members', []))}; {rule.get('rule', '?')} in "
+                f"{rule.get('space', '?')} space")
+
+
+ENSEMBLE = EnsembleFamily()

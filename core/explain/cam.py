@@ -1,17 +1,14 @@
 """Class activation maps through pytorch-grad-cam: maps, overlays, localization and faithfulness scores.
 
-    python -m core.explain --run checkpoints/RUN --phantoms 40 --out DIR [--methods gradcam,...] [--models ...]
-
-scores every model of a run on hemorrhagic phantoms with known bleed masks (DIR/localization.csv)
-and draws a gallery of overlays (DIR/gallery.png). Binary heads give one logit, so targets are
-BinaryClassifierOutputTarget(1) for the hemorrhage map and (0) for the normal map.
+Binary heads give one logit, so targets are BinaryClassifierOutputTarget(1) for the hemorrhage map
+and (0) for the normal map. `python -m core.explain` scores a run's CNNs on phantoms (__main__.py).
 """
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 import zlib
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +23,10 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-from core.datasets import resize_square, to_model_input
-from core.models import REGISTRY
+from core.data.decode import resize_square, to_model_input
+from core.nets.build import cam_layers
+from core.nets.sequence import SequenceClassifier
+from core.phantom.generate import SUBTYPES, generate_slice
 
 METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
                             "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -82,35 +81,53 @@ def _random_maps(x: torch.Tensor) -> np.ndarray:
     return _normalise(np.stack(maps))
 
 
-def _cams_and_logits(model, model_name: str, x: torch.Tensor, method: str, target: int):
-    """(B,S,S) maps and the (B,) logits of the same forward."""
+def _check_method(method: str, target: int) -> None:
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHOD_NAMES)}")
     if target not in (0, 1):
         raise ValueError(f"target must be 1 (hemorrhage) or 0 (normal), not {target!r}")
+
+
+def _autograd_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x on the model's device as a float32 tensor autograd accepts: the caller may be in
+    inference_mode, whose tensors autograd refuses, so it is cloned outside it."""
     device = next(model.parameters()).device
-    # The caller may be in inference_mode, whose tensors autograd refuses: clone outside it.
     with torch.inference_mode(False):
-        x = x.detach().to(device, torch.float32).clone()
+        return x.detach().to(device, torch.float32).clone()
+
+
+def _run_cam(model, cam_model, x: torch.Tensor, method: str, target: int, what: str, n_outputs: int,
+             rnn: bool = False):
+    """(maps in [0, 1], raw outputs) of one CAM method on `cam_model` (model itself, or a view of it
+    that takes x), with the target layers of `model`. The `with GradCAM(...)` block swallows some
+    exceptions (IndexError), so what comes out is checked."""
+    layers = cam_layers(model)
+    maps = outputs = None
+    # cuDNN runs RNN backward in training mode only; the native kernels have no such rule.
+    no_cudnn = torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext()
+    with _LOCK, torch.inference_mode(False), torch.enable_grad(), no_cudnn, _graph_from(model, layers):
+        with METHODS[method](model=cam_model, target_layers=layers) as cam:
+            if method == "scorecam":
+                cam.batch_size = SCORECAM_BATCH
+            maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)] * n_outputs)
+            outputs = cam.outputs.detach().float().flatten().cpu().numpy()
+    expected = (len(x), *x.shape[-2:])
+    if maps is None or np.shape(maps) != expected or not np.isfinite(maps).all():
+        got = "nothing" if maps is None else f"shape {np.shape(maps)}, finite: {np.isfinite(maps).all()}"
+        raise RuntimeError(f"{method} on {what} failed: expected finite maps of shape {expected}, got {got}")
+    return _normalise(maps), outputs
+
+
+def _cams_and_logits(model, model_name: str, x: torch.Tensor, method: str, target: int):
+    """(B,S,S) maps and the (B,) logits of the same forward."""
+    _check_method(method, target)
+    x = _autograd_input(model, x)
     model.eval()
     if method == "random":
         with torch.inference_mode():
             logits = model(x).float().flatten().cpu().numpy()
         return _random_maps(x), logits
-    layers = REGISTRY[model_name].cam_layers(model)
-    maps = outputs = None
-    with _LOCK, torch.inference_mode(False), torch.enable_grad(), _graph_from(model, layers):
-        with METHODS[method](model=model, target_layers=layers) as cam:
-            if method == "scorecam":
-                cam.batch_size = SCORECAM_BATCH
-            maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)] * len(x))
-            outputs = cam.outputs.detach().float().flatten().cpu().numpy()
-    # The `with` block swallows some exceptions (IndexError): check what came out.
-    expected = (len(x), *x.shape[-2:])
-    if maps is None or np.shape(maps) != expected or not np.isfinite(maps).all():
-        got = "nothing" if maps is None else f"shape {np.shape(maps)}, finite: {np.isfinite(maps).all()}"
-        raise RuntimeError(f"{method} on {model_name} failed: expected finite maps of shape {expected}, got {got}")
-    return _normalise(maps), outputs
+    return _run_cam(model, model, x, method, target, model_name, len(x))
 
 
 def cam_batch(model, model_name: str, x: torch.Tensor, method: str = "gradcam", target: int = 1) -> np.ndarray:
@@ -137,7 +154,7 @@ def _to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Undo resize_square: scale the square map up to the padded side, then crop the padding away."""
     h, w = shape
     side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2   # as core.datasets.pad_to_square
+    top, left = (side - h) // 2, (side - w) // 2   # as core.data.decode.pad_to_square
     square = cv2.resize(cam, (side, side), interpolation=cv2.INTER_LINEAR)
     return _normalise(square[top:top + h, left:left + w])
 
@@ -222,9 +239,7 @@ def faithfulness(model, model_name, x, cams, method) -> dict:
 
 def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8)) -> list:
     """n hemorrhagic phantom slices with masks, cycling through the five subtypes (fixed seed;
-    difficulty drawn as core.phantom.write_dataset does)."""
-    from core.phantom import SUBTYPES, generate_slice
-
+    difficulty drawn as core.phantom.generate.write_dataset does)."""
     rng = np.random.default_rng(seed)
     return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(*difficulty)))
             for i in range(n)]
@@ -253,83 +268,30 @@ def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray]
     return {**means, "n": len(rows)}, probs, maps
 
 
-def _gallery(path: Path, images, masks, subtypes, panels: dict, method: str, tile: int = 192) -> None:
-    """Rows = models, columns = phantom slices: overlays with the bleed outlined in green."""
-    from PIL import Image, ImageDraw, ImageFont
+class _SlicesAsBatch(torch.nn.Module):
+    """Shows the CAM one stack as a batch of K slices, (K, 3, H, W) -> the centre logit (1, 1): then
+    the target layer's K activations give K maps, and the library's 2-D path applies (it reads a
+    5-D input as a 3-D volume)."""
 
-    from core.atomic import atomic_path
+    def __init__(self, model: SequenceClassifier):
+        super().__init__()
+        self.model = model
 
-    head = 18   # a text line above every row, and one for the column titles
-    sheet = Image.new("RGB", (len(images) * tile, head + len(panels) * (tile + head)), "black")
-    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=12)
-    for c, subtype in enumerate(subtypes):
-        draw.text((c * tile + 3, 3), subtype, fill="white", font=font)
-    for r, (model, (probs, maps)) in enumerate(panels.items()):
-        y0 = head + r * (tile + head)
-        draw.text((3, y0 + 3), f"{model}, {method} (hemorrhage target)", fill="yellow", font=font)
-        for c, (image, mask) in enumerate(zip(images, masks)):
-            rgb = Image.fromarray(overlay(image, maps[c], mask=mask)).resize((tile, tile), Image.Resampling.BILINEAR)
-            sheet.paste(rgb, (c * tile, y0 + head))
-            draw.text((c * tile + 3, y0 + head + tile - 16), f"p = {probs[c]:.2f}", fill="white", font=font)
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
+    def forward(self, slices):
+        return self.model(slices.unsqueeze(0))
 
 
-def main(argv=None) -> int:
-    import pandas as pd
-    from tqdm import tqdm
-
-    from core import checkpoints as ckpt
-    from core.atomic import atomic_write
-    from core.models import CNN_NAMES
-    from core.phantom import render
-
-    ap = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, type=Path, help="run folder (checkpoints/RUN)")
-    ap.add_argument("--phantoms", type=int, default=40, help="number of hemorrhagic phantom slices")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--methods", default=",".join(m for m in METHOD_NAMES if m != "scorecam"),
-                    help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default: all but the slow scorecam)")
-    ap.add_argument("--models", help="comma-separated models of the run (default: every CNN in it)")
-    ap.add_argument("--size", type=int, default=256, help="phantom size in px (models resize as in training)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tolerance", type=float, help="pointing-game slack in px of the phantom image "
-                    "(default: half a feature cell of each model; 0: the peak must be inside the bleed)")
-    ap.add_argument("--faithfulness", action="store_true", help="add ROAD and confidence-drop columns (slower)")
-    ap.add_argument("--gallery-columns", type=int, default=5)
-    args = ap.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    in_run = [m for m in ckpt.list_models(args.run) if m in CNN_NAMES]
-    models = [m.strip() for m in args.models.split(",")] if args.models else in_run
-    bad = [m for m in methods if m not in METHOD_NAMES] + [m for m in models if m not in in_run]
-    if bad or not models or args.phantoms < 1:
-        ap.error(f"unknown method(s) or model(s) not in {args.run}: {', '.join(bad) or 'no CNN models'}"
-                 if bad or not models else "--phantoms must be >= 1")
-
-    cases = phantom_cases(args.phantoms, args.size, args.seed)
-    images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]
-    k = min(args.gallery_columns, len(cases))
-    rows, panels = [], {}
-    with tqdm(total=len(models) * len(methods), desc="CAMs", unit="map set") as bar:
-        for name in models:
-            loaded = ckpt.load(args.run / name)
-            for method in methods:
-                bar.set_postfix(model=name, method=method)
-                scores, probs, maps = score_localization(loaded, images, masks, method, args.faithfulness,
-                                                           args.tolerance)
-                rows.append({"model": name, "method": method, **scores})
-                if method == methods[0]:
-                    panels[name] = (probs[:k], maps[:k])
-                bar.update()
-    table = pd.DataFrame(rows)
-    first = ["model", "method", "pointing_game", "energy_in_mask", "iou", "n"]
-    table = table[first + [c for c in table.columns if c not in first]]
-    atomic_write(args.out / "localization.csv", table.to_csv(index=False))
-    _gallery(args.out / "gallery.png", images[:k], masks[:k], [c.subtype for c in cases[:k]], panels, methods[0])
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"written: {args.out / 'localization.csv'}, {args.out / 'gallery.png'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def sequence_cam(model: SequenceClassifier, stack: torch.Tensor, method: str = "gradcam",
+                 target: int = 1) -> np.ndarray:
+    """(K, H, W) float32 maps in [0, 1]: where in each slice of a normalised (1, K, 3, H, W) stack
+    the evidence for the centre slice's logit lies (target 1 = hemorrhage, 0 = normal)."""
+    if stack.ndim != 5 or len(stack) != 1:
+        raise ValueError(f"sequence_cam needs one (1, K, 3, H, W) stack, got shape {tuple(stack.shape)}")
+    if method not in METHODS or method == "scorecam":
+        raise ValueError(f"{method!r} is not a gradient CAM method; choose from "
+                         f"{', '.join(m for m in METHODS if m != 'scorecam')}")
+    _check_method(method, target)
+    slices = _autograd_input(model, stack[0])
+    model.eval()
+    return _run_cam(model, _SlicesAsBatch(model), slices, method, target, f"a {model.kind} stack", 1,
+                    rnn=True)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.datasets import to_model_input
+from core.data.decode import to_model_input
 
 
 @torch.inference_mode()
@@ -13,8 +13,8 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mea
                   rows: np.ndarray | None = None) -> np.ndarray:
     """Hemorrhage probability for each (S, S) uint8 slice; the model must end in one logit.
 
-    `rows` (as in core.datasets.SliceDataset): (n,) indices of the slices to predict, or (n, K)
-    stacks of indices (core.sequence.stack_indices) for a sequence model; default every slice."""
+    `rows` (as in core.data.decode.SliceDataset): (n,) indices of the slices to predict, or (n, K)
+    stacks of indices (core.nets.sequence.stack_indices) for a sequence model; default every slice."""
     device = torch.device(device)
     model.eval()
     images = torch.as_tensor(images)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import skops
 import skops.io as sio
 from scipy.stats import rankdata
@@ -26,7 +25,7 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -34,14 +33,15 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
 
-from core import checkpoints as ckpt
-from core.atomic import atomic_path
-from core.datasets import resize_square
-from core.features import FEATURE_CONFIG, FEATURE_NAMES, extract_features
-from core.metrics import auc_or_nan, card_metrics
-from core.models import CLASSICAL_NAMES, REGISTRY
-from core.splits import Prepared
-from core.training import TrainConfig, dataset_facts, is_main, versions
+from core.data.decode import resize_square
+from core.data.features import FEATURE_CONFIG, FEATURE_NAMES, extract_features
+from core.data.splits import Prepared
+from core.engine.cards import dataset_facts, fitted_once_history, model_card, predictions_frame, split_parts
+from core.engine.config import TrainConfig, is_main
+from core.families.base import Cases, Family, Predictor
+from core.io import store
+from core.io.atomic import atomic_path
+from core.registry import CLASSICAL_NAMES, get_spec
 
 MODEL_FILE = "model.skops"
 # Types the fitted pipelines hold beyond skops' trusted defaults (stock scikit-learn estimators,
@@ -126,7 +126,7 @@ def _positive_probs(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:
 
 def _to_input_size(images, size: int) -> np.ndarray:
     """(N, S, S) uint8 at the model's input size: other sizes are padded to square and resized
-    exactly like training decoded them (core.datasets.resize_square)."""
+    exactly like training decoded them (core.data.decode.resize_square)."""
     out = []
     for image in images:
         image = np.asarray(image)
@@ -226,123 +226,127 @@ def importance_scorer(pipeline: Pipeline, train_features: np.ndarray, train_labe
     return clone(pipeline).set_params(clf__algorithm="brute").fit(train_features, train_labels)
 
 
-def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
-    """Fit one classical model on the train split and write its folder; returns its card.
-
-    `device` is accepted for train_run's sake and ignored: scikit-learn runs on the CPU. Under
-    torchrun only rank 0 fits (the others return {} at once)."""
-    if not is_main():
-        return {}
-    spec = REGISTRY[name]
-    model_dir = Path(run_dir) / name
-    man = data.manifest
-    split, labels = man["split"].to_numpy(), man["label"].to_numpy().astype(int)
-    part = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
-    y = {s: labels[part[s]] for s in part}
-
-    features, feature_seconds = split_features(data, part)
-    pipeline = make_pipeline(name, cfg.seed)
+def _fitted_pipeline(name: str, features: np.ndarray, labels: np.ndarray, seed: int) -> Pipeline:
+    """The registry's pipeline fitted on training features, sized to a small training set."""
+    pipeline = make_pipeline(name, seed)
     if name == "knn":   # a tiny training set has fewer neighbours than the default
-        pipeline.set_params(clf__n_neighbors=min(KNN_NEIGHBOURS, len(part["train"])))
+        pipeline.set_params(clf__n_neighbors=min(KNN_NEIGHBOURS, len(labels)))
     if name == "svm":   # and a small class fewer cases than Platt's folds
-        pipeline.set_params(clf__cv=max(2, min(PLATT_FOLDS, int(np.bincount(y["train"], minlength=2).min()))))
-    fit_params = ({"clf__sample_weight": compute_sample_weight("balanced", y["train"])}
+        pipeline.set_params(clf__cv=max(2, min(PLATT_FOLDS, int(np.bincount(labels, minlength=2).min()))))
+    fit_params = ({"clf__sample_weight": compute_sample_weight("balanced", labels)}
                   if name == "gradient_boosting" else {})
-    fit_start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)   # early stopping may end before tolerance
-        pipeline.fit(features["train"], y["train"], **fit_params)
+        pipeline.fit(features, labels, **fit_params)
+    return pipeline
+
+
+def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) -> dict:
+    """Fit one classical model on the train split and write its folder; returns its card. Under
+    torchrun only rank 0 fits (the others return {} at once); scikit-learn runs on the CPU."""
+    if not is_main():
+        return {}
+    model_dir, man = Path(run_dir) / name, data.manifest
+    part = split_parts(man)
+    y = {s: man["label"].to_numpy().astype(int)[part[s]] for s in part}
+    features, feature_seconds = split_features(data, part)
+    fit_start = time.perf_counter()
+    pipeline = _fitted_pipeline(name, features["train"], y["train"], cfg.seed)
     fit_seconds = time.perf_counter() - fit_start
     probs = {s: _positive_probs(pipeline, features[s]) for s in part}
-
-    history = pd.DataFrame([{
-        "epoch": 1, "train_loss": log_loss(y["train"], probs["train"], labels=[0, 1]),
-        "train_acc": float(np.mean((probs["train"] >= 0.5) == y["train"])),
-        "val_loss": log_loss(y["val"], probs["val"], labels=[0, 1]),
-        "val_acc": float(np.mean((probs["val"] >= 0.5) == y["val"])), "val_auc": auc_or_nan(y["val"], probs["val"]),
-        "lr": float("nan"), "seconds": feature_seconds + fit_seconds,
-        "img_per_s": len(part["train"]) / (feature_seconds + fit_seconds),
-        "data_wait_s": feature_seconds, "compute_s": fit_seconds}])[ckpt.HISTORY_COLUMNS]
+    seconds = feature_seconds + fit_seconds
+    history = fitted_once_history(y, probs, seconds, img_per_s=len(part["train"]) / seconds,
+                                  data_wait_s=feature_seconds, compute_s=fit_seconds)
     print(f"{name}: val_auc {history['val_auc'][0]:.3f} (features {feature_seconds:.1f}s, fit {fit_seconds:.1f}s)",
           flush=True)
-
     params, params_detail = count_fitted_params(pipeline)
-    predictions = pd.concat([man.iloc[part[s]].assign(split=s, prob=probs[s]) for s in ("val", "test")],
-                            ignore_index=True)
-    card = {
-        "model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
-        "classes": ["normal", "hemorrhage"], "input_size": data.image_size, "native_input_size": spec.input_size,
-        "window": "brain", "channels": "grey", "resize_policy": data.resize_policy, "weights_file": MODEL_FILE,
-        **card_metrics(y["val"], probs["val"], y["test"], probs["test"]),
-        "params": params, "params_detail": params_detail,
-        "hyperparameters": {k: v for k, v in pipeline["clf"].get_params().items()
-                            if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
-        "features": {"count": len(FEATURE_NAMES), "names": FEATURE_NAMES, "config": FEATURE_CONFIG},
-        "feature_importance": top_importances(importance_scorer(pipeline, features["train"], y["train"]),
-                                              features["val"], y["val"], cfg.seed),
-        "feature_importance_method": {"method": "permutation", "scoring": "roc_auc", "split": "val",
-                                      "n_repeats": IMPORTANCE_REPEATS, "seed": cfg.seed},
-        "latency": measure_pipeline_latency(pipeline, data.images[part["test"]]),
-        "training": {"epochs": 1, "epochs_planned": 1, "seconds": feature_seconds + fit_seconds,
-                     "feature_seconds": feature_seconds, "fit_seconds": fit_seconds, "device": "cpu",
-                     "pretrained": False, "seed": cfg.seed, "world_size": 1,
-                     "best_val_auc": history["val_auc"][0], "args": cfg.args or asdict(cfg)},
-        "dataset": dataset_facts(cfg, man, part),
-        "versions": {**versions(), "skops": skops.__version__},
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    training = {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "feature_seconds": feature_seconds,
+                "fit_seconds": fit_seconds, "device": "cpu", "pretrained": False, "seed": cfg.seed, "world_size": 1,
+                "best_val_auc": history["val_auc"][0], "args": cfg.args or asdict(cfg)}
+    card = model_card(
+        name, y, probs, training, dataset_facts(cfg, man, part),
+        input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",
+        resize_policy=data.resize_policy, weights_file=MODEL_FILE, params=params, params_detail=params_detail,
+        hyperparameters={k: v for k, v in pipeline["clf"].get_params().items()
+                         if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
+        features={"count": len(FEATURE_NAMES), "names": FEATURE_NAMES, "config": FEATURE_CONFIG},
+        feature_importance=top_importances(importance_scorer(pipeline, features["train"], y["train"]),
+                                           features["val"], y["val"], cfg.seed),
+        feature_importance_method={"method": "permutation", "scoring": "roc_auc", "split": "val",
+                                   "n_repeats": IMPORTANCE_REPEATS, "seed": cfg.seed},
+        latency=measure_pipeline_latency(pipeline, data.images[part["test"]]))
+    card["versions"]["skops"] = skops.__version__
     with atomic_path(model_dir / MODEL_FILE) as tmp:
         sio.dump(pipeline, tmp)
-        digest = ckpt.sha256_file(tmp)
-    return ckpt.finish_model_folder(model_dir, MODEL_FILE, digest, card, history, predictions)
+        digest = store.sha256_file(tmp)
+    return store.finish_model_folder(model_dir, MODEL_FILE, digest, card, history, predictions_frame(man, part, probs))
 
 
-@dataclass
-class LoadedClassical:
-    pipeline: Pipeline
-    card: dict
+class LoadedClassical(Predictor):
+    """A fitted pipeline with its card."""
 
-    @property
-    def thresholds(self) -> dict:
-        return self.card["thresholds"]
+    def __init__(self, card: dict, pipeline: Pipeline):
+        super().__init__(card, CLASSICAL)
+        self.pipeline = pipeline
 
     def features(self, images) -> np.ndarray:
         """Feature rows of (N, H, W) uint8 slices (or a list of 2-D slices of any size)."""
         return extract_features(_to_input_size(images, self.card["input_size"]))
 
-    def predict(self, images) -> np.ndarray:
+    def predict_images(self, images) -> np.ndarray:
         """P(hemorrhage) for each slice, resized to the card's input size as in training."""
         return _positive_probs(self.pipeline, self.features(images))
+
+    def predict(self, cases: Cases) -> np.ndarray:
+        return self.predict_images(cases.at(self.input_size))
 
 
 def load_classical(model_dir: str | Path) -> LoadedClassical:
     """A fitted pipeline with its card; refuses a file whose sha256 differs from the card's, or that
     holds any type outside skops' defaults and TRUSTED_TYPES (nothing of it is constructed)."""
     model_dir = Path(model_dir)
-    card = ckpt.load_card(model_dir)
+    card = store.load_card(model_dir)
     if card.get("family") != "classical" or card.get("model") not in CLASSICAL_NAMES:
-        raise ckpt.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not a classical model.")
+        raise store.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not a classical model.")
     if not card.get("weights_sha256"):
-        raise ckpt.CheckpointError(f"{model_dir}/card.json has no sha256 for its model file; refusing to load it.")
-    path = ckpt.verify_file(model_dir / card.get("weights_file", MODEL_FILE), card["weights_sha256"])
+        raise store.CheckpointError(f"{model_dir}/card.json has no sha256 for its model file; refusing to load it.")
+    path = store.verify_file(model_dir / card.get("weights_file", MODEL_FILE), card["weights_sha256"])
     if list(card.get("features", {}).get("names", [])) != list(FEATURE_NAMES):
-        raise ckpt.CheckpointError(f"{model_dir} was trained on other features than this version computes; "
+        raise store.CheckpointError(f"{model_dir} was trained on other features than this version computes; "
                                    "retrain it.")
     try:
         # Reads the schema only (no import, no construction) to name what is not allowed.
         refused = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
         if refused:
-            raise ckpt.CheckpointError(f"{path} holds types outside the allow-list ({', '.join(refused)}); "
+            raise store.CheckpointError(f"{path} holds types outside the allow-list ({', '.join(refused)}); "
                                        "refusing to load it.")
         pipeline = sio.load(path, trusted=list(TRUSTED_TYPES))
-    except ckpt.CheckpointError:
+    except store.CheckpointError:
         raise
     except Exception as err:   # a corrupt zip or schema: skops raises many kinds of error
-        raise ckpt.CheckpointError(f"{path} is not a readable skops file ({type(err).__name__}).") from None
+        raise store.CheckpointError(f"{path} is not a readable skops file ({type(err).__name__}).") from None
     if not isinstance(pipeline, Pipeline) or not hasattr(pipeline, "predict_proba"):
-        raise ckpt.CheckpointError(f"{path} does not hold a scikit-learn pipeline.")
+        raise store.CheckpointError(f"{path} does not hold a scikit-learn pipeline.")
     expected = type(make_pipeline(card["model"])["clf"])
     if not isinstance(pipeline[-1], expected):
-        raise ckpt.CheckpointError(f"{path} holds a {type(pipeline[-1]).__name__}, not the {expected.__name__} "
+        raise store.CheckpointError(f"{path} holds a {type(pipeline[-1]).__name__}, not the {expected.__name__} "
                                    f"its card names.")
-    return LoadedClassical(pipeline, card)
+    return LoadedClassical(card, pipeline)
+
+
+class ClassicalFamily(Family):
+    key = "classical"
+
+    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
+        return fit_classical(name, data, cfg, run_dir)
+
+    def load(self, model_dir: str | Path, device="cpu") -> LoadedClassical:
+        return load_classical(model_dir)
+
+    def describe_input(self, card: dict) -> str:
+        features = card.get("features", {})
+        return (f"- Input: {card['input_size']} px slices, {len(features.get('names', []))} hand-crafted features "
+                "(brain-window histogram, GLCM, LBP, HOG); explained by permutation importance, not CAMs")
+
+
+CLASSICAL = ClassicalFamily()

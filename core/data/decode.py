@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.imaging import ScanError, load_scan
+from core.io.imaging import ScanError, load_scan
 
 RESIZE_POLICY = "pad_to_square_then_resize_bilinear"
 HASH_SIZE = 64  # near-duplicate hashes come from this fixed size, so the split never depends on --image-size
@@ -94,7 +94,7 @@ class SliceDataset(torch.utils.data.Dataset):
     the training device (`augment_batch`), so the same code serves CPU and a GPU-resident cache.
 
     `rows` picks what item i is: rows[i] an index gives slice (1, S, S); rows[i] a row of K indices
-    (core.sequence.stack_indices) gives the stack (K, 1, S, S). Default: every image, as slices."""
+    (core.nets.sequence.stack_indices) gives the stack (K, 1, S, S). Default: every image, as slices."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu",
                  rows: np.ndarray | None = None):

@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.metrics import (average_precision_score, brier_score_loss, classification_report,
                              precision_recall_curve, roc_auc_score, roc_curve)
 
-from core.stats import bootstrap_ci, check_labels, check_scores, delong_auc, delong_test, mcnemar_test, wilson_interval
+from core.metrics.stats import bootstrap_ci, check_labels, check_scores, delong_auc, delong_test, mcnemar_test, wilson_interval
 
 __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
            "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",

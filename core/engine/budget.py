@@ -9,6 +9,7 @@ at least two) is paid for by the ones after it, so the run ends near its budget 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,3 +38,13 @@ class RunBudget:
     def record(self, wall_s: float, training_s: float) -> None:
         """One network done: what it cost beyond its training epochs."""
         self.fixed_costs.append(max(0.0, wall_s - training_s))
+
+
+def planned_epochs(epochs: int, time_budget_s: float | None, first_epoch_s: float) -> int:
+    """Epochs to run once the first one is timed: `epochs`, or the whole number nearest the time budget
+    (at least 2, so the schedule gets past its warm-up; nearest rather than as many as fit, see
+    docs/NOTES.md, "Run budget"). A pure function of the first epoch, so a resumed run plans exactly
+    as the killed one did."""
+    if time_budget_s is None:
+        return epochs
+    return int(min(epochs, max(2, math.floor(time_budget_s / max(first_epoch_s, 1e-9) + 0.5))))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.metrics import from_confusion
+from core.metrics.binary import from_confusion
 
 PUBLISHED = {
     "A": {

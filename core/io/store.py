@@ -1,4 +1,4 @@
-"""Run folders (DESIGN contract): safetensors weights + JSON card + CSV history and predictions.
+"""Run folders (checkpoints/README.md): safetensors weights + JSON card + CSV history and predictions.
 
 Nothing here unpickles. Every file is written atomically, and the weights' sha256 stored in the
 card is verified before a single tensor is read, so a tampered or truncated file is refused.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.atomic import atomic_path, atomic_write
+from core.io.atomic import atomic_path, atomic_write
 
 SCHEMA_VERSION = 1
 WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
@@ -128,31 +127,6 @@ def load_card(model_dir: str | Path) -> dict:
         raise CheckpointError(f"{model_dir}: card schema {card.get('schema_version')!r} is not "
                               f"the supported {SCHEMA_VERSION}.")
     return card
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    card: dict
-
-    @property
-    def thresholds(self) -> dict:
-        return self.card["thresholds"]
-
-
-def load(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """An eval-ready model with its card (preprocessing: input_size, mean, std, window; thresholds)."""
-    from core.models import create_model   # models import timm/torchvision: only when a model is loaded
-
-    card = load_card(model_dir)
-    state = load_weights(Path(model_dir) / WEIGHTS, card.get("weights_sha256"))
-    model = create_model(card["model"], **card.get("architecture", {}))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{model_dir}: weights do not fit model {card['model']} "
-                              f"({str(err).splitlines()[0]}).") from None
-    return LoadedModel(model.to(device).eval(), card)
 
 
 def save_resume_state(model_dir: str | Path, model_state: dict, optimizer_state: dict,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm import tqdm
 
-from core.atomic import atomic_write
-from core.imaging import WINDOWS, apply_window
-from core.phantom_anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
+from core.io.atomic import atomic_write
+from core.io.imaging import WINDOWS, apply_window
+from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
                                   sample_patient)
 
 __all__ = ["SUBTYPES", "FOV_MM", "SLICE_MM", "TISSUES", "HARD_NEGATIVES", "LABEL_COLUMNS", "PhantomSlice",
@@ -186,6 +185,3 @@ def main(argv=None) -> None:
               f"({per_subtype}), normal {int((table.label == 0).sum())}; "
               f"{seconds:.1f} s, {len(table) / seconds:.0f} slices/s")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training networks: configuration, the epoch loop, fitting one network, budgets and cards."""

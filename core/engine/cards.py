@@ -1,0 +1,83 @@
+"""One card builder and one history writer for every family: what a run folder says about a model.
+
+A family adds its own fields (architecture, features, members, latency) to what every card holds:
+identity, classes, metrics with thresholds chosen on validation, training facts, data and versions.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import sklearn
+import timm
+import torch
+import torchvision
+from sklearn.metrics import log_loss
+
+from core.engine.config import TrainConfig
+from core.io import store
+from core.metrics.binary import CLASSES, auc_or_nan, card_metrics
+from core.registry import get_spec
+
+SPLITS = ("train", "val", "test")
+
+
+def split_parts(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Manifest row indices of each split."""
+    split = manifest["split"].to_numpy()
+    return {s: np.flatnonzero(split == s) for s in SPLITS}
+
+
+def dataset_facts(cfg: TrainConfig, manifest: pd.DataFrame, part: dict[str, np.ndarray]) -> dict:
+    """The card's "dataset": where the data came from and images / hemorrhages per split."""
+    labels = manifest["label"].to_numpy()
+    return {"source": cfg.data or "synthetic phantoms",
+            "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(labels[part[s]].sum())} for s in SPLITS}}
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "scikit-learn": sklearn.__version__,
+            "hemolens_schema": store.SCHEMA_VERSION}
+
+
+def model_card(name: str, labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], training: dict,
+               dataset: dict | None, **fields) -> dict:
+    """Every family's card: identity, metrics and thresholds from val/test probabilities, the family's
+    own `fields`, training facts, data and versions (weights_sha256 and size_bytes come on saving)."""
+    spec = get_spec(name)
+    return {"model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
+            "classes": CLASSES, **fields,
+            **card_metrics(labels["val"], probs["val"], labels["test"], probs["test"]),
+            "training": training, "dataset": dataset, "versions": versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """history.csv's columns in order; a column a family has no value for is NaN."""
+    return pd.DataFrame(rows).reindex(columns=store.HISTORY_COLUMNS)
+
+
+def fitted_once_history(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], seconds: float,
+                        **extra) -> pd.DataFrame:
+    """One row for a model fitted in one go (classical, ensemble): losses, accuracies and val AUC.
+    `labels`/`probs` need "val" and, for the training columns, "train"."""
+    def loss(s):
+        return float(log_loss(labels[s], probs[s], labels=[0, 1]))
+
+    def acc(s):
+        return float(np.mean((probs[s] >= 0.5) == labels[s]))
+
+    row = {"epoch": 1, "val_loss": loss("val"), "val_acc": acc("val"), "val_auc": auc_or_nan(labels["val"], probs["val"]),
+           "seconds": seconds, **extra}
+    if "train" in probs:
+        row.update(train_loss=loss("train"), train_acc=acc("train"))
+    return history_frame([row])
+
+
+def predictions_frame(manifest: pd.DataFrame, part: dict[str, np.ndarray], probs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """predictions.csv: the val and test rows of the manifest with each one's probability."""
+    return pd.concat([manifest.iloc[part[s]].assign(split=s, prob=probs[s]) for s in ("val", "test")],
+                     ignore_index=True)

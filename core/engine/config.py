@@ -1,0 +1,71 @@
+"""How one run trains (TrainConfig), on which device, and as which torchrun rank."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainConfig:
+    models: list[str]
+    out: str = "checkpoints/demo"
+    epochs: int = 5
+    image_size: int | None = None       # None: each model's native size
+    batch_size: int = 32
+    lr: float | None = None             # None: the model's scratch_lr, or 3e-4 fine-tuning pretrained weights
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.datasets)
+    epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
+    patience: int = 4                   # epochs without a better validation AUC before stopping
+    time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
+    run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.run_budget)
+    device: str = "auto"
+    seed: int = 0
+    pretrained: bool = False
+    weights_dir: str | None = None
+    resume: bool = False
+    data: str | None = None
+    sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
+    stack_size: int = 5                 # slices per stack, the predicted one in the middle
+    per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
+    args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("hemolens: --device cuda was asked for but no CUDA GPU is visible.")
+    return torch.device(name)
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def agree(value: float, device: torch.device) -> float:
+    """Rank 0's number, on every rank: early stopping and budgets must not diverge between DDP workers."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
+def setup_distributed(device: torch.device) -> torch.device:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1); the rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and dist.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

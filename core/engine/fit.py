@@ -1,0 +1,240 @@
+"""Fitting one network on a prepared split: set-up, resume, the epoch loop with its save policy, and
+the folder it leaves (weights, card, history, predictions).
+
+CPU and GPU share one path: the decoded uint8 set lives on the training device and batches are
+augmented there. Under torchrun: DistributedDataParallel (nccl on GPU, gloo on CPU); rank 0 alone
+writes files.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from core.data.decode import SliceDataset
+from core.data.splits import Prepared
+from core.engine.budget import planned_epochs
+from core.engine.cards import dataset_facts, history_frame, model_card, predictions_frame, split_parts
+from core.engine.config import TrainConfig, agree, is_main, world_size
+from core.engine.loop import evaluate, lr_factor, short_run_batch_norm, train_one_epoch
+from core.io import store
+from core.nets.build import create_model, init_from_scratch
+from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.nets.measure import count_gmacs, count_params, measure_latency
+from core.nets.predict import predict_probs
+from core.registry import get_spec
+
+RESUME_SAVE_RATIO = 4.0   # train at least 4x as long as the last resume-state write took before the next
+CUDNN_AUTOTUNE_MIN_STEPS = 4000   # planned optimizer steps from which cuDNN autotuning pays back
+
+
+@dataclass
+class Session:
+    """Everything one network's training holds."""
+    name: str
+    cfg: TrainConfig
+    device: torch.device
+    model: torch.nn.Module
+    trainee: torch.nn.Module            # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    loss_fn: torch.nn.Module
+    steps_per_epoch: int
+    plan: list[int]                     # [epochs to run], re-planned after the first epoch
+    pretrained_loaded: bool
+
+
+@dataclass
+class Progress:
+    """Where training stands after the last completed epoch (what a resume state restores)."""
+    history: list[dict] = field(default_factory=list)
+    best_auc: float = -1.0
+    best_state: dict | None = None
+    stale: int = 0                      # epochs since the best validation AUC
+    epoch: int = 0
+
+    def record(self, row: dict, model: torch.nn.Module) -> None:
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        if not row["val_auc"] <= self.best_auc:   # NaN AUC (one-class val) counts as improvement: keep last
+            self.best_auc, self.stale = row["val_auc"], 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+
+def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture: dict) -> torch.nn.Module:
+    """The network as training starts it: seeded here, per model, so its random init does not follow
+    from how many epochs the model before it ran; re-initialised for training from scratch."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
+    model.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
+    if not model.pretrained_loaded:
+        init_from_scratch(model)
+    short_run_batch_norm(model)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: torch.device,
+                  architecture: dict) -> Session:
+    """Model, optimizer, loader and schedule of one network's training."""
+    model = build_model(name, cfg, device, architecture)
+    # From scratch, the rate that suits the convolutional trunk (a sequence model's backbone).
+    lr = cfg.lr or (3e-4 if model.pretrained_loaded else get_spec(architecture.get("backbone", name)).scratch_lr)
+    # fused: one kernel over all parameters, not a Python loop per tensor (docs/NOTES.md, "Fused AdamW").
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
+    world = world_size()
+    sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if world > 1
+               else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=SliceDataset.collate,
+                        drop_last=len(train_ds) // world > cfg.batch_size)   # BatchNorm dislikes a batch of 1
+    # An epoch of epoch_size images (DDP: across all ranks) keeps budgets and validation at the same
+    # granularity on a larger training split.
+    steps = (len(loader) if not cfg.epoch_size
+             else min(len(loader), max(1, cfg.epoch_size // (cfg.batch_size * world))))
+    # Autotuning times every algorithm for each new layer shape: it pays only on long runs.
+    torch.backends.cudnn.benchmark = steps * cfg.epochs >= CUDNN_AUTOTUNE_MIN_STEPS
+    plan = [cfg.epochs]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, max(1, int(cfg.warmup_epochs * steps)), plan[0] * steps))
+    labels = train_ds.labels
+    n_pos = max(1, int(labels.sum()))
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(labels) - n_pos) / n_pos, device=device))
+    trainee = DistributedDataParallel(model) if world > 1 else model
+    return Session(name, cfg, device, model, trainee, optimizer, scheduler, loader, loss_fn, steps, plan,
+                   model.pretrained_loaded)
+
+
+def resume(session: Session, model_dir: Path) -> Progress:
+    """The progress of a killed run's last saved epoch, loaded into the session; fresh if none."""
+    resumed = store.load_resume_state(model_dir)
+    if resumed is None:
+        return Progress()
+    model_state, opt_state, best_state, meta = resumed
+    session.model.load_state_dict(model_state)
+    session.optimizer.load_state_dict(opt_state)
+    # The budget the killed run was given (under a run budget it depended on the clock then).
+    session.cfg = replace(session.cfg, time_budget_s=meta.get("time_budget_s", session.cfg.time_budget_s))
+    session.scheduler.last_epoch = meta["epoch"] * session.steps_per_epoch   # a pure function of the step
+    if is_main():
+        print(f"{session.name}: resuming after epoch {meta['epoch']}", flush=True)
+    return Progress(meta["history"], meta["best_auc"], best_state, meta["stale"], meta["epoch"])
+
+
+class ResumeSaver:
+    """Writes a resume state once the training it would save has cost RESUME_SAVE_RATIO times what the
+    last write cost (so at most ~1/ratio overhead; small models every epoch), never after the last
+    epoch (a kill there replays that epoch). VGG-16's state is 2 GB (docs/NOTES.md, "Resume writes")."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir, self.cost, self.unsaved = model_dir, 0.0, 0.0
+
+    def after_epoch(self, session: Session, progress: Progress, last: bool) -> None:
+        self.unsaved += progress.history[-1]["seconds"]
+        if last or self.unsaved < RESUME_SAVE_RATIO * self.cost:
+            return
+        tick = time.perf_counter()
+        store.save_resume_state(self.model_dir, session.model.state_dict(), session.optimizer.state_dict(),
+                                progress.best_state,
+                                {"epoch": progress.epoch, "history": progress.history, "best_auc": progress.best_auc,
+                                 "stale": progress.stale, "time_budget_s": session.cfg.time_budget_s})
+        self.cost, self.unsaved = time.perf_counter() - tick, 0.0
+
+
+def train_epoch(session: Session, data: Prepared, val_labels: np.ndarray, val_rows: np.ndarray,
+                epoch: int) -> dict:
+    """One epoch and its validation: the history row."""
+    cfg, start = session.cfg, time.perf_counter()
+    if isinstance(session.loader.sampler, DistributedSampler):
+        session.loader.sampler.set_epoch(epoch)
+    stats = train_one_epoch(session.trainee, session.loader, session.optimizer, session.scheduler,
+                            session.loss_fn, session.device, epoch, cfg.seed,
+                            desc=f"{session.name} {epoch}/{session.plan[0]}", augment=cfg.augment,
+                            steps=session.steps_per_epoch)
+    val = evaluate(session.model, data.images, val_labels, session.device, rows=val_rows)
+    return {"epoch": epoch, **stats, "val_loss": val["val_loss"], "val_acc": val["val_acc"],
+            "val_auc": agree(val["val_auc"], session.device), "lr": session.scheduler.get_last_lr()[0],
+            "wall_s": time.perf_counter() - start}   # training and validation: what a budget pays
+
+
+def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels: np.ndarray,
+               val_rows: np.ndarray, saver: ResumeSaver) -> None:
+    """Epochs until the plan, the patience or cfg.epochs runs out."""
+    cfg = session.cfg
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+        if progress.history:
+            first_s = agree(progress.history[0]["wall_s"], session.device)
+            session.plan[0] = planned_epochs(cfg.epochs, cfg.time_budget_s, first_s)
+        if epoch > session.plan[0]:
+            break
+        progress.record(train_epoch(session, data, val_labels, val_rows, epoch), session.model)
+        row = progress.history[-1]
+        if is_main():
+            print(f"{session.name} epoch {epoch}/{session.plan[0]}: loss {row['train_loss']:.3f} val_auc "
+                  f"{row['val_auc']:.3f} {row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of "
+                  f"{row['seconds']:.1f}s)", flush=True)
+            saver.after_epoch(session, progress, last=progress.stale >= cfg.patience or epoch >= session.plan[0])
+        if progress.stale >= cfg.patience:
+            break
+
+
+def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
+                rows: np.ndarray | None = None, architecture: dict | None = None) -> dict:
+    """Train one registry network on a prepared split and write its folder; returns its card
+    ({} on ranks other than 0).
+
+    rows: what the model sees per manifest row, (N,) slices (default) or (N, K) stacks.
+    architecture: create_model's choices for the model (a sequence model's backbone and stack size)."""
+    architecture = architecture or {}
+    rows = np.arange(len(data.manifest)) if rows is None else rows
+    model_dir = Path(run_dir) / name
+    part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
+    on_device = device if device.type == "cuda" else torch.device("cpu")
+    train_ds = SliceDataset(data.images, labels[part["train"]], on_device, rows=rows[part["train"]])
+    session = build_session(name, train_ds, cfg, device, architecture)
+    progress = resume(session, model_dir) if cfg.resume else Progress()
+    started = time.perf_counter() - sum(h["seconds"] for h in progress.history)
+    run_epochs(session, progress, data, labels[part["val"]], rows[part["val"]], ResumeSaver(model_dir))
+    train_seconds = time.perf_counter() - started
+    session.model.load_state_dict(progress.best_state)
+    if not is_main():
+        return {}
+    return finish_network(session, progress, data, model_dir, rows, train_seconds, architecture)
+
+
+def finish_network(session: Session, progress: Progress, data: Prepared, model_dir: Path, rows: np.ndarray,
+                   train_seconds: float, architecture: dict) -> dict:
+    """Predictions on val and test, thresholds picked on val, costs, and the card; the folder is written."""
+    name, cfg, model, device = session.name, session.cfg, session.model, session.device
+    man, part = data.manifest, split_parts(data.manifest)
+    labels = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
+    probs = {s: predict_probs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]])
+             for s in ("val", "test")}
+    native = get_spec(name).input_size
+    training = {"epochs": len(progress.history),
+                "epochs_planned": planned_epochs(cfg.epochs, cfg.time_budget_s, progress.history[0]["wall_s"]),
+                "time_budget_s": cfg.time_budget_s,   # under a run budget: the share it was given
+                "run_budget_s": cfg.run_budget_s, "seconds": train_seconds, "augment": cfg.augment,
+                "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
+                "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
+                "device": str(device), "pretrained": session.pretrained_loaded, "seed": cfg.seed,
+                "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
+                "args": cfg.args or asdict(cfg)}
+    card = model_card(
+        name, labels, probs, training, dataset_facts(cfg, man, part),
+        input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        window="brain", channels="grey replicated to 3", resize_policy=data.resize_policy,
+        **({"architecture": architecture} if architecture else {}),
+        params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
+        latency=measure_latency(model, data.image_size, device))
+    model.to("cpu")
+    card = store.save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
+                            predictions_frame(man, part, probs))
+    store.clear_resume_state(model_dir)
+    return card

@@ -1,0 +1,91 @@
+"""The plain epoch loop of torchvision's references: train_one_epoch and evaluate, one network at a time.
+
+What a network sees is given by index rows into the decoded slices (core.data.stacks): a row of one
+index is a slice, a row of K a stack. On CUDA: bf16 autocast and channels_last.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.data.decode import to_model_input
+from core.engine.config import is_main
+from core.metrics.binary import auc_or_nan
+from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.nets.predict import predict_probs
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def short_run_batch_norm(model: torch.nn.Module) -> None:
+    """Batch-norm running statistics follow the data within a short run: momentum at least PyTorch's
+    default 0.1 (torchvision's MobileNetV3 uses 0.01, tuned for 600-epoch ImageNet runs; see
+    docs/NOTES.md, "MobileNetV3 batch norm")."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            module.momentum = max(module.momentum, 0.1)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
+                    desc: str = "", amp: bool | None = None, augment: bool = True, steps: int | None = None) -> dict:
+    """One pass over the loader, or its first `steps` batches (a shuffling sampler makes them a fresh
+    random draw each epoch). `amp` (bf16 autocast + channels_last) defaults to on for CUDA."""
+    model.train()
+    # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
+    gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
+    torch.manual_seed(seed * 10_007 + epoch)
+    amp = device.type == "cuda" if amp is None else amp
+    total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
+    start = time.perf_counter()
+    steps = len(loader) if steps is None else min(steps, len(loader))
+    # A whole epoch runs the loader to its end: that also advances the sampler's generator as before.
+    batches = loader if steps == len(loader) else itertools.islice(loader, steps)
+    bar = tqdm(batches, total=steps, desc=desc, leave=False,
+               disable=not is_main() or not sys.stderr.isatty(), unit="batch")
+    tick = time.perf_counter()
+    for images, labels in bar:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
+        if amp and x.ndim == 4:   # stacks (5-D) stay contiguous: convolutions follow the channels_last weights
+            x = x.contiguous(memory_format=torch.channels_last)
+        got_data = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).float().flatten()
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += int(((logits > 0).float() == labels).sum())
+        seen += len(labels)
+        done = time.perf_counter()
+        data_wait += got_data - tick
+        compute += done - got_data
+        tick = done
+        bar.set_postfix(img_s=f"{seen / (done - start):.0f}", loss=f"{total_loss / seen:.3f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen), "seconds": seconds,
+            "img_per_s": seen / seconds, "data_wait_s": data_wait, "compute_s": compute}
+
+
+def evaluate(model, images, labels, device, rows=None) -> dict:
+    """Validation loss, accuracy and AUC; `rows` as in core.nets.predict.predict_probs (default: every slice)."""
+    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows)
+    labels = np.asarray(labels, dtype=np.float32)
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return {"val_loss": loss, "val_acc": float(np.mean((probs >= 0.5) == labels)), "val_auc": auc_or_nan(labels, probs),
+            "probs": probs}

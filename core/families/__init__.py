@@ -1,0 +1,21 @@
+"""The four model families behind one interface (core.families.base.Family), and which one a model is."""
+from __future__ import annotations
+
+from core.families.base import Family
+from core.families.classical import CLASSICAL
+from core.families.cnn import CNN
+from core.families.ensemble import ENSEMBLE
+from core.families.sequence import SEQUENCE
+from core.registry import get_spec
+
+FAMILIES: dict[str, Family] = {f.key: f for f in (CNN, SEQUENCE, CLASSICAL, ENSEMBLE)}
+
+
+def family_of(name: str) -> Family:
+    """The family of a registry model."""
+    return FAMILIES[get_spec(name).family]
+
+
+def family_of_card(card: dict) -> Family:
+    """The family of a saved model; cards written before families were recorded are CNNs."""
+    return FAMILIES[card.get("family", CNN.key)]

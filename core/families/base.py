@@ -1,0 +1,82 @@
+"""The Family interface: what differs between CNNs, sequence models, classical models and ensembles.
+
+A family fits a registry model on a prepared split (or, for ensembles, on a run's saved
+predictions) and returns its card; loads a saved model as a Predictor; and says how the model reads
+its input and whether Grad-CAM can explain it. Everything else (run folders, metrics, the
+dashboard) asks the family instead of testing a family name.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.data.splits import Prepared
+from core.engine.config import TrainConfig
+
+
+class FitError(ValueError):
+    """A model that cannot be fitted from what the run holds; one readable sentence (the run goes on)."""
+
+
+@dataclass
+class Cases:
+    """The cases every predictor of a run scores together."""
+    images_at: Callable[[int], np.ndarray]       # (N, S, S) uint8 slices at one size
+    manifest: pd.DataFrame | None = None         # `series` / `slice_index`: neighbours for sequence models
+    probs: dict[str, np.ndarray] = field(default_factory=dict)   # predictions made so far (ensemble members)
+    _sized: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def at(self, size: int) -> np.ndarray:
+        """The slices at one size, resized once however many predictors read them."""
+        if size not in self._sized:
+            self._sized[size] = self.images_at(size)
+        return self._sized[size]
+
+
+class Predictor(ABC):
+    """A saved model, verified and loaded, that turns cases into P(hemorrhage)."""
+    members: tuple[str, ...] = ()   # models whose probabilities it needs first (an ensemble's)
+
+    def __init__(self, card: dict, family: "Family"):
+        self.card, self.family = card, family
+
+    @property
+    def name(self) -> str:
+        return self.card["model"]
+
+    @property
+    def input_size(self) -> int | None:
+        return self.card.get("input_size")
+
+    @property
+    def thresholds(self) -> dict:
+        return self.card["thresholds"]
+
+    @abstractmethod
+    def predict(self, cases: Cases) -> np.ndarray:
+        """P(hemorrhage) for each case."""
+
+
+class Family(ABC):
+    key: ClassVar[str]
+    is_network: ClassVar[bool] = False         # a torch network: trained in epochs (budgets, resume, DDP)
+    explained_by_cam: ClassVar[bool] = False   # Grad-CAM maps (otherwise importances or members)
+    needs_images: ClassVar[bool] = True        # False: fitted on the run's saved predictions, after the others
+
+    @abstractmethod
+    def fit(self, name: str, data: Prepared | None, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+        """Fit one model, write its folder and return its card ({} on DDP ranks other than 0)."""
+
+    @abstractmethod
+    def load(self, model_dir: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        """The saved model, its files verified against its card first."""
+
+    @abstractmethod
+    def describe_input(self, card: dict) -> str:
+        """One Markdown line: what the model reads."""

@@ -1,0 +1,56 @@
+"""The CNN family: one slice in, one logit out, explained by Grad-CAM."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.data.splits import Prepared
+from core.data.stacks import stack_indices
+from core.engine.config import TrainConfig
+from core.engine.fit import fit_network
+from core.families.base import Cases, Family, Predictor
+from core.nets.build import load_network
+from core.nets.predict import predict_probs
+
+
+class NetworkPredictor(Predictor):
+    """A CNN or sequence network; `model` and `card` are what core.explain.cam draws maps from."""
+
+    def __init__(self, card: dict, family: Family, model: torch.nn.Module, device: str | torch.device):
+        super().__init__(card, family)
+        self.model, self.device = model, device
+
+    @property
+    def stack_size(self) -> int | None:
+        return self.card.get("architecture", {}).get("stack_size")
+
+    def predict(self, cases: Cases) -> np.ndarray:
+        images = cases.at(self.input_size)
+        rows = None
+        if self.stack_size:   # neighbours in the series where the manifest knows them, else the slice repeated
+            manifest = cases.manifest if cases.manifest is not None else pd.DataFrame(index=range(len(images)))
+            rows = stack_indices(manifest.reset_index(drop=True), self.stack_size)
+        return predict_probs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows)
+
+
+class CNNFamily(Family):
+    key = "cnn"
+    is_network = True
+    explained_by_cam = True
+
+    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+        return fit_network(name, data, cfg, run_dir, device)
+
+    def load(self, model_dir: str | Path, device: str | torch.device = "cpu") -> NetworkPredictor:
+        loaded = load_network(model_dir, device)
+        return NetworkPredictor(loaded.card, self, loaded.model, device)
+
+    def describe_input(self, card: dict) -> str:
+        return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
+                f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}")
+
+
+CNN = CNNFamily()

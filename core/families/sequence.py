@@ -1,0 +1,35 @@
+"""The sequence family: a registry CNN encodes each slice of a stack, a bidirectional GRU/LSTM reads it.
+
+Trained by the same engine as the CNNs, on (N, K) index rows of stacks instead of (N,) slices.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from core.data.splits import Prepared
+from core.data.stacks import stack_indices
+from core.engine.config import TrainConfig
+from core.engine.fit import fit_network
+from core.families.cnn import CNNFamily
+from core.nets.sequence import DEFAULT_HIDDEN
+
+
+class SequenceFamily(CNNFamily):
+    key = "sequence"
+
+    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+        architecture = {"backbone": cfg.sequence_backbone, "stack_size": cfg.stack_size, "hidden": DEFAULT_HIDDEN}
+        rows = stack_indices(data.manifest, cfg.stack_size)
+        split = data.manifest["split"].to_numpy()
+        assert (split[rows] == split[:, None]).all(), "a stack mixes splits"
+        return fit_network(name, data, cfg, run_dir, device, rows=rows, architecture=architecture)
+
+    def describe_input(self, card: dict) -> str:
+        stack = card.get("architecture", {})
+        return super().describe_input(card) + (f"; stacks of {stack['stack_size']} slices encoded by "
+                                               f"{stack['backbone']}" if stack else "")
+
+
+SEQUENCE = SequenceFamily()

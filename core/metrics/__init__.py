@@ -1,0 +1,1 @@
+"""Numbers: binary classification metrics, their intervals and tests, and the studies' published figures."""

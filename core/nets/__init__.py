@@ -1,0 +1,1 @@
+"""Networks: the registry's CNNs and sequence models, built, loaded, measured and run."""

@@ -1,0 +1,156 @@
+"""The registry's CNNs, built the same way: stock torchvision / timm ImageNet models with one logit.
+
+Only the last Linear is swapped, so their ImageNet weights load unchanged. ImageNet weights
+(`pretrained=True`) come through torchvision's `weights=` enums and timm's `pretrained=True`, or
+from a local `weights_dir`; weights that cannot be had are not fatal: one line on stderr and a
+random initialisation (`model.pretrained_loaded` says which happened).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import timm
+import torch
+import torchvision.models as tvm
+from safetensors.torch import load_file
+from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
+from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CNNBuild:
+    builder: Callable[[bool], nn.Module]                 # builder(pretrained) -> 1000-class ImageNet model
+    cam_layers: Callable[[nn.Module], list[nn.Module]]   # Grad-CAM targets of the built model
+    weights_url: str                                     # ImageNet checkpoint; its file name is looked up in weights_dir
+    scratch_init: Callable[[nn.Module], None] | None = None   # re-initialises a model trained from random init
+
+
+def weights_files(name: str) -> tuple[str, ...]:
+    """File names accepted in a `weights_dir`: the download's own name, or <name>.safetensors."""
+    url = CNNS[name].weights_url
+    return tuple(f for f in (Path(urlsplit(url).path).name, f"{name}.safetensors") if f)
+
+
+def he_fan_in_init(model: nn.Module) -> None:
+    """He et al. (ICCV 2015) fan-in init of every convolution and hidden linear layer; the one-logit
+    head keeps small weights (N(0, 0.01)) so training starts near p = 0.5. torchvision's VGG init
+    shrinks the signal through 15 layers (docs/NOTES.md, "VGG from scratch")."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for layer in layers[:-1]:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    nn.init.normal_(layers[-1].weight, std=0.01)
+    nn.init.zeros_(layers[-1].bias)
+
+
+def zero_init_residual_bn(model: nn.Module) -> None:
+    """Goyal et al. (2017), "zero-gamma": the last BatchNorm of every residual branch starts at 0, so
+    each inverted-residual block starts as the identity (docs/NOTES.md, "MobileNets from scratch")."""
+    for block in model.modules():
+        if isinstance(block, (V2Block, V3Block)) and block.use_res_connect:
+            last_bn = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)][-1]   # the projection's
+            nn.init.zeros_(last_bn.weight)
+
+
+def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
+    return tvm.get_model(arch, weights="DEFAULT" if pretrained else None)
+
+
+def _build_inception_v3(pretrained: bool) -> nn.Module:
+    # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
+    # must compute the same function whether built for training or rebuilt to load a checkpoint.
+    model = tvm.inception_v3(weights="DEFAULT" if pretrained else None, transform_input=True, init_weights=False)
+    # The auxiliary head is dropped after building: torchvision rejects aux_logits=False with weights.
+    model.aux_logits, model.AuxLogits = False, None
+    return model
+
+
+def _torchvision(arch: str, cam_layers, scratch_init=None) -> CNNBuild:
+    return CNNBuild(partial(_build_torchvision, arch), cam_layers, tvm.get_model_weights(arch).DEFAULT.url,
+                    scratch_init)
+
+
+_features = lambda m: [m.features[-1]]
+CNNS: dict[str, CNNBuild] = {
+    "alexnet": _torchvision("alexnet", _features),
+    "vgg16": _torchvision("vgg16", _features, he_fan_in_init),
+    "vgg16_bn": _torchvision("vgg16_bn", _features),
+    "resnet18": _torchvision("resnet18", lambda m: [m.layer4[-1]]),
+    "resnet50": _torchvision("resnet50", lambda m: [m.layer4[-1]]),
+    "mobilenet_v2": _torchvision("mobilenet_v2", _features, zero_init_residual_bn),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _features, zero_init_residual_bn),
+    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [m.Mixed_7c],
+                             tvm.get_model_weights("inception_v3").DEFAULT.url),
+    "xception": CNNBuild(partial(timm.create_model, "legacy_xception"), lambda m: [m.act4],
+                         timm.get_pretrained_cfg("legacy_xception").url),
+}
+
+
+def create_cnn(name: str, pretrained: bool = False, weights_dir: str | Path | None = None) -> nn.Module:
+    """A registry CNN with one logit. `model.pretrained_loaded` is True only if ImageNet weights were loaded."""
+    if name not in CNNS:
+        raise ValueError(f"{name!r} is not a registry CNN; choose from {', '.join(CNNS)}")
+    model, why_not = _backbone(name, pretrained, weights_dir)
+    if why_not:
+        print(f"hemolens: ImageNet weights for {name} {why_not}; training from scratch.", file=sys.stderr)
+    binary_head(model)
+    model.pretrained_loaded = pretrained and not why_not
+    return model
+
+
+def _backbone(name: str, pretrained: bool, weights_dir: str | Path | None) -> tuple[nn.Module, str]:
+    """The 1000-class model, and why asked-for weights could not be had ("" if loaded or not asked for)."""
+    builder = CNNS[name].builder
+    if not pretrained:
+        return builder(False), ""
+    if weights_dir is None:
+        try:
+            return builder(True), ""
+        except OSError as err:   # URLError (no network, HTTP error) or a cache folder that cannot be written
+            return builder(False), f"are unreachable (no network? {str(err).splitlines()[0]})"
+    found = [Path(weights_dir) / f for f in weights_files(name) if (Path(weights_dir) / f).is_file()]
+    if not found:
+        return builder(False), f"are not in {weights_dir} (expected {' or '.join(weights_files(name))})"
+    model = builder(False)
+    _load_weights_file(model, found[0])
+    return model, ""
+
+
+def _load_weights_file(model: nn.Module, path: Path) -> None:
+    """Loads a local ImageNet checkpoint; a file that does not fit the architecture is the user's error."""
+    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                              weights_only=True)
+    try:
+        # strict=False only for extra keys: torchvision's inception_v3 file carries the auxiliary
+        # head that we build without. Every parameter of the model must be in the file.
+        missing = model.load_state_dict(state, strict=False).missing_keys
+    except RuntimeError as err:   # shape mismatch
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {str(err).splitlines()[-1].strip()}") from None
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} weights of {type(model).__name__}, e.g. {missing[0]}")
+
+
+def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent module, attribute, layer) of the last Linear registered: the classifier head of every
+    torchvision model here (resnet/inception `fc`, the last Linear of vgg/alexnet/mobilenet `classifier`)."""
+    path, layer = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = path.rpartition(".")
+    return model.get_submodule(parent), attr, layer
+
+
+def binary_head(model: nn.Module) -> None:
+    """Replaces the 1000-way classifier by one logit, in place."""
+    if hasattr(model, "reset_classifier"):   # timm keeps num_classes and pooling in step itself
+        model.reset_classifier(1)
+        return
+    parent, attr, old = last_linear(model)
+    setattr(parent, attr, nn.Linear(old.in_features, 1))

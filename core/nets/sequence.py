@@ -1,0 +1,74 @@
+"""Slice-sequence networks (study B; the RSNA 2019 ICH winners' recipe): a registry CNN encodes every
+slice of a short stack of adjacent slices, a bidirectional GRU/LSTM reads the stack, and a linear
+head scores each slice. The prediction for a slice is the centre logit of the stack around it
+(stacks: core.data.stacks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.nets.cnn import CNNS, create_cnn, last_linear
+
+DEFAULT_BACKBONE, DEFAULT_STACK, DEFAULT_HIDDEN = "resnet18", 5, 128
+
+
+class SequenceClassifier(nn.Module):
+    """x (B, K, 3, H, W) -> the centre slice's hemorrhage logit (B, 1); forward_all -> (B, K).
+    A (B, 3, H, W) input is a stack of one, so single-slice callers (uploads, Grad-CAM) work."""
+
+    def __init__(self, kind: str, backbone: str, stack_size: int, encoder: nn.Module, hidden: int):
+        super().__init__()
+        self.kind, self.backbone_name, self.stack_size = kind, backbone, stack_size
+        self.encoder = encoder
+        features = _strip_head(encoder)
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
+        self.rnn = rnn(features, hidden, batch_first=True, bidirectional=True)
+        # The head sees each slice's own features next to the recurrent context: the per-slice
+        # evidence of a plain CNN stays one linear layer away, the neighbours add to it.
+        self.head = nn.Linear(features + 2 * hidden, 1)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.unsqueeze(1)
+        b, k = x.shape[:2]
+        features = self.encoder(x.flatten(0, 1)).view(b, k, -1).float()
+        # The recurrence is tiny (K steps): it runs in float32 under the trainer's bf16 autocast, so
+        # no cuDNN RNN kernel is ever asked for a reduced-precision variant it may lack.
+        with torch.autocast(x.device.type, enabled=False):
+            context, _ = self.rnn(features)
+        return self.head(torch.cat([features, context], dim=-1)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.forward_all(x)
+        centre = logits.shape[1] // 2
+        return logits[:, centre:centre + 1]
+
+
+def _strip_head(encoder: nn.Module) -> int:
+    """Replaces the registry CNN's 1-logit head (its last Linear, see core.nets.cnn._binary_head) by
+    identity, in place; returns the width of the pooled features it now yields."""
+    path, head = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = path.rpartition(".")
+    setattr(encoder.get_submodule(parent), attr, nn.Identity())
+    return head.in_features
+
+
+def build_sequence_model(kind: str, backbone: str = DEFAULT_BACKBONE, stack_size: int = DEFAULT_STACK,
+                         pretrained: bool = False, weights_dir: str | Path | None = None,
+                         hidden: int = DEFAULT_HIDDEN) -> SequenceClassifier:
+    if kind not in ("gru", "lstm"):
+        raise ValueError(f"unknown sequence kind {kind!r}; choose gru or lstm")
+    if backbone not in CNNS:
+        raise ValueError(f"backbone {backbone!r} is not a registry CNN")
+    if stack_size < 1:
+        raise ValueError(f"stack_size must be >= 1, got {stack_size}")
+    encoder = create_cnn(backbone, pretrained=pretrained, weights_dir=weights_dir)
+    model = SequenceClassifier(kind, backbone, stack_size, encoder, hidden)
+    model.pretrained_loaded = encoder.pretrained_loaded
+    return model
+
+
+KINDS = {"cnn_gru": "gru", "cnn_lstm": "lstm"}   # registry name -> recurrent layer

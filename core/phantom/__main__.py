@@ -1,0 +1,5 @@
+import sys
+
+from core.phantom.generate import main
+
+sys.exit(main())

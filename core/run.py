@@ -1,0 +1,123 @@
+"""A whole training run: every model of a TrainConfig on one dataset, into one run folder.
+
+Models that read images are fitted first, in the order given (their input size decoded once), then
+the ones fitted on the run's saved predictions (ensembles). Networks share a run budget where one
+is set (core.engine.budget).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch.distributed as dist
+
+from core.data.splits import Prepared, read_manifest, write_manifest
+from core.engine.budget import RunBudget
+from core.engine.config import TrainConfig, agree, is_main, resolve_device, setup_distributed
+from core.families import family_of
+from core.families.base import FitError
+from core.io import store
+from core.registry import get_spec
+
+
+def _check_split(data: Prepared, run_dir: Path, resume: bool) -> None:
+    """Write split.csv, or on --resume check that the data still splits exactly as before."""
+    path = run_dir / store.SPLIT
+    if resume and path.is_file():
+        old = read_manifest(path)
+        same = old[["sha256", "split"]].reset_index(drop=True).equals(
+            data.manifest[["sha256", "split"]].reset_index(drop=True))
+        if not same:
+            raise SystemExit(f"hemolens: {run_dir} was split from different data; resume with the same --data "
+                             "and --seed, or start a new --out.")
+        return
+    if is_main():
+        write_manifest(data.manifest, path)
+        store.write_json(run_dir / "leakage.json", data.leakage)
+
+
+class _Datasets:
+    """The Prepared split at each input size, decoded once per size; the first writes the split."""
+
+    def __init__(self, cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared]):
+        self.cfg, self.data_root, self.prepare_fn, self.by_size = cfg, data_root, prepare_fn, {}
+
+    def at(self, size: int) -> Prepared:
+        if size not in self.by_size:
+            self.by_size[size] = self.prepare_fn(size)
+            run_dir = Path(self.cfg.out)
+            _check_split(self.by_size[size], run_dir, resume=self.cfg.resume)
+            if is_main():
+                store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
+                                                        "synthetic": self.cfg.data is None, "seed": self.cfg.seed})
+        return self.by_size[size]
+
+
+def _input_size(name: str, cfg: TrainConfig) -> int:
+    """The size a model trains at: asked for (or native), but never below what it accepts."""
+    spec = get_spec(name)
+    size = max(cfg.image_size or spec.input_size, spec.min_input_size)
+    if is_main() and size != (cfg.image_size or spec.input_size):
+        print(f"{name}: trained at {size} px, the smallest input it accepts", flush=True)
+    return size
+
+
+def _budgeted(name: str, own: dict[str, TrainConfig], networks: list[str], budget: RunBudget, device,
+              run_budget_s: float) -> TrainConfig:
+    """The model's config with its time budget shrunk to its share of what the run has left."""
+    cfg = own[name]
+    later = networks[networks.index(name):]
+    share = agree(budget.share(cfg.time_budget_s, [own[m].time_budget_s for m in later]), device)
+    if is_main() and share < (cfg.time_budget_s or math.inf):
+        print(f"{name}: {share:.0f} s of training instead of {cfg.time_budget_s or 'unlimited'}, "
+              f"to end the run within its {run_budget_s:.0f} s", flush=True)
+    return replace(cfg, time_budget_s=share)
+
+
+def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, device) -> dict[str, dict]:
+    """Models fitted on the run's saved predictions (ensembles); one that cannot be fitted is skipped."""
+    cards = {}
+    for name in names:
+        try:
+            cards[name] = family_of(name).fit(name, None, cfg, run_dir, device)
+        except FitError as err:   # e.g. a validation split too small to cross-validate a stack
+            print(f"hemolens: {name} skipped: {err}", file=sys.stderr, flush=True)
+    return cards
+
+
+def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared],
+              started: float | None = None) -> dict[str, dict]:
+    """Train every model of cfg on one dataset; returns {model: card}. `prepare_fn(size)` gives the
+    Prepared split at one image size. started: the time.perf_counter() from which cfg.run_budget_s
+    counts (default: now)."""
+    device = setup_distributed(resolve_device(cfg.device))
+    run_dir, datasets, cards = Path(cfg.out), _Datasets(cfg, data_root, prepare_fn), {}
+    own = {m: replace(cfg, **cfg.per_model.get(m, {})) for m in cfg.models}   # e.g. the CPU demo's VGG input
+    done = lambda m: cfg.resume and (run_dir / m / store.CARD).is_file()
+    on_images = [m for m in cfg.models if family_of(m).needs_images]
+    networks = [m for m in on_images if family_of(m).is_network and not done(m)]
+    budget = RunBudget(cfg.run_budget_s, time.perf_counter() if started is None else started) \
+        if cfg.run_budget_s else None
+    for name in on_images:
+        tick, data = time.perf_counter(), datasets.at(_input_size(name, own[name]))
+        if done(name):
+            if is_main():
+                print(f"{name}: already complete in {run_dir}, skipped", flush=True)
+            cards[name] = store.load_card(run_dir / name)
+            continue
+        model_cfg = _budgeted(name, own, networks, budget, device, cfg.run_budget_s) \
+            if budget and name in networks else own[name]
+        cards[name] = family_of(name).fit(name, data, model_cfg, run_dir, device)
+        if budget and name in networks and cards[name]:
+            budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
+        if dist.is_initialized():
+            dist.barrier()
+    if is_main():
+        cards.update(_fit_from_predictions([m for m in cfg.models if m not in on_images], cfg, run_dir, device))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return cards
