@@ -1,12 +1,4 @@
-"""Evaluate every model of a run on its test split or on an external dataset.
-
-    python -m core.evaluate --run checkpoints/RUN [--data PATH] --out DIR
-
-Without --data, or with the run's own dataset, the run's test split (from split.csv) is used.
-Any other folder is an external set: all of its images are evaluated, and any file that was in
-the run's training or validation split (same sha256) is dropped and counted, since it would leak.
-Thresholds always come from the card (chosen on validation), never from the evaluation set.
-"""
+"""Evaluate a run's models on its test split or an external set (train/val files dropped); card thresholds."""
 from __future__ import annotations
 
 import argparse
@@ -24,8 +16,7 @@ from core.inference import load_predictor, predict_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest
 
-# Bleed area bands (mm2 on the slice). Commercial triage loses sensitivity on small bleeds
-# (~72% under 5 mL); on single slices, area is the size we can measure.
+# Bleed area bands (mm2): triage sensitivity drops on small bleeds (docs/NOTES.md, "Evaluation").
 AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"), ">=400 mm2")]
 
 

@@ -1,9 +1,4 @@
-"""Any saved model of a run, whatever its family, as one thing that turns slices into probabilities.
-
-Evaluation and the dashboard both go through `load_predictor` and `predict_all`, so a CNN, a
-CNN+GRU over slice stacks, an SVM on hand-crafted features and an ensemble of them all answer the
-same question the same way: P(hemorrhage) for each case.
-"""
+"""Any saved model, whatever its family, as P(hemorrhage) per case via `load_predictor` / `predict_all`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +20,7 @@ def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") ->
 
 def predict_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
                 manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """P(hemorrhage) per case for every predictor. images_at(size) gives the cases' (N, S, S) uint8
-    slices at one size; it is called once per size. A predictor with members (an ensemble) runs after
-    them, so every member must be among the predictors."""
+    """P(hemorrhage) per case per predictor (ensembles after members); images_at(size) -> (N, S, S) uint8."""
     cases = Cases(images_at, manifest)
     for name, p in sorted(predictors.items(), key=lambda item: bool(item[1].members)):
         cases.probs[name] = p.predict(cases)

@@ -13,8 +13,7 @@ from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_N
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", Path(__file__).resolve().parents[1] / "data" / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise
-# The whole CPU demo from train.py's start, phantom generation included: networks get less than their
-# budgets where the run falls behind (core.engine.budget).
+# Whole CPU demo incl. phantoms; networks shrink when the run falls behind (core.engine.budget).
 CPU_RUN_BUDGET_S = 565
 # Slowest epochs first: the light networks at the end absorb what the heavy ones overran.
 CPU_NETWORK_ORDER = ("alexnet", "vgg16", "vgg16_bn", "resnet50", "xception", "inception_v3", "resnet18",
@@ -30,15 +29,14 @@ class Preset:
     difficulty: tuple[float, float]   # phantom bleed difficulty range (core.phantom)
     models: tuple[str, ...]           # what `python train.py` trains without --models
     time_budget_s: float | None       # per network: epochs cut to those nearest it (core.engine.budget.planned_epochs)
-    run_budget_s: float | None = None   # the whole run: networks' budgets shrink to fit it (core.run_budget)
+    run_budget_s: float | None = None   # the whole run: networks' budgets shrink to fit it (core.engine.budget)
     per_model: dict = field(default_factory=dict)   # {model: {TrainConfig field: value}} for one model
     augment: bool = True              # the studies' rotation / zoom / flip / jitter of training batches
     epoch_size: int | None = None     # training images an epoch draws (None: the whole training split)
 
 
 def demo_preset(device_type: str) -> Preset:
-    """Quick on a 2-core CPU (easy phantoms at 64 px, time budgets, see docs/NOTES.md "CPU demo
-    preset"); native resolution, the full difficulty range, more data and the sequence models on a GPU."""
+    """Quick on a 2-core CPU (docs/NOTES.md, "CPU demo preset"); native size and sequence models on a GPU."""
     if device_type == "cuda":
         return Preset(phantoms=5000, image_size=None, epochs=10, batch_size=64, difficulty=(0.2, 0.8),
                       models=(*CLASSICAL_NAMES, *CNN_NAMES, *SEQUENCE_NAMES, *ENSEMBLE_NAMES), time_budget_s=None)
@@ -56,10 +54,7 @@ CPU_RECIPES = {"vgg16": {"image_size": 32, "time_budget_s": 95, "warmup_epochs":
 
 
 def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5) -> Path:
-    """The cached phantom set for (n, seed, difficulty, stack size), generated on first use.
-
-    Generated into a temporary folder and renamed into place, so concurrent torchrun workers and
-    killed runs never see a half-written set."""
+    """The cached phantom set for (n, seed, difficulty, stack size), generated atomically on first use."""
     lo, hi = difficulty
     root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}"
     if root.is_dir():

@@ -1,9 +1,4 @@
-"""The model registry: every model HemoLens can train, as plain data. A leaf: it imports nothing of core.
-
-Each entry names a model's family (cnn, sequence, classical, ensemble; core.families implements
-them), its native input size and what it needs to train from random init. How a network is built
-lives in core.nets; how a family is fitted, loaded and explained lives in core.families.
-"""
+"""The model registry as plain data (a leaf: imports nothing of core); built in core.nets, fitted in core.families."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,10 +5,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.families import family_of_card
 from core.io import store as ckpt
 from core.io.atomic import atomic_write
+from core.metrics.published import ci_text
 
-LEADERBOARD_METRICS = ["accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc"]
+# Operating points and leaderboard metrics, as core names them -> the labels users know.
+PRESETS = {"default": "0.5", "youden": "Youden (val)", "sens95": "Sensitivity ≥ 95% (val)",
+           "spec95": "Specificity ≥ 95% (val)"}
+METRIC_LABELS = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
+                 "precision": "PPV", "npv": "NPV", "f1": "F1", "roc_auc": "AUC"}
+LEADERBOARD_METRICS = list(METRIC_LABELS)
 
 
 def _fmt(value, ci=None) -> str:
@@ -91,3 +98,36 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
                                            "misclassified": wrong.to_dict("records")})
     atomic_write(paths["report.md"], markdown(report, board, wrong))
     return paths
+
+
+def card_markdown(card: dict) -> str:
+    """A model card as readable Markdown (the JSON download carries everything)."""
+    t, lat, tr, ds = card["thresholds"], card.get("latency", {}), card.get("training", {}), card.get("dataset", {})
+    lines = [f"# {card.get('display_name', card['model'])} (`{card['model']}`)", "",
+             "Research and teaching tool, not for clinical use.", "",
+             f"- Family: {family_of_card(card).key}; reference: {card.get('reference', '')}",
+             family_of_card(card).describe_input(card),
+             f"- Parameters: {card['params']:,}"
+             + (f"; GMACs at input size: {card['gmacs']:.3f}" if card.get("gmacs") is not None else "")
+             + f"; weights: {card['size_bytes'] / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",
+             f"- Latency ({lat.get('device', '?')}, batch 1): p50 {lat.get('batch1_ms_p50', float('nan')):.1f} ms, "
+             f"p95 {lat.get('batch1_ms_p95', float('nan')):.1f} ms; throughput "
+             f"{lat.get('throughput_img_s', float('nan')):.0f} img/s",
+             f"- Training: {tr.get('epochs')} epochs in {tr.get('seconds', float('nan')):.0f} s on {tr.get('device')}, "
+             f"pretrained {tr.get('pretrained')}, seed {tr.get('seed')}",
+             f"- Data: {ds.get('source', '?')}; " + ", ".join(
+                 f"{s} {c['n']} ({c['hemorrhage']} hemorrhage)" for s, c in ds.get("counts", {}).items()),
+             f"- Created: {card.get('created_at', '?')}", "",
+             "## Operating points (chosen on validation)", "", "| point | threshold |", "|---|---|",
+             *[f"| {PRESETS.get(k, k)} | {v:.4f} |" for k, v in t.items()], "",
+             "## Metrics at threshold 0.5 (95% intervals)", "",
+             "| metric | validation | test |", "|---|---|---|"]
+    for key, label in {**METRIC_LABELS, "balanced_accuracy": "Balanced accuracy", "mcc": "MCC", "pr_auc": "PR AUC",
+                       "brier": "Brier", "ece": "ECE"}.items():
+        cells = []
+        for split in ("val", "test"):
+            met = card["metrics"][split]
+            value, ci = met.get(key), ci_text(met.get(f"{key}_ci"))
+            cells.append("n/a" if value is None else f"{value:.3f}" + (f" ({ci})" if ci else ""))
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"

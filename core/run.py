@@ -1,9 +1,4 @@
-"""A whole training run: every model of a TrainConfig on one dataset, into one run folder.
-
-Models that read images are fitted first, in the order given (their input size decoded once), then
-the ones fitted on the run's saved predictions (ensembles). Networks share a run budget where one
-is set (core.engine.budget).
-"""
+"""A whole training run into one folder: image models first, then ensembles; a shared run budget."""
 from __future__ import annotations
 
 import math
@@ -91,9 +86,7 @@ def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, dev
 
 def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared],
               started: float | None = None) -> dict[str, dict]:
-    """Train every model of cfg on one dataset; returns {model: card}. `prepare_fn(size)` gives the
-    Prepared split at one image size. started: the time.perf_counter() from which cfg.run_budget_s
-    counts (default: now)."""
+    """Train every model of cfg; returns {model: card}. `prepare_fn(size)` gives the Prepared split."""
     device = setup_distributed(resolve_device(cfg.device))
     run_dir, datasets, cards = Path(cfg.out), _Datasets(cfg, data_root, prepare_fn), {}
     own = {m: replace(cfg, **cfg.per_model.get(m, {})) for m in cfg.models}   # e.g. the CPU demo's VGG input

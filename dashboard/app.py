@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 
 import streamlit as st  # noqa: E402
 
-from dashboard import common  # noqa: E402
+from dashboard.frame import sidebar  # noqa: E402
 
 st.set_page_config(page_title="HemoLens", page_icon=":material/neurology:", layout="wide")
 PAGES = [
@@ -27,5 +27,5 @@ PAGES = [
     st.Page("views/model_cards.py", title="Model cards", icon=":material/badge:"),
 ]
 page = st.navigation(PAGES)
-st.session_state["current_run"] = common.sidebar()  # shared by every page, drawn under the page list
+st.session_state["current_run"] = sidebar()  # shared by every page, drawn under the page list
 page.run()

@@ -254,16 +254,17 @@ def test_sidebar_operating_point_changes_every_threshold(run_dir):
     assert board.loc["ResNet-18", "Threshold"] == pytest.approx(sens95)
 
 def test_read_scan_and_helpers():
-    from dashboard import common
+    from core.metrics.published import PUBLISHED, confusion_check, rounds_to
+    from dashboard.frame import checkpoints_root
+    from dashboard.loaders import consensus, read_scan
 
     with pytest.raises(ScanError):
-        common.read_scan(b"garbage")
-    assert common.read_scan(png_bytes(np.full((8, 8), 7, np.uint8))).image.shape == (8, 8)
-    assert common.rounds_to(0.9734, 989 / 1016) and not common.rounds_to(0.9777, 1220 / 1247)
-    assert common.checkpoints_root(["--checkpoints", "/x/y"]) == Path("/x/y")
-    assert common.consensus(pd.Series([True, False, True])) == "2 of 3 models call hemorrhage"
-    from core.metrics.published import PUBLISHED
-    vgg = common.confusion_check(**PUBLISHED["B"]["confusion"]["VGG16"], printed=PUBLISHED["B"]["models"]["VGG16"])
+        read_scan(b"garbage")
+    assert read_scan(png_bytes(np.full((8, 8), 7, np.uint8))).image.shape == (8, 8)
+    assert rounds_to(0.9734, 989 / 1016) and not rounds_to(0.9777, 1220 / 1247)
+    assert checkpoints_root(["--checkpoints", "/x/y"]) == Path("/x/y")
+    assert consensus(pd.Series([True, False, True])) == "2 of 3 models call hemorrhage"
+    vgg = confusion_check(**PUBLISHED["B"]["confusion"]["VGG16"], printed=PUBLISHED["B"]["models"]["VGG16"])
     verdicts = dict(zip(vgg["metric"], vgg["matches print"]))
     assert verdicts["accuracy"] is True and verdicts["f1"] is False and verdicts["sensitivity"] is False
     assert verdicts["npv"] is None  # not printed

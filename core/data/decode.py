@@ -1,9 +1,4 @@
-"""Decode every image once into a uint8 cache, and the torch Dataset + augmentation built on it.
-
-Resize policy: pad to square with black (windowed air), then resize. Resizing non-square scans
-straight to a square would stretch them by an amount that depends on their size, and in the
-public Kaggle set image size alone predicts the class.
-"""
+"""Decode every image once into a uint8 cache (pad to square, then resize), and the Dataset + augmentation."""
 from __future__ import annotations
 
 import hashlib
@@ -65,10 +60,7 @@ def _decode_one(path: str, size: int):
 
 
 def decode_images(paths: list[str], size: int, workers: int | None = None) -> DecodedSet:
-    """Decode each file once (threads: Pillow and pydicom release the GIL while decoding).
-
-    Unreadable files are skipped and listed in `failed`; they never stop a large dataset.
-    """
+    """Decode each file once on threads (decoders release the GIL); unreadable files go to `failed`."""
     def safe(path):
         try:
             return _decode_one(path, size)
@@ -90,11 +82,7 @@ def decode_images(paths: list[str], size: int, workers: int | None = None) -> De
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """Decoded slices as uint8 (1, S, S) tensors with float labels; augmentation runs per batch on
-    the training device (`augment_batch`), so the same code serves CPU and a GPU-resident cache.
-
-    `rows` picks what item i is: rows[i] an index gives slice (1, S, S); rows[i] a row of K indices
-    (core.nets.sequence.stack_indices) gives the stack (K, 1, S, S). Default: every image, as slices."""
+    """uint8 slices (1, S, S) or `rows` stacks (K, 1, S, S) with float labels; augmented per batch on the device."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu",
                  rows: np.ndarray | None = None):
@@ -112,9 +100,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return self.images[self.rows[i]].unsqueeze(-3), self.labels[i]
 
     def __getitems__(self, indices: list[int]):
-        """A whole batch in one gather (DataLoader calls this when it exists): on a GPU-resident
-        cache, one indexing kernel instead of a copy per item plus a stack. Loaders pass
-        `collate_fn=SliceDataset.collate`, since the batch comes out already stacked."""
+        """A whole batch in one gather (one kernel on a GPU cache); pair with `collate_fn=SliceDataset.collate`."""
         rows = torch.as_tensor(self.rows[np.asarray(indices)], device=self.images.device)
         return self.images[rows].unsqueeze(-3), self.labels[torch.as_tensor(indices, device=self.labels.device)]
 
@@ -124,9 +110,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,1,S,S) slices or (B,K,1,S,S) stacks, uint8 -> (B,3,S,S) / (B,K,3,S,S) float normalised; grey
-    is replicated to the 3 ImageNet channels. With a generator the batch is augmented first (training
-    only); a stack is augmented as one K-channel image, so all its slices get the same transform."""
+    """uint8 (B,[K,]1,S,S) -> normalised float (B,[K,]3,S,S); augmented first given a generator."""
     x = batch_uint8.float().div_(255.0)
     if generator is not None:
         x = augment_batch(x.flatten(1, -3), generator).view_as(x)
@@ -138,8 +122,7 @@ def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Genera
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 15.0,
                   zoom: tuple[float, float] = (0.9, 1.1), jitter: float = 0.1) -> torch.Tensor:
-    """The studies' augmentations on a (B,C,S,S) batch in [0,1]: rotation, zoom, horizontal flip,
-    plus mild brightness/contrast jitter. One affine grid per batch, so it is cheap on any device."""
+    """Rotation, zoom, flip and brightness/contrast jitter of a (B,C,S,S) [0,1] batch, one affine grid per batch."""
     b = x.shape[0]
     rand = torch.rand(b, 5, generator=generator, device=generator.device).to(x.device)
     angle = (rand[:, 0] * 2 - 1) * math.radians(max_degrees)

@@ -1,10 +1,4 @@
-"""Dataset discovery: every layout users bring, read as one table.
-
-`discover(root)` walks a folder and returns one row per image with its label, subtype, any split
-the folder names, and a series/patient group when the file names or a labels CSV reveal one. It
-does not decode pixels; `core.splits` decodes each image once, finds near-duplicates and cuts
-the leak-free split.
-"""
+"""Dataset discovery: `discover(root)` reads every folder layout users bring as one table, without decoding."""
 from __future__ import annotations
 
 import re
@@ -27,8 +21,7 @@ _SPLIT_WORDS = {"training": "train", "train": "train", "validation": "val", "val
 _SKIP_DIRS = {"masks", "mask", "__macosx"}
 _ID_COLUMNS = ("id", "image_id", "image", "filename", "file", "name", "path", "slice")
 _LABEL_COLUMNS = ("hemorrhage", "label", "any", "ich", "target", "class", "haemorrhage")
-# Series naming seen in real exports: "<series>_0_<slice>" (jpg dumps of a DICOM series),
-# "<series>_s<slice>" (our phantoms), "IMG-0001-00042" (DICOM viewer exports), "p12_slice3".
+# Series naming seen in real exports: "<series>_0_<slice>", "<series>_s<slice>", "IMG-0001-00042", "p12_slice3".
 _SERIES_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     r"^(?P<series>.+)_0_(?P<slice>\d+)$",
     r"^(?P<series>.+)[_-]s(?P<slice>\d+)$",
@@ -109,15 +102,7 @@ def _read_labels_csv(root: Path) -> pd.DataFrame | None:
 
 
 def discover(root: str | Path) -> pd.DataFrame:
-    """One row per image file: path, id, label, subtype, given_split, group, series, slice_index (+ CSV extras).
-
-    `series` is the acquired stack a slice belongs to (sequence models read its neighbours there);
-    `group` also spans a patient's other series. File-name series are told apart by their folders
-    (two patients' "IMG-0001" exports), class and split folders aside (a series spans both classes).
-
-    Labels come from class folders (any depth, synonyms case-insensitive) or, failing that, from a
-    labels CSV whose ids match file names with or without extension.
-    """
+    """One row per image (path, id, label, subtype, given_split, group, series, slice_index, CSV extras)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {root} does not exist or is not a folder.")

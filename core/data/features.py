@@ -1,16 +1,4 @@
-"""Hand-crafted features of brain-window slices for the classical baselines (source study B).
-
-`extract_features(images)` maps (N, S, S) uint8 brain-window renders to (N, F) float32, one column
-per name in FEATURE_NAMES (F does not depend on S). Five groups: the classics of CT texture work
-(intensity histogram, GLCM texture, uniform LBP histogram, HOG) and a histogram per depth zone of
-the head, which tells hyperdense blood under the skull from the skull itself. Pure functions; a
-slice's features depend on that slice alone, so the order or batching of a set never changes them.
-
-Measured on the 600-slice phantom demo set at 64 px (AUC over its 185 val+test slices): without
-the depth-zone histograms the forest falls from 0.66 to 0.53, boosting and the MLP lose ~0.03;
-a HOG of 16 px cells (324 columns) instead of this 36-column one lowers the SVM, forest and MLP by
-0.04-0.12 (kNN gains 0.06). With ~400 training slices, many weakly aligned columns drown the signal.
-"""
+"""Hand-crafted features of brain-window slices for the classical baselines (docs/NOTES.md, "Hand-crafted features")."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,25 +32,14 @@ FEATURE_CONFIG = {"hist_bins": HIST_BINS, "zone_edges": ZONE_EDGES, "zone_bins":
 
 
 def intensity_histogram(image: np.ndarray) -> np.ndarray:
-    """Normalised histogram of the head's grey levels (1..255).
-
-    Why: in the brain window acute blood (50-90 HU) renders brighter than grey/white matter
-    (25-40 HU), so a bleed shifts mass into the upper-middle bins. Air (0) is left out, or head
-    size and field of view would dominate every bin; dividing by the head's pixel count makes the
-    histogram independent of image size."""
+    """Normalised histogram of head grey levels 1..255 (air excluded): blood renders brighter than brain."""
     head = image[image > 0]
     counts, _ = np.histogram(head, bins=HIST_BINS, range=(1, 256))
     return counts / max(1, head.size)
 
 
 def depth_zone_histograms(image: np.ndarray) -> np.ndarray:
-    """Normalised intensity histograms of four shells of the head, by relative depth.
-
-    Why: blood and bone are both bright in the brain window, so a whole-head histogram mostly
-    measures the skull. Depth (distance to the head's outline, over the largest such distance)
-    separates scalp and skull (outer shell), the extra-axial space where subdural and epidural
-    blood lie, the cortex and sulci (subarachnoid), and the deep brain (intraparenchymal,
-    intraventricular), whatever the head's size, shape or position."""
+    """Normalised histograms of four head shells by relative depth: tells bright skull from blood beneath it."""
     head = ndimage.binary_fill_holes(image > 0)
     depth = ndimage.distance_transform_edt(head)[head]
     depth /= max(float(depth.max(initial=0.0)), 1.0)
@@ -74,12 +51,7 @@ def depth_zone_histograms(image: np.ndarray) -> np.ndarray:
 
 
 def glcm_texture(image: np.ndarray) -> np.ndarray:
-    """Haralick properties of the grey-level co-occurrence matrix, per distance, averaged over angles.
-
-    Why: blood is a smooth hyperdense region and its edge against brain is a sharp step; GLCM
-    contrast, homogeneity and correlation capture such local grey-level relations at a few scales.
-    Averaging the four directions makes them insensitive to head rotation. Air gets its own level
-    and its co-occurrences are dropped, so the large black background does not swamp the texture."""
+    """GLCM Haralick properties per distance, averaged over angles; air co-occurrences dropped."""
     levels = np.where(image > 0, 1 + (image.astype(np.uint16) * GLCM_LEVELS) // 256, 0).astype(np.uint8)
     glcm = graycomatrix(levels, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS + 1, symmetric=True)
     glcm = glcm[1:, 1:].astype(np.float64)
@@ -91,11 +63,7 @@ def glcm_texture(image: np.ndarray) -> np.ndarray:
 
 
 def lbp_histogram(image: np.ndarray) -> np.ndarray:
-    """Histograms of rotation-invariant uniform local binary patterns over the head, at two radii.
-
-    Why: LBP codes describe micro-texture (edges, spots, flat areas) independently of brightness,
-    complementing the histogram: a thin subdural crescent or sulcal blood adds edge codes that
-    whole-slice intensity misses. Counted over head pixels only, like the histogram."""
+    """Rotation-invariant uniform LBP histograms over head pixels at two radii: micro-texture beyond intensity."""
     head = image > 0
     n = max(1, int(head.sum()))
     out = []
@@ -106,11 +74,7 @@ def lbp_histogram(image: np.ndarray) -> np.ndarray:
 
 
 def hog_descriptor(image: np.ndarray) -> np.ndarray:
-    """HOG of the slice downscaled to HOG_SIZE px: 2x2 cells of 32 px, normalised as one block.
-
-    Why: gradient orientations per quadrant encode shape: the convex lens of an epidural bleed, a
-    crescent along the skull, a midline pushed aside. A fixed downscale keeps the vector length
-    independent of S; quadrant-sized cells tolerate the head's position and keep it at 36 columns."""
+    """HOG of the slice at HOG_SIZE px, 2x2 cells of 32 px in one block: 36 columns of quadrant shape cues."""
     if image.shape != (HOG_SIZE, HOG_SIZE):
         image = np.asarray(Image.fromarray(image).resize((HOG_SIZE, HOG_SIZE), Image.Resampling.BILINEAR))
     return hog(image, orientations=HOG_ORIENTATIONS, pixels_per_cell=(HOG_CELL, HOG_CELL),
@@ -126,11 +90,7 @@ def slice_features(image: np.ndarray) -> np.ndarray:
 
 
 def extract_features(images: np.ndarray) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, len(FEATURE_NAMES)) float32.
-
-    A plain loop: about 3 ms a slice at 64 px and 6 ms at 128 px on one core, 60% of it LBP.
-    Threads were measured not to help: skimage's LBP and GLCM loops hold the GIL (CPU time equals
-    wall time with two threads)."""
+    """(N, S, S) uint8 -> (N, len(FEATURE_NAMES)) float32 (docs/NOTES.md, "Hand-crafted features")."""
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(f"expected (N, S, S) slices, got shape {images.shape}")

@@ -1,8 +1,4 @@
-"""Leak-free splits: groups (series, patient, near-duplicates) never straddle train/val/test.
-
-`prepare(root, size, seed)` is the one entry point training and evaluation use: discover, decode
-each image once, group, split (or honour the folder's split), and report leakage.
-"""
+"""Leak-free splits via `prepare(root, size, seed)`: series, patient and near-duplicate groups never straddle splits."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,10 +13,7 @@ from core.io.atomic import atomic_write
 from core.data.discover import DatasetError, discover
 from core.data.decode import RESIZE_POLICY, DecodedSet, decode_images
 
-# Calibrated on the public Kaggle head CT set (64-bit hashes of the 64 px padded square): every
-# re-cropped duplicate pair listed in shared/data/README.md is within both bounds (phash <= 6,
-# dhash <= 3), no pair across the two classes is, and most adjacent slices of one series are too.
-PHASH_MAX, DHASH_MAX = 8, 6
+PHASH_MAX, DHASH_MAX = 8, 6  # calibrated on Kaggle's known duplicate pairs (shared/data/README.md)
 MANIFEST_COLUMNS = ["path", "sha256", "label", "subtype", "group", "split"]
 
 
@@ -31,8 +24,7 @@ class Prepared:
     leakage: dict               # near-duplicates, straddling groups, skipped files
     image_size: int
     resize_policy: str = RESIZE_POLICY
-    # What models compute from these images and can share within a run (the classical models' features).
-    derived: dict = field(default_factory=dict, repr=False, compare=False)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)  # shared within a run (features)
 
 
 def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,12 +44,7 @@ def near_duplicate_pairs(phash: np.ndarray, dhash: np.ndarray, chunk: int = 2048
 
 
 def assign_groups(table: pd.DataFrame, pairs) -> pd.Series:
-    """Union of the declared groups (series/patient/stack), identical files and near-duplicates.
-
-    Declared groups are authoritative: a near-duplicate pair joins two images unless both already
-    belong to different declared groups (independent synthetic heads rendered from one template
-    hash alike, and so do slices of different patients at the same level). Such pairs stay in the
-    leakage report for review. A group is named after its first member, so it reads well."""
+    """Union of declared groups, identical files and near-duplicates (never merging two declared groups)."""
     groups = DisjointSet(range(len(table)))
     for _, idx in table.groupby("group_hint", dropna=True).indices.items():
         for i in idx[1:]:
@@ -75,10 +62,7 @@ def assign_groups(table: pd.DataFrame, pairs) -> pd.Series:
 
 def split_groups(labels: np.ndarray, groups: np.ndarray, seed: int, holdout: float = 0.15,
                  parts: tuple[str, ...] = ("test", "val")) -> np.ndarray:
-    """Stratified group split: each of `parts` gets ~holdout of the cases, the rest is train.
-
-    StratifiedGroupKFold with round(1/holdout) folds keeps class balance while keeping every group
-    in one fold; fold 0 becomes the first part, fold 1 the second."""
+    """Stratified group split (StratifiedGroupKFold): each of `parts` gets ~holdout of the cases, the rest train."""
     n_folds = max(2, round(1 / holdout))
     n_groups = len(np.unique(groups))
     if n_groups < n_folds:
@@ -114,8 +98,7 @@ def leakage_report(manifest: pd.DataFrame, pairs, failed: dict[str, str]) -> dic
 
 
 def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
-    """DICOM slices join their SeriesInstanceUID's series, numbered in order along the slice normal
-    (ImagePositionPatient), then by InstanceNumber where positions are missing or tie; in place."""
+    """Number DICOM slices within their series along the slice normal, then InstanceNumber; in place."""
     dicom = pd.DataFrame({"uid": decoded.series_uid, "position": decoded.slice_position,
                           "instance": decoded.instance_number, "path": table["path"]}, dtype=object)
     dicom = dicom[dicom["uid"].notna()]

@@ -1,8 +1,4 @@
-"""Stacks of adjacent slices for sequence models: index rows into the decoded slices.
-
-A slice is a row of one index, a stack a row of K, so the training engine serves CNNs and sequence
-models alike. A slice whose series is unknown is a stack of itself repeated.
-"""
+"""Stacks of adjacent slices for sequence models: rows of K indices into the decoded slices."""
 from __future__ import annotations
 
 import re
@@ -15,12 +11,7 @@ from core.data.discover import series_of_stem
 
 
 def stack_indices(manifest: pd.DataFrame, k: int) -> np.ndarray:
-    """(N, k) manifest row indices: for each row, the k slices of its series around it in slice order
-    (`series`, `slice_index` columns), the row itself at k // 2, edge slices repeated at the ends.
-
-    A row without a series (or a manifest without the columns) is a stack of itself repeated. Where
-    the manifest has a `split`, a series is cut at split boundaries (a dataset's own split folders
-    may cut one; our splits never do), so a stack never mixes splits."""
+    """(N, k) row indices: each row's k series neighbours, itself at k // 2, edges repeated, within one split."""
     if k < 1:
         raise ValueError(f"stack size must be >= 1, got {k}")
     n = len(manifest)
@@ -43,9 +34,7 @@ def stack_indices(manifest: pd.DataFrame, k: int) -> np.ndarray:
 
 
 def slice_order(scans: list, names: list[str]) -> list[int]:
-    """Indices that put several uploaded slices of one series in order: DICOM position along the
-    slice normal, then InstanceNumber, then the slice number in the file name (core.data naming,
-    else its last number), then the name."""
+    """Order of uploaded slices of one series: normal position, InstanceNumber, file-name number, name."""
     def key(i):
         stem = Path(names[i]).stem
         number = series_of_stem(stem)[1]

@@ -1,12 +1,4 @@
-"""A whole run's time budget, shared among its networks as the run goes.
-
-Each network has its own time budget (TrainConfig.time_budget_s, per model in a preset's recipe). A
-run budget bounds the wall time of the whole run: before each network starts, its budget becomes
-the smaller of its own and its share of the time left, shared among the networks still to train in
-proportion to their own budgets, once every one of them has been charged its fixed costs (building,
-predictions, latency, saving, decoding a new input size). A network that overruns (epochs are whole,
-at least two) is paid for by the ones after it, so the run ends near its budget whatever the load.
-"""
+"""A whole run's time budget: each network gets at most its share of the time left, so overruns are absorbed."""
 from __future__ import annotations
 
 import math
@@ -23,9 +15,7 @@ class RunBudget:
     fixed_costs: list[float] = field(default_factory=list)   # measured, one per network trained
 
     def share(self, own_s: float | None, remaining: list[float | None], now: float | None = None) -> float:
-        """Seconds of training for the next network. own_s: its own budget (None: no limit of its
-        own); remaining: the own budgets of every network still to train, itself included. Networks
-        without one weigh as the mean of those with one (all equally where none has)."""
+        """Seconds for the next network, given its own budget (None: none) and those of all still to train."""
         now = time.perf_counter() if now is None else now
         known = [b for b in remaining if b]
         default = sum(known) / len(known) if known else 1.0
@@ -41,10 +31,7 @@ class RunBudget:
 
 
 def planned_epochs(epochs: int, time_budget_s: float | None, first_epoch_s: float) -> int:
-    """Epochs to run once the first one is timed: `epochs`, or the whole number nearest the time budget
-    (at least 2, so the schedule gets past its warm-up; nearest rather than as many as fit, see
-    docs/NOTES.md, "Run budget"). A pure function of the first epoch, so a resumed run plans exactly
-    as the killed one did."""
+    """`epochs`, or the whole number nearest the budget, at least 2 (docs/NOTES.md, "Run budget")."""
     if time_budget_s is None:
         return epochs
     return int(min(epochs, max(2, math.floor(time_budget_s / max(first_epoch_s, 1e-9) + 0.5))))

@@ -1,8 +1,4 @@
-"""One card builder and one history writer for every family: what a run folder says about a model.
-
-A family adds its own fields (architecture, features, members, latency) to what every card holds:
-identity, classes, metrics with thresholds chosen on validation, training facts, data and versions.
-"""
+"""One card builder and history writer for every family; families add their own fields."""
 from __future__ import annotations
 
 import platform
@@ -45,8 +41,7 @@ def versions() -> dict:
 
 def model_card(name: str, labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], training: dict,
                dataset: dict | None, **fields) -> dict:
-    """Every family's card: identity, metrics and thresholds from val/test probabilities, the family's
-    own `fields`, training facts, data and versions (weights_sha256 and size_bytes come on saving)."""
+    """Every family's card: identity, metrics and thresholds, the family's `fields`, training, data, versions."""
     spec = get_spec(name)
     return {"model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
             "classes": CLASSES, **fields,
@@ -62,8 +57,7 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
 
 def fitted_once_history(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], seconds: float,
                         **extra) -> pd.DataFrame:
-    """One row for a model fitted in one go (classical, ensemble): losses, accuracies and val AUC.
-    `labels`/`probs` need "val" and, for the training columns, "train"."""
+    """One history row for a model fitted in one go; `labels`/`probs` need "val" (and "train" for train columns)."""
     def loss(s):
         return float(log_loss(labels[s], probs[s], labels=[0, 1]))
 

@@ -18,11 +18,11 @@ class TrainConfig:
     lr: float | None = None             # None: the model's scratch_lr, or 3e-4 fine-tuning pretrained weights
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.datasets)
+    augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.data.decode)
     epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
     patience: int = 4                   # epochs without a better validation AUC before stopping
     time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
-    run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.run_budget)
+    run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.engine.budget)
     device: str = "auto"
     seed: int = 0
     pretrained: bool = False

@@ -1,10 +1,4 @@
-"""Fitting one network on a prepared split: set-up, resume, the epoch loop with its save policy, and
-the folder it leaves (weights, card, history, predictions).
-
-CPU and GPU share one path: the decoded uint8 set lives on the training device and batches are
-augmented there. Under torchrun: DistributedDataParallel (nccl on GPU, gloo on CPU); rank 0 alone
-writes files.
-"""
+"""Fitting one network: set-up, resume, epoch loop, save policy and run folder; rank 0 alone writes under DDP."""
 from __future__ import annotations
 
 import time
@@ -70,8 +64,7 @@ class Progress:
 
 
 def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture: dict) -> torch.nn.Module:
-    """The network as training starts it: seeded here, per model, so its random init does not follow
-    from how many epochs the model before it ran; re-initialised for training from scratch."""
+    """The network seeded per model (init independent of earlier models), re-initialised for scratch training."""
     torch.manual_seed(cfg.seed)
     model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
     model.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
@@ -85,7 +78,7 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
                   architecture: dict) -> Session:
     """Model, optimizer, loader and schedule of one network's training."""
     model = build_model(name, cfg, device, architecture)
-    # From scratch, the rate that suits the convolutional trunk (a sequence model's backbone).
+    # From scratch: the rate suiting the convolutional trunk (a sequence model's backbone).
     lr = cfg.lr or (3e-4 if model.pretrained_loaded else get_spec(architecture.get("backbone", name)).scratch_lr)
     # fused: one kernel over all parameters, not a Python loop per tensor (docs/NOTES.md, "Fused AdamW").
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
@@ -94,8 +87,7 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
                else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=SliceDataset.collate,
                         drop_last=len(train_ds) // world > cfg.batch_size)   # BatchNorm dislikes a batch of 1
-    # An epoch of epoch_size images (DDP: across all ranks) keeps budgets and validation at the same
-    # granularity on a larger training split.
+    # Fixed epoch_size keeps budget and validation granularity on larger splits.
     steps = (len(loader) if not cfg.epoch_size
              else min(len(loader), max(1, cfg.epoch_size // (cfg.batch_size * world))))
     # Autotuning times every algorithm for each new layer shape: it pays only on long runs.
@@ -128,9 +120,7 @@ def resume(session: Session, model_dir: Path) -> Progress:
 
 
 class ResumeSaver:
-    """Writes a resume state once the training it would save has cost RESUME_SAVE_RATIO times what the
-    last write cost (so at most ~1/ratio overhead; small models every epoch), never after the last
-    epoch (a kill there replays that epoch). VGG-16's state is 2 GB (docs/NOTES.md, "Resume writes")."""
+    """Writes a resume state once unsaved training is RESUME_SAVE_RATIO x last write (docs/NOTES.md, "Resume writes")."""
 
     def __init__(self, model_dir: Path):
         self.model_dir, self.cost, self.unsaved = model_dir, 0.0, 0.0
@@ -186,11 +176,7 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
 
 def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
                 rows: np.ndarray | None = None, architecture: dict | None = None) -> dict:
-    """Train one registry network on a prepared split and write its folder; returns its card
-    ({} on ranks other than 0).
-
-    rows: what the model sees per manifest row, (N,) slices (default) or (N, K) stacks.
-    architecture: create_model's choices for the model (a sequence model's backbone and stack size)."""
+    """Train one registry network and write its folder; returns its card ({} off rank 0)."""
     architecture = architecture or {}
     rows = np.arange(len(data.manifest)) if rows is None else rows
     model_dir = Path(run_dir) / name

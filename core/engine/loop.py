@@ -1,8 +1,4 @@
-"""The plain epoch loop of torchvision's references: train_one_epoch and evaluate, one network at a time.
-
-What a network sees is given by index rows into the decoded slices (core.data.stacks): a row of one
-index is a slice, a row of K a stack. On CUDA: bf16 autocast and channels_last.
-"""
+"""torchvision-style train_one_epoch and evaluate over index rows (core.data.stacks); CUDA: bf16, channels_last."""
 from __future__ import annotations
 
 import itertools
@@ -30,9 +26,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def short_run_batch_norm(model: torch.nn.Module) -> None:
-    """Batch-norm running statistics follow the data within a short run: momentum at least PyTorch's
-    default 0.1 (torchvision's MobileNetV3 uses 0.01, tuned for 600-epoch ImageNet runs; see
-    docs/NOTES.md, "MobileNetV3 batch norm")."""
+    """Batch-norm momentum >= 0.1 so running stats follow a short run (docs/NOTES.md, "MobileNetV3 batch norm")."""
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
             module.momentum = max(module.momentum, 0.1)
@@ -40,8 +34,7 @@ def short_run_batch_norm(model: torch.nn.Module) -> None:
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
                     desc: str = "", amp: bool | None = None, augment: bool = True, steps: int | None = None) -> dict:
-    """One pass over the loader, or its first `steps` batches (a shuffling sampler makes them a fresh
-    random draw each epoch). `amp` (bf16 autocast + channels_last) defaults to on for CUDA."""
+    """One pass over the loader (or its first `steps` batches); `amp` (bf16 + channels_last) defaults on for CUDA."""
     model.train()
     # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
     gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)

@@ -1,10 +1,5 @@
 """Scores every CNN of a run on hemorrhagic phantoms with known bleed masks and draws a gallery.
-
-    python -m core.explain --run checkpoints/RUN --phantoms 40 --out DIR [--methods gradcam,...] [--models ...]
-
-writes DIR/localization.csv (pointing game, energy in the bleed, IoU per model and method) and
-DIR/gallery.png (overlays with the bleed outlined in green).
-"""
+`python -m core.explain --run RUN --out DIR` writes DIR/localization.csv and DIR/gallery.png."""
 from __future__ import annotations
 
 import argparse

@@ -1,8 +1,4 @@
-"""Class activation maps through pytorch-grad-cam: maps, overlays, localization and faithfulness scores.
-
-Binary heads give one logit, so targets are BinaryClassifierOutputTarget(1) for the hemorrhage map
-and (0) for the normal map. `python -m core.explain` scores a run's CNNs on phantoms (__main__.py).
-"""
+"""Class activation maps through pytorch-grad-cam: maps, overlays, localization and faithfulness scores."""
 from __future__ import annotations
 
 import threading
@@ -37,16 +33,13 @@ RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature m
 MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
 CAM_STRIDE = 32            # input pixels per feature cell of every registry CNN's CAM layer
 
-# The CAM objects hook the model's layers and we toggle requires_grad: two threads explaining the
-# same cached model at once (Streamlit sessions) would read each other's activations.
+# CAMs hook layers and toggle requires_grad: concurrent sessions on one cached model must not overlap.
 _LOCK = threading.Lock()
 
 
 @contextmanager
 def _graph_from(model: torch.nn.Module, layers: list[torch.nn.Module]):
-    """Record autograd only from the target layers on. The maps need the gradient at those layers
-    alone, so the layers below run as plain inference and backward touches only the head: a CAM then
-    costs about one forward, and no weight gradients are left on a cached model."""
+    """Record autograd only from the target layers on: about one forward, no weight gradients left."""
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -70,8 +63,7 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def _random_maps(x: torch.Tensor) -> np.ndarray:
-    """The chance baseline: smooth noise seeded by each image's content (reproducible, and a
-    different map for each image)."""
+    """The chance baseline: smooth noise seeded by each image's content."""
     size = (x.shape[-1], x.shape[-2])
     maps = []
     for image in x.detach().cpu().numpy():
@@ -89,8 +81,7 @@ def _check_method(method: str, target: int) -> None:
 
 
 def _autograd_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """x on the model's device as a float32 tensor autograd accepts: the caller may be in
-    inference_mode, whose tensors autograd refuses, so it is cloned outside it."""
+    """x as a float32 tensor on the device, cloned outside inference_mode so autograd accepts it."""
     device = next(model.parameters()).device
     with torch.inference_mode(False):
         return x.detach().to(device, torch.float32).clone()
@@ -98,9 +89,7 @@ def _autograd_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _run_cam(model, cam_model, x: torch.Tensor, method: str, target: int, what: str, n_outputs: int,
              rnn: bool = False):
-    """(maps in [0, 1], raw outputs) of one CAM method on `cam_model` (model itself, or a view of it
-    that takes x), with the target layers of `model`. The `with GradCAM(...)` block swallows some
-    exceptions (IndexError), so what comes out is checked."""
+    """(maps in [0, 1], raw outputs) of one CAM method, checked since GradCAM swallows some exceptions."""
     layers = cam_layers(model)
     maps = outputs = None
     # cuDNN runs RNN backward in training mode only; the native kernels have no such rule.
@@ -172,8 +161,7 @@ def explain_image(loaded, image: np.ndarray, method: str = "gradcam", target: in
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the jet-coloured CAM at opacity alpha over the slice, and the outline
-    of a ground-truth mask when given."""
+    """RGB uint8 (H, W, 3): the jet CAM at opacity alpha over the slice, plus the mask outline when given."""
     grey = np.asarray(image)
     rgb = np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey[..., :3]
     if cam.shape != rgb.shape[:2]:
@@ -187,12 +175,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.nda
 
 
 def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float = 0.5, tolerance: float = 0.0) -> dict:
-    """Pointing game (is the CAM's peak inside the mask, or within `tolerance` px of it), share of
-    CAM energy inside the mask, and IoU of the thresholded CAM with the mask. A flat map scores 0.
-
-    An upsampled CAM peaks at the centre of one feature cell, so its peak can only land on a small
-    bleed by luck when a cell is larger than the bleed; Zhang et al. (ECCV 2016) count a hit within
-    15 px at 224 px, about half a cell of a stride-32 layer (see `half_cell_px`)."""
+    """Pointing game (within `tolerance` px), CAM energy in the mask and IoU; a flat map scores 0."""
     mask = np.asarray(mask, dtype=bool)
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != mask.shape or not mask.any():
@@ -213,17 +196,14 @@ def half_cell_px(loaded, image_shape: tuple[int, int]) -> float:
 
 
 class _TargetProbability(BinaryClassifierOutputTarget):
-    """The target class's probability (sigmoid of the signed logit). The metrics compare
-    target(output) before and after perturbing the input; with the raw one-logit target that would be
-    an unbounded logit difference."""
+    """The target class's probability (sigmoid of the signed logit), so faithfulness deltas are bounded."""
 
     def __call__(self, model_output):
         return torch.sigmoid(super().__call__(model_output))
 
 
 def faithfulness(model, model_name, x, cams, method) -> dict:
-    """Per map (hemorrhage target): ROAD combined (higher = more faithful) and the drop in hemorrhage
-    probability when the input is multiplied by its map (lower = the map keeps what the model uses)."""
+    """Per map: ROAD combined (higher = faithful) and probability drop under input x map (lower = better)."""
     with torch.inference_mode(False):
         x = x.detach().to(next(model.parameters()).device, torch.float32).clone()
     cams = np.asarray(cams, dtype=np.float32)
@@ -238,8 +218,7 @@ def faithfulness(model, model_name, x, cams, method) -> dict:
 
 
 def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8)) -> list:
-    """n hemorrhagic phantom slices with masks, cycling through the five subtypes (fixed seed;
-    difficulty drawn as core.phantom.generate.write_dataset does)."""
+    """n hemorrhagic phantom slices with masks, cycling the five subtypes (fixed seed)."""
     rng = np.random.default_rng(seed)
     return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(*difficulty)))
             for i in range(n)]
@@ -247,9 +226,7 @@ def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8))
 
 def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray], method: str,
                        with_faithfulness: bool = False, tolerance: float | None = None, batch_size: int = 16):
-    """Mean localization scores (and faithfulness) of one model and method over images with masks,
-    plus the hemorrhage probabilities and the original-size maps. tolerance: pointing-game slack in
-    image pixels, by default half a feature cell of the model."""
+    """Mean localization (and faithfulness) scores of one model and method, with probabilities and maps."""
     name, rows, probs, maps, faith = loaded.card["model"], [], [], [], {"road": [], "confidence_drop": []}
     for i in range(0, len(images), batch_size):
         x = _model_input(loaded, images[i:i + batch_size])
@@ -269,9 +246,7 @@ def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray]
 
 
 class _SlicesAsBatch(torch.nn.Module):
-    """Shows the CAM one stack as a batch of K slices, (K, 3, H, W) -> the centre logit (1, 1): then
-    the target layer's K activations give K maps, and the library's 2-D path applies (it reads a
-    5-D input as a 3-D volume)."""
+    """One stack as a batch of K slices, (K, 3, H, W) -> centre logit (1, 1): K maps via the 2-D path."""
 
     def __init__(self, model: SequenceClassifier):
         super().__init__()
@@ -283,8 +258,7 @@ class _SlicesAsBatch(torch.nn.Module):
 
 def sequence_cam(model: SequenceClassifier, stack: torch.Tensor, method: str = "gradcam",
                  target: int = 1) -> np.ndarray:
-    """(K, H, W) float32 maps in [0, 1]: where in each slice of a normalised (1, K, 3, H, W) stack
-    the evidence for the centre slice's logit lies (target 1 = hemorrhage, 0 = normal)."""
+    """(K, H, W) float32 maps in [0, 1] of a (1, K, 3, H, W) stack's evidence for the centre slice's logit."""
     if stack.ndim != 5 or len(stack) != 1:
         raise ValueError(f"sequence_cam needs one (1, K, 3, H, W) stack, got shape {tuple(stack.shape)}")
     if method not in METHODS or method == "scorecam":

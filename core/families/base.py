@@ -1,10 +1,4 @@
-"""The Family interface: what differs between CNNs, sequence models, classical models and ensembles.
-
-A family fits a registry model on a prepared split (or, for ensembles, on a run's saved
-predictions) and returns its card; loads a saved model as a Predictor; and says how the model reads
-its input and whether Grad-CAM can explain it. Everything else (run folders, metrics, the
-dashboard) asks the family instead of testing a family name.
-"""
+"""The Family interface: callers ask the family (fit, load, describe, explain) instead of testing its name."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -1,15 +1,4 @@
-"""Classical baselines of source study B: scikit-learn classifiers on hand-crafted features.
-
-`fit_classical` trains one registry model (svm, knn, random_forest, gradient_boosting, mlp) on a
-Prepared split and writes the same run folder as a CNN (DESIGN "Run folder"), with the fitted
-pipeline as MODEL/model.skops instead of model.safetensors. The pipeline is StandardScaler +
-classifier; feature extraction (core.features) stays code, so the file holds numbers and stock
-scikit-learn types only.
-
-Loading never unpickles: the file's sha256 is checked against the card before it is opened, and
-skops refuses every type outside its scikit-learn/numpy defaults plus the few internals listed in
-TRUSTED_TYPES. Permutation importances on validation stand in for the CNNs' Grad-CAM maps.
-"""
+"""Classical baselines (study B): scaler + scikit-learn classifier on features, saved as skops; never unpickled."""
 from __future__ import annotations
 
 import time
@@ -44,10 +33,7 @@ from core.io.atomic import atomic_path
 from core.registry import CLASSICAL_NAMES, get_spec
 
 MODEL_FILE = "model.skops"
-# Types the fitted pipelines hold beyond skops' trusted defaults (stock scikit-learn estimators,
-# numpy arrays and dtypes, builtins): the SVM's Platt calibration, kNN's ball tree and its metric,
-# the trees of the forest and of gradient boosting, and the MLP's Adam state. Anything else in a
-# file (a function, a custom class) makes loading fail.
+# Types beyond skops' trusted defaults that the fitted pipelines hold; anything else fails to load.
 TRUSTED_TYPES = ("sklearn.calibration._CalibratedClassifier",
                  "sklearn.calibration._SigmoidCalibration",
                  "sklearn.neighbors._ball_tree.BallTree",
@@ -59,24 +45,16 @@ KNN_NEIGHBOURS, PLATT_FOLDS = 15, 5
 
 
 def make_pipeline(name: str, seed: int = 0) -> Pipeline:
-    """StandardScaler + the named classifier, seeded. Imbalance: class weights for the SVM and the
-    forest, balanced sample weights for boosting (fit_classical passes them); kNN and the MLP see
-    the data as it is.
-
-    The SVM's probabilities are Platt scaling fitted on cross-validated decision values, then the
-    SVM refitted on all of train: what SVC(probability=True) did, in the form scikit-learn 1.9
-    deprecated it for (CalibratedClassifierCV with ensemble=False)."""
+    """StandardScaler + the named classifier, seeded; raises ValueError for an unknown name."""
     classifiers = {
         "svm": lambda: CalibratedClassifierCV(
             SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced", random_state=seed),
             method="sigmoid", cv=PLATT_FOLDS, ensemble=False),
-        # A ball tree, not brute force: brute-force search runs on OpenMP threads, which on two
-        # busy cores took ~100 ms per call however few the rows (the tree: ~1 ms for one slice).
+        # Ball tree, not brute force (docs/NOTES.md, "Classical models").
         "knn": lambda: KNeighborsClassifier(n_neighbors=KNN_NEIGHBOURS, weights="distance", algorithm="ball_tree"),
         "random_forest": lambda: RandomForestClassifier(n_estimators=200, class_weight="balanced",
                                                         random_state=seed),
-        # Friedman's boosting, not the histogram variant: on ~400 slices the histogram one gains
-        # nothing, and its OpenMP threads made fitting 40 s and one prediction 2 s on two busy cores.
+        # Friedman's boosting, not the histogram variant (docs/NOTES.md, "Classical models").
         "gradient_boosting": lambda: GradientBoostingClassifier(n_estimators=200, learning_rate=0.1, max_depth=3,
                                                                 random_state=seed),
         "mlp": lambda: MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-3, early_stopping=True,
@@ -88,12 +66,7 @@ def make_pipeline(name: str, seed: int = 0) -> Pipeline:
 
 
 def count_fitted_params(pipeline: Pipeline) -> tuple[int, dict]:
-    """Numbers the fitted pipeline keeps for prediction, and what they are.
-
-    Scaler: a mean and a scale per feature. SVM: support vectors (one value per feature each), dual
-    coefficients, intercept and the two Platt-scaling numbers. kNN: the stored training features
-    and labels. Forest and boosting: one per tree node (a split or a leaf value). MLP: weights and
-    biases."""
+    """(count, detail) of the numbers the fitted pipeline keeps for prediction."""
     scaler, clf = pipeline["scale"], pipeline["clf"]
     n = scaler.mean_.size + scaler.scale_.size
     detail: dict = {"scaler": int(n)}
@@ -119,14 +92,12 @@ def count_fitted_params(pipeline: Pipeline) -> tuple[int, dict]:
 
 
 def _positive_probs(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:
-    """float64, so that predictions.csv holds exactly what the pipeline computed (the MLP works in
-    the features' float32, whose printed form would not read back as the same number)."""
+    """P(class 1) as float64, so predictions.csv reads back exactly what the pipeline computed."""
     return pipeline.predict_proba(features)[:, list(pipeline.classes_).index(1)].astype(np.float64)
 
 
 def _to_input_size(images, size: int) -> np.ndarray:
-    """(N, S, S) uint8 at the model's input size: other sizes are padded to square and resized
-    exactly like training decoded them (core.data.decode.resize_square)."""
+    """(N, S, S) uint8 at the model's input size, resized as in training; raises ValueError if not 2-D uint8."""
     out = []
     for image in images:
         image = np.asarray(image)
@@ -156,15 +127,7 @@ def measure_pipeline_latency(pipeline: Pipeline, images: np.ndarray, warmup: int
 def permutation_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray, seed: int,
                             n_repeats: int = IMPORTANCE_REPEATS,
                             max_rows: int = 1 << 15) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) drop in ROC AUC when each column is shuffled: the numbers of
-    sklearn.inspection.permutation_importance(scoring="roc_auc", random_state=seed), computed with
-    a few large predict calls instead of columns x repeats small ones.
-
-    sklearn's scheme, reproduced exactly (a test holds the two equal): one seed drawn from
-    RandomState(seed) gives every column the same sequence of shuffles, each repeat shuffling the
-    previous repeat's order again. Per-call overhead (a forest walks 200 trees, OpenMP wakes up) made
-    sklearn's loop take over a minute for some models on two busy cores; stacking the permuted
-    copies makes it seconds."""
+    """(mean, std) AUC drop per shuffled column, as sklearn permutation_importance (docs/NOTES.md, "Classical models")."""
     n, n_cols = features.shape
     seed_for_columns = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
     shuffler, shuffling, order, orders = np.random.RandomState(seed_for_columns), np.arange(n), np.arange(n), []
@@ -187,8 +150,7 @@ def permutation_importances(pipeline: Pipeline, features: np.ndarray, labels: np
 
 
 def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC AUC of every row of scores (..., n) at once (Mann-Whitney with midranks, which is what
-    roc_auc_score computes); ~1000 calls of roc_auc_score would cost seconds in input checks."""
+    """ROC AUC of every row of scores (..., n) at once (Mann-Whitney with midranks, as roc_auc_score)."""
     positive = labels.astype(bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     ranks = rankdata(scores, axis=-1)
@@ -196,8 +158,7 @@ def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def top_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray, seed: int) -> list[dict]:
-    """The IMPORTANCE_TOP largest permutation importances on validation, as {feature, mean, std};
-    empty when validation lacks a class."""
+    """Top IMPORTANCE_TOP permutation importances as {feature, mean, std}; [] when a class is missing."""
     if len(np.unique(labels)) < 2:
         return []
     mean, std = permutation_importances(pipeline, features, labels, seed)
@@ -206,8 +167,7 @@ def top_importances(pipeline: Pipeline, features: np.ndarray, labels: np.ndarray
 
 
 def split_features(data: Prepared, part: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    """Feature rows of every split and the seconds they took, computed once per prepared set: the
-    classical models of a run share them (extraction was ~5 s of each model's ~7 s on 1,200 slices)."""
+    """(features per split, seconds), computed once per prepared set and shared by the classical models."""
     if "features" not in data.derived:
         started = time.perf_counter()
         features = {s: extract_features(data.images[idx]) for s, idx in part.items()}
@@ -216,11 +176,7 @@ def split_features(data: Prepared, part: dict[str, np.ndarray]) -> tuple[dict[st
 
 
 def importance_scorer(pipeline: Pipeline, train_features: np.ndarray, train_labels: np.ndarray) -> Pipeline:
-    """The pipeline that answers the permutation importances' queries: the fitted one, except for kNN.
-
-    Exact neighbours do not depend on how they are searched, so a brute-force copy gives the same
-    probabilities; it answers the importances' ~150,000 permuted rows in a few matrix products, where
-    the ball tree (kept for its one-slice latency) took 23 s on two cores."""
+    """The fitted pipeline, or for kNN a brute-force copy (docs/NOTES.md, "Classical models")."""
     if not isinstance(pipeline["clf"], KNeighborsClassifier):
         return pipeline
     return clone(pipeline).set_params(clf__algorithm="brute").fit(train_features, train_labels)
@@ -242,8 +198,7 @@ def _fitted_pipeline(name: str, features: np.ndarray, labels: np.ndarray, seed: 
 
 
 def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) -> dict:
-    """Fit one classical model on the train split and write its folder; returns its card. Under
-    torchrun only rank 0 fits (the others return {} at once); scikit-learn runs on the CPU."""
+    """Fit one classical model on train and write its folder; returns its card ({} off rank 0)."""
     if not is_main():
         return {}
     model_dir, man = Path(run_dir) / name, data.manifest
@@ -302,8 +257,7 @@ class LoadedClassical(Predictor):
 
 
 def load_classical(model_dir: str | Path) -> LoadedClassical:
-    """A fitted pipeline with its card; refuses a file whose sha256 differs from the card's, or that
-    holds any type outside skops' defaults and TRUSTED_TYPES (nothing of it is constructed)."""
+    """A fitted pipeline with its card; raises CheckpointError on a sha256 mismatch or untrusted types."""
     model_dir = Path(model_dir)
     card = store.load_card(model_dir)
     if card.get("family") != "classical" or card.get("model") not in CLASSICAL_NAMES:

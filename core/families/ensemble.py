@@ -1,18 +1,4 @@
-"""Ensembles over the saved predictions of a run's models (source study B): soft voting, stacking.
-
-An ensemble has no input of its own: it combines its members' probabilities for the same cases,
-    soft voting (ensemble_soft):  p = bias + sum_i w_i * p_i              w_i = 1/n, bias = 0
-    stacking    (ensemble_stack): p = sigmoid(bias + sum_i w_i * logit(p_i))
-with the member probabilities clipped to [EPS, 1 - EPS] before the logit. The weights are stored
-as MODEL/model.safetensors ("weights" (n,), "bias" (1,), float64) and the card says which space
-they apply to, so `combine` scores a new scan from its members' probabilities.
-
-Stacking is fitted on the validation rows, where the thresholds are chosen too. Choosing them on
-the fitted model's own training predictions would flatter it, so validation probabilities (for
-thresholds, val metrics and predictions.csv) are out-of-fold: cross_val_predict over stratified,
-seeded folds that keep each group (series/patient, the manifest's "group") in one fold, as the
-split itself does. The model refitted on all validation rows scores the test rows.
-"""
+"""Soft-voting and stacking ensembles over a run's saved probabilities (stacking: out-of-fold on val)."""
 from __future__ import annotations
 
 import time
@@ -50,8 +36,7 @@ def default_members(run_dir: str | Path, exclude: str = "") -> list[str]:
 
 
 def member_predictions(run_dir: str | Path, members: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The first member's val/test rows (without prob) and an (n_rows, n_members) probability matrix
-    aligned on (split, id); refuses members scored on different cases or with different labels."""
+    """(first member's rows, (n_rows, n_members) probs) aligned on (split, id); raises EnsembleError on mismatch."""
     key = ["split", "id"]
     frames = {}
     for m in members:
@@ -87,8 +72,7 @@ def combine(card: dict, weights: dict[str, torch.Tensor], member_probs: dict[str
     if w.shape != (len(members),):
         raise EnsembleError(f"{card['model']} has {w.size} weights for {len(members)} members.")
     space = card["combine"]["space"]
-    # A row-wise sum, not a matrix product: each case's result then does not depend on how many
-    # cases are scored together, so a stored probability is reproduced bit for bit.
+    # Row-wise sum, not matmul: reproduces stored probabilities bit for bit at any batch size.
     if space == "probability":
         return np.clip(np.sum(p * w, axis=1) + bias, 0.0, 1.0)
     if space == "logit":
@@ -147,9 +131,7 @@ def _members_of(name: str, run_dir: Path, members: list[str] | None) -> tuple[li
 
 
 def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = None, seed: int | None = None) -> dict:
-    """Combine the saved predictions of `members` (default: every other completed, non-ensemble
-    model of the run) and write the ensemble's folder; returns its card. `seed` (stacking folds)
-    defaults to the run's seed."""
+    """Combine `members`' saved predictions and write the ensemble's folder; returns its card."""
     started = time.perf_counter()
     if name not in ENSEMBLE_NAMES:
         raise EnsembleError(f"{name} is a {get_spec(name).family} model, not an ensemble.")

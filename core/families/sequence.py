@@ -1,7 +1,4 @@
-"""The sequence family: a registry CNN encodes each slice of a stack, a bidirectional GRU/LSTM reads it.
-
-Trained by the same engine as the CNNs, on (N, K) index rows of stacks instead of (N,) slices.
-"""
+"""The sequence family: a registry CNN per slice and a bidirectional GRU/LSTM, trained on (N, K) stack rows."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -67,12 +67,7 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
 
 def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None = None,
               frame: int | None = None) -> Scan:
-    """Decode a DICOM or PNG/JPEG/TIFF/BMP from a path, bytes or binary file object.
-
-    The format is detected from the content, never from a file name or MIME type. `window` picks
-    the HU window for CT (default "brain"; "stack" gives the 3 STACK_WINDOWS as channels). Any
-    unreadable input raises ScanError with one sentence meant for the user.
-    """
+    """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file; `window`: HU window; raises ScanError."""
     if window not in (None, "stack", *WINDOWS):
         raise ValueError(f"unknown window {window!r}; choose one of {sorted(WINDOWS)} or 'stack'")
     data = _read_source(source)
@@ -164,8 +159,6 @@ def _render(pixels: np.ndarray, is_hu: bool, window: str | None) -> tuple[np.nda
     return to_uint8(apply_window(pixels, *WINDOWS[window])), window
 
 
-# ---------------------------------------------------------------- raster (Pillow)
-
 def _open_raster(data: bytes) -> Image.Image | None:
     """Open (header only) a raster image, or None when Pillow does not recognise the bytes."""
     with warnings.catch_warnings():
@@ -217,11 +210,8 @@ def _raster_grey(image: Image.Image) -> np.ndarray:
     return rgb[..., :3] @ LUMA / 255.0
 
 
-# ---------------------------------------------------------------- DICOM (pydicom)
-
 def _sniff_dicom(data: bytes) -> pydicom.Dataset | None:
-    """A preamble-less DICOM, or None: pydicom with force 'reads' almost any bytes, so demand that
-    it found a file meta group or starts at group 0008, as files written without a preamble do."""
+    """A preamble-less DICOM (file meta or group 0008 first), or None; force=True 'reads' any bytes."""
     try:
         with warnings.catch_warnings():  # pydicom warns about every oddity it meets in non-DICOM bytes
             warnings.simplefilter("ignore")
@@ -263,8 +253,7 @@ def _optional(ds: pydicom.Dataset, keyword: str, convert):
 
 
 def _along_normal(ds: pydicom.Dataset, position) -> float:
-    """ImagePositionPatient projected on the slice normal (row x column direction): the slice order
-    of tilted (gantry-tilt) and sagittal/coronal series as well as axial ones, where it is just z."""
+    """ImagePositionPatient projected on the slice normal: slice order for tilted and non-axial series too."""
     orientation = _optional(ds, "ImageOrientationPatient", lambda v: np.asarray(v, dtype=np.float64))
     if orientation is None or orientation.shape != (6,):
         return float(position[2])
@@ -279,8 +268,7 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> S
     n_frames = int(ds.get("NumberOfFrames") or 1)
     index = _frame_index(n_frames, frame)
     _check_decoder(_transfer_syntax(ds))
-    # Decode only the chosen frame, never the whole multi-frame volume.
-    values = pixel_array(ds, index=index if n_frames > 1 else None)
+    values = pixel_array(ds, index=index if n_frames > 1 else None)  # only the chosen frame
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         values = apply_color_lut(values, ds)
@@ -293,8 +281,7 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> S
     _check_finite(values)
     is_hu = not is_colour and (modality == "CT" or str(ds.get("RescaleType", "")).upper() == "HU")
     if is_hu:
-        # HU are physical: MONOCHROME1 only flips display polarity, and CT is read bone-white.
-        pixels = values.astype(np.float32)
+        pixels = values.astype(np.float32)  # HU are physical: MONOCHROME1 only flips display polarity
     else:
         lo, hi = np.percentile(values, [1, 99])
         if hi <= lo:  # mostly-constant image: fall back to the full range

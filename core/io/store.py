@@ -1,8 +1,4 @@
-"""Run folders (checkpoints/README.md): safetensors weights + JSON card + CSV history and predictions.
-
-Nothing here unpickles. Every file is written atomically, and the weights' sha256 stored in the
-card is verified before a single tensor is read, so a tampered or truncated file is refused.
-"""
+"""Run folders (checkpoints/README.md): safetensors + JSON card + CSVs; atomic, sha256-verified, no pickle."""
 from __future__ import annotations
 
 import hashlib
@@ -109,8 +105,7 @@ def save_model(model_dir: str | Path, state_dict, card: dict, history: pd.DataFr
 
 def finish_model_folder(model_dir: str | Path, weights_name: str, digest: str, card: dict,
                         history: pd.DataFrame, predictions: pd.DataFrame) -> dict:
-    """History, predictions, then the card, beside a model file already written atomically
-    (safetensors for torch models, skops for scikit-learn ones) whose sha256 is `digest`."""
+    """History, predictions, then the card, beside a model file already written with sha256 `digest`."""
     model_dir = Path(model_dir)
     write_csv(model_dir / HISTORY, history)
     write_csv(model_dir / PREDICTIONS, predictions[PREDICTION_COLUMNS + [c for c in predictions.columns
@@ -131,10 +126,7 @@ def load_card(model_dir: str | Path) -> dict:
 
 def save_resume_state(model_dir: str | Path, model_state: dict, optimizer_state: dict,
                       best_state: dict, meta: dict) -> None:
-    """Everything `--resume` needs after a completed epoch, as safetensors + JSON (no pickle).
-
-    The optimizer's per-parameter tensors are flattened to "opt.<param>.<name>" keys; its
-    param_groups (plain numbers) go to JSON. The JSON is written last: it names a complete state."""
+    """`--resume` state as safetensors ("opt.<param>.<name>" keys) + JSON param_groups, written last."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
     for pid, slots in optimizer_state["state"].items():

@@ -1,22 +1,4 @@
-"""Metrics for one binary model: labels 0 normal / 1 hemorrhage, prob = P(hemorrhage).
-
-Conventions relied on by training, evaluation and the dashboard:
-- Predicted positive means prob >= threshold (as sklearn's roc_curve counts it).
-- Metrics are plain floats, NaN where undefined, and one-class data never raises:
-  sensitivity without hemorrhages, specificity without normals, precision (PPV) without predicted
-  positives, NPV without predicted negatives, F1 when there is no positive case or call at all,
-  balanced accuracy when sensitivity or specificity is NaN (sklearn averages the one it has),
-  MCC when a row or column of the confusion matrix is empty (sklearn reports 0 there), and ROC AUC,
-  PR AUC and their intervals when a class is missing. Empty input raises ValueError.
-- Constant scores give ROC AUC 0.5; tied scores count 1/2 (sklearn and DeLong's midranks agree).
-- Intervals (95%): Wilson for proportions, DeLong for ROC AUC (see core.stats), and with
-  binary_metrics(bootstrap=N) a stratified percentile bootstrap for F1, MCC, balanced accuracy
-  and PR AUC, where no closed form exists.
-- Calibration bins are equal-width and match sklearn's calibration_curve(strategy="uniform"):
-  (lo, hi], with 0 in the first bin. ECE is the count-weighted mean |frac_pos - mean_prob|.
-Every count-based metric goes through from_confusion, so a published confusion matrix and a
-model's predictions are scored by the same code.
-"""
+"""Binary metrics, prob = P(hemorrhage) >= threshold is positive; NaN where undefined, empty input raises ValueError."""
 from __future__ import annotations
 
 import math
@@ -103,8 +85,7 @@ def auc_or_nan(y_true, prob) -> float:
 
 
 def card_metrics(y_val, prob_val, y_test, prob_test) -> dict:
-    """What every model card says of its predictions, whatever the family: operating points chosen
-    on validation, metrics at 0.5 on validation and test, and test metrics at each chosen point."""
+    """Operating points on val, metrics at 0.5 on val and test, and test metrics at each point."""
     thresholds = choose_thresholds(y_val, prob_val)
     return {"thresholds": thresholds,
             "metrics": {"val": binary_metrics(y_val, prob_val, threshold=0.5),
@@ -113,14 +94,7 @@ def card_metrics(y_val, prob_val, y_test, prob_test) -> dict:
 
 
 def choose_thresholds(y_val, prob_val) -> dict[str, float]:
-    """Operating points picked on validation, to be applied unchanged on test.
-
-    youden: maximises sensitivity + specificity - 1 (ties: the highest threshold);
-    sens95: the highest threshold with sensitivity >= 0.95; spec95: the lowest threshold with
-    specificity >= 0.95. Thresholds are observed scores; sklearn's leading inf ("call nothing
-    positive") is clipped to 1.0. A validation set lacking a class gives 0.5 for every point, so
-    a card always holds usable numbers.
-    """
+    """Val operating points: youden, sens95 (sensitivity >= 0.95), spec95 (specificity >= 0.95); 0.5 if one class."""
     y = check_labels(y_val)
     p = check_scores(prob_val, len(y))
     if y.all() or not y.any():

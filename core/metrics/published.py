@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from core.metrics.binary import from_confusion
+from core.metrics.binary import from_confusion, wilson_interval
 
 PUBLISHED = {
     "A": {
@@ -55,3 +55,28 @@ def published_rows() -> pd.DataFrame:
     rows += [{"study": study, "model": model, "figures": RECOMPUTED, **from_confusion(**matrix)}
              for study, entry in PUBLISHED.items() for model, matrix in entry.get("confusion", {}).items()]
     return pd.DataFrame(rows)
+
+
+def ci_text(ci) -> str:
+    """"0.712–0.918", or "" where the interval is undefined (NaN in memory, null in a card)."""
+    return "" if ci is None or ci[0] is None or ci[0] != ci[0] else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def rounds_to(printed: float, computed: float) -> bool:
+    """Whether a figure printed with k decimals is `computed` rounded to k decimals (0.9734 vs 989/1016)."""
+    decimals = len(repr(float(printed)).split(".")[1])
+    return abs(printed - computed) <= 0.5 * 10 ** -decimals + 1e-12
+
+
+def confusion_check(tn: int, fp: int, fn: int, tp: int, printed: dict) -> pd.DataFrame:
+    """Every metric a printed confusion matrix implies (from_confusion), Wilson intervals for the
+    proportions, and whether each figure the paper printed is the matrix's, rounded."""
+    counts = {"accuracy": (tp + tn, tn + fp + fn + tp), "sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp),
+              "precision": (tp, tp + fp), "npv": (tn, tn + fn)}
+    return pd.DataFrame([{
+        "metric": key, "from the matrix": value,
+        "95% CI": ci_text(wilson_interval(*counts[key])) if key in counts else "",
+        "as k / n": f"{counts[key][0]} / {counts[key][1]}" if key in counts else "",
+        "printed in the paper": printed.get(key),
+        "matches print": rounds_to(printed[key], value) if key in printed else None,
+    } for key, value in from_confusion(tn, fp, fn, tp).items()])

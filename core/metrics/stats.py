@@ -1,18 +1,4 @@
-"""Intervals and paired tests for binary classifiers (labels 0 normal / 1 hemorrhage).
-
-- wilson_interval: scipy's Wilson score interval (no continuity correction); (nan, nan) for n=0.
-- delong_auc / delong_test: fast DeLong (Sun & Xu 2014) on midranks, so tied scores count 1/2
-  exactly as in sklearn's roc_auc_score. The interval is Wald on the AUC scale, clipped to [0, 1];
-  it collapses to a point at AUC 0 or 1 or for constant scores, where DeLong's variance is 0:
-  on small sets prefer bootstrap_ci there. One-class labels give NaN (never
-  raise); a class with a single case gives the AUC with a NaN interval (no variance estimate).
-  delong_test is two-sided and paired (same cases): 1.0 when both AUCs are equal, 0.0 when they
-  differ by the same amount on every case (zero variance), NaN when the variance is unknown.
-- mcnemar_test: exact binomial McNemar on the discordant pairs; 1.0 when there are none.
-- bootstrap_ci: seeded stratified resampling (each resample keeps the original number of normals
-  and hemorrhages, so AUC-type metrics stay defined), percentile interval; resamples where the
-  metric is NaN are left out; (nan, nan) when a class is missing.
-"""
+"""Wilson, DeLong, McNemar and stratified bootstrap intervals/tests; one-class input gives NaN, not an error."""
 from __future__ import annotations
 
 from typing import Callable

@@ -1,5 +1,4 @@
-"""Every network of the registry by name: built, initialised for training from scratch, or loaded
-from a run folder with its weights verified; and where Grad-CAM looks in it."""
+"""Every registry network by name: built, initialised from scratch or loaded verified; and its Grad-CAM layers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +17,7 @@ NETWORK_NAMES = (*CNNS, *KINDS)
 
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
                  **architecture) -> nn.Module:
-    """A binary classifier (one logit); `model.pretrained_loaded` says whether ImageNet weights were loaded.
-
-    `architecture`: a sequence model's choices (backbone, stack size), as stored in its card."""
+    """A one-logit classifier; `model.pretrained_loaded` says whether ImageNet weights loaded."""
     spec = get_spec(name)
     if name in KINDS:
         model = build_sequence_model(KINDS[name], pretrained=pretrained, weights_dir=weights_dir, **architecture)
@@ -57,8 +54,7 @@ class LoadedModel:
 
 
 def load_network(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """An eval-ready network with its card (preprocessing: input_size, mean, std, window; thresholds).
-    The weights' sha256 is checked against the card before a tensor is read."""
+    """An eval-ready network with its card; the weights' sha256 is checked before a tensor is read."""
     card = store.load_card(model_dir)
     state = store.load_weights(Path(model_dir) / store.WEIGHTS, card.get("weights_sha256"))
     model = create_model(card["model"], **card.get("architecture", {}))

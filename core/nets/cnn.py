@@ -1,10 +1,4 @@
-"""The registry's CNNs, built the same way: stock torchvision / timm ImageNet models with one logit.
-
-Only the last Linear is swapped, so their ImageNet weights load unchanged. ImageNet weights
-(`pretrained=True`) come through torchvision's `weights=` enums and timm's `pretrained=True`, or
-from a local `weights_dir`; weights that cannot be had are not fatal: one line on stderr and a
-random initialisation (`model.pretrained_loaded` says which happened).
-"""
+"""The registry CNNs: stock torchvision / timm models with one logit; missing ImageNet weights are not fatal."""
 from __future__ import annotations
 
 import sys
@@ -41,9 +35,7 @@ def weights_files(name: str) -> tuple[str, ...]:
 
 
 def he_fan_in_init(model: nn.Module) -> None:
-    """He et al. (ICCV 2015) fan-in init of every convolution and hidden linear layer; the one-logit
-    head keeps small weights (N(0, 0.01)) so training starts near p = 0.5. torchvision's VGG init
-    shrinks the signal through 15 layers (docs/NOTES.md, "VGG from scratch")."""
+    """He fan-in init; head N(0, 0.01) so training starts near p = 0.5 (docs/NOTES.md, "VGG from scratch")."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for layer in layers[:-1]:
         nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
@@ -53,8 +45,7 @@ def he_fan_in_init(model: nn.Module) -> None:
 
 
 def zero_init_residual_bn(model: nn.Module) -> None:
-    """Goyal et al. (2017), "zero-gamma": the last BatchNorm of every residual branch starts at 0, so
-    each inverted-residual block starts as the identity (docs/NOTES.md, "MobileNets from scratch")."""
+    """Zero-gamma (Goyal et al. 2017) on residual branches (docs/NOTES.md, "MobileNets from scratch")."""
     for block in model.modules():
         if isinstance(block, (V2Block, V3Block)) and block.use_res_connect:
             last_bn = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)][-1]   # the projection's
@@ -66,8 +57,7 @@ def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
 
 
 def _build_inception_v3(pretrained: bool) -> nn.Module:
-    # transform_input is fixed on (torchvision turns it on only when it loads weights): the model
-    # must compute the same function whether built for training or rebuilt to load a checkpoint.
+    # transform_input fixed on: same function whether built to train or to load a checkpoint.
     model = tvm.inception_v3(weights="DEFAULT" if pretrained else None, transform_input=True, init_weights=False)
     # The auxiliary head is dropped after building: torchvision rejects aux_logits=False with weights.
     model.aux_logits, model.AuxLogits = False, None
@@ -130,8 +120,7 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
     state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
                                                                               weights_only=True)
     try:
-        # strict=False only for extra keys: torchvision's inception_v3 file carries the auxiliary
-        # head that we build without. Every parameter of the model must be in the file.
+        # strict=False for inception_v3's unused aux head only; every model parameter must be present.
         missing = model.load_state_dict(state, strict=False).missing_keys
     except RuntimeError as err:   # shape mismatch
         raise ValueError(f"{path} does not fit {type(model).__name__}: {str(err).splitlines()[-1].strip()}") from None
@@ -140,8 +129,7 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
 
 
 def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(parent module, attribute, layer) of the last Linear registered: the classifier head of every
-    torchvision model here (resnet/inception `fc`, the last Linear of vgg/alexnet/mobilenet `classifier`)."""
+    """(parent module, attribute, layer) of the last Linear registered: the classifier head."""
     path, layer = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent, _, attr = path.rpartition(".")
     return model.get_submodule(parent), attr, layer

@@ -40,10 +40,7 @@ def _sync(device: torch.device) -> None:
 def measure_latency(model: torch.nn.Module, input_size: int, device: str | torch.device = "cpu",
                     warmup: int = 3, repeats: int = 20, batch: int = 32, batch_repeats: int = 3,
                     channels_last: bool = False) -> dict:
-    """Batch-1 p50/p95 in ms after warm-up, and predictions/s at `batch`.
-
-    A sequence model reads (B, K, 3, S, S) stacks: then every "image" is one stack (one prediction).
-    Stacks stay contiguous (channels_last is a 4-D layout); the model's own weights still switch to it."""
+    """Batch-1 p50/p95 in ms after warm-up, and predictions/s at `batch` (a stack counts as one)."""
     device = torch.device(device)
     model = model.to(device).eval()
     shape = input_shape(model, input_size)

@@ -11,10 +11,7 @@ from core.data.decode import to_model_input
 def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
                   device: str | torch.device = "cpu", batch_size: int = 64,
                   rows: np.ndarray | None = None) -> np.ndarray:
-    """Hemorrhage probability for each (S, S) uint8 slice; the model must end in one logit.
-
-    `rows` (as in core.data.decode.SliceDataset): (n,) indices of the slices to predict, or (n, K)
-    stacks of indices (core.nets.sequence.stack_indices) for a sequence model; default every slice."""
+    """P(hemorrhage) per (S, S) uint8 slice; `rows`: (n,) slices or (n, K) stacks, default every slice."""
     device = torch.device(device)
     model.eval()
     images = torch.as_tensor(images)

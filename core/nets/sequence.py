@@ -1,8 +1,4 @@
-"""Slice-sequence networks (study B; the RSNA 2019 ICH winners' recipe): a registry CNN encodes every
-slice of a short stack of adjacent slices, a bidirectional GRU/LSTM reads the stack, and a linear
-head scores each slice. The prediction for a slice is the centre logit of the stack around it
-(stacks: core.data.stacks).
-"""
+"""Slice-sequence networks (RSNA 2019 recipe): CNN per slice, BiGRU/LSTM over the stack, centre-slice logit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +12,7 @@ DEFAULT_BACKBONE, DEFAULT_STACK, DEFAULT_HIDDEN = "resnet18", 5, 128
 
 
 class SequenceClassifier(nn.Module):
-    """x (B, K, 3, H, W) -> the centre slice's hemorrhage logit (B, 1); forward_all -> (B, K).
-    A (B, 3, H, W) input is a stack of one, so single-slice callers (uploads, Grad-CAM) work."""
+    """x (B, K, 3, H, W) or (B, 3, H, W) -> centre slice's logit (B, 1); forward_all -> (B, K)."""
 
     def __init__(self, kind: str, backbone: str, stack_size: int, encoder: nn.Module, hidden: int):
         super().__init__()
@@ -26,8 +21,7 @@ class SequenceClassifier(nn.Module):
         features = _strip_head(encoder)
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
         self.rnn = rnn(features, hidden, batch_first=True, bidirectional=True)
-        # The head sees each slice's own features next to the recurrent context: the per-slice
-        # evidence of a plain CNN stays one linear layer away, the neighbours add to it.
+        # Head sees each slice's own features next to the recurrent context.
         self.head = nn.Linear(features + 2 * hidden, 1)
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,8 +29,7 @@ class SequenceClassifier(nn.Module):
             x = x.unsqueeze(1)
         b, k = x.shape[:2]
         features = self.encoder(x.flatten(0, 1)).view(b, k, -1).float()
-        # The recurrence is tiny (K steps): it runs in float32 under the trainer's bf16 autocast, so
-        # no cuDNN RNN kernel is ever asked for a reduced-precision variant it may lack.
+        # Tiny recurrence runs in float32 under bf16 autocast: cuDNN may lack reduced-precision RNNs.
         with torch.autocast(x.device.type, enabled=False):
             context, _ = self.rnn(features)
         return self.head(torch.cat([features, context], dim=-1)).squeeze(-1)
@@ -48,8 +41,7 @@ class SequenceClassifier(nn.Module):
 
 
 def _strip_head(encoder: nn.Module) -> int:
-    """Replaces the registry CNN's 1-logit head (its last Linear, see core.nets.cnn._binary_head) by
-    identity, in place; returns the width of the pooled features it now yields."""
+    """Replaces the CNN's 1-logit head by identity in place; returns the pooled feature width."""
     path, head = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.Linear)][-1]
     parent, _, attr = path.rpartition(".")
     setattr(encoder.get_submodule(parent), attr, nn.Identity())

@@ -1,2 +1,1 @@
-"""Synthetic head CT phantoms: anatomy and bleeds in Hounsfield units, and the dataset writer
-(`python -m core.phantom`)."""
+"""Synthetic head CT phantoms in Hounsfield units, and the dataset writer (`python -m core.phantom`)."""

@@ -1,11 +1,4 @@
-"""Anatomy of the synthetic head CT phantoms (core.phantom): one patient's geometry, painted per slice.
-
-A slice is painted as a map of tissue codes, turned into HU through a per-patient table, blurred and
-given Gaussian noise. Geometry is polar around the image centre: head outline, skull thickness and
-sulci are 1-D look-up tables over the polar angle, so a slice costs a few dozen whole-image array
-operations; small structures are painted inside their bounding boxes. Head translation is a final
-roll, which keeps the cached polar grid valid. Head frame: u left-right, v anterior (-) to posterior (+).
-"""
+"""Head CT phantom anatomy painted per slice on a cached polar grid; u left-right, v anterior (-) to posterior (+)."""
 from __future__ import annotations
 
 import functools
@@ -61,9 +54,8 @@ def sample_patient(rng, subtype, difficulty, k, hard_negatives=None) -> dict:
         -1000, u(35, 45), u(1400, 1800), u(700, 1000), u(35, 41), u(25, 31), u(60, 80),
         u(150, 400), u(300, 900), u(14, 20))
     hu[[CSF, VENTRICLE]] = u(2, 8)
-    # Harder = lower contrast: acute blood from ~85 HU down towards the ~50 HU floor.
-    hu[BLOOD] = np.clip(85 - 30 * difficulty + u(-3, 3), 51, 90)
-    # Stack centre, mm above the lateral ventricle bodies; a ventricular bleed needs ventricles in view.
+    hu[BLOOD] = np.clip(85 - 30 * difficulty + u(-3, 3), 51, 90)  # harder = lower contrast, ~85 -> ~50 HU
+    # Stack centre, mm above the ventricle bodies (in view for a ventricular bleed).
     zc = u(-10, 10) if subtype == "intraventricular" else u(-15, 25)
     n_sulci = int(rng.integers(28, 40))
     p = dict(
@@ -100,8 +92,7 @@ def sample_patient(rng, subtype, difficulty, k, hard_negatives=None) -> dict:
 
 def _sample_bleed(rng, subtype, p) -> dict:
     u = rng.uniform
-    # An ellipsoid in z centred on one slice, so the bleed covers a contiguous run of slices.
-    k = len(p["z"])
+    k = len(p["z"])  # an ellipsoid in z centred on one slice: a contiguous run of slices
     j = int(rng.integers(max(0, k // 2 - 1), min(k, k // 2 + 2)))  # near the middle: most slices bleed
     # Half heights in mm: a subdural runs far up and down the convexity, a haematoma is a lump.
     z_half = {"intraparenchymal": u(5, 15), "subdural": u(10, 25), "epidural": u(6, 15),
@@ -273,8 +264,7 @@ def paint_slice(p: dict, j: int, size: int, rng: np.random.Generator) -> tuple[n
     if "streaks" in p["hard"]:  # beam hardening: thin dark (sometimes bright) bands across the head
         for ang, offset, width, amp in p["streaks"]:
             hu += amp * np.exp(-((x * math.cos(ang) + y * math.sin(ang) - offset) / width) ** 2)
-    # Blur only up to 100 HU: bone blurred into a thin bleed or CSF layer would lift it out of its range.
-    bone = np.maximum(hu - 100, 0)
+    bone = np.maximum(hu - 100, 0)  # blur only up to 100 HU, or bone would lift thin layers out of range
     hu = ndimage.gaussian_filter(hu - bone, p["blur"], truncate=3.0, mode="nearest") + bone
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(p["noise"])
     shift = tuple(np.rint(np.asarray(p["shift_mm"]) / sp).astype(int))

@@ -1,10 +1,4 @@
-"""Synthetic head CT phantoms: axial slices and short slice stacks in Hounsfield units with bleed masks.
-
-The embedded default dataset and the teaching set. Anatomy lives in core.phantom_anatomy; this module
-holds the public API, the dataset writer (`python -m core.phantom --out DIR --n N --size S --seed K`)
-and the labelled preview grid. Labels come from the per-slice mask, so a slice of a hemorrhagic stack
-that the bleed does not reach is a normal slice.
-"""
+"""Phantom public API, dataset writer and preview grid; labels come from each slice's own bleed mask."""
 from __future__ import annotations
 
 import argparse
@@ -50,12 +44,7 @@ class PhantomSlice:
 
 def generate_stack(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str | None = None,
                    difficulty: float = 0.5, stack_id: int = 0, *, hard_negatives=None) -> list[PhantomSlice]:
-    """k adjacent slices (SLICE_MM apart) of one patient; a bleed covers a contiguous run of them.
-
-    difficulty in [0, 1]: higher gives smaller bleeds closer to ~50 HU. hard_negatives: names from
-    HARD_NEGATIVES to force, or None to draw them at random (for normal and bleed stacks alike, so
-    they never give the label away).
-    """
+    """k adjacent slices of one patient (bleed over a contiguous run); higher difficulty = smaller, fainter bleeds."""
     if subtype not in (None, "", *SUBTYPES):
         raise ValueError(f"unknown subtype {subtype!r}; choose from {', '.join(SUBTYPES)}")
     difficulty = float(np.clip(difficulty, 0, 1))
@@ -84,8 +73,7 @@ def render(hu: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    # Temp name then rename, so a killed run never leaves a half PNG. Unlike core.atomic there is no
-    # fsync: on a busy disk it costs ~4 ms a file, and the set is regenerated from its seed anyway.
+    # Temp then rename: no half PNGs. No fsync (docs/NOTES.md, "Phantom writer").
     tmp = path.with_name(f".{path.name}.partial")
     Image.fromarray(image).save(tmp, format="PNG", compress_level=3)  # no metadata: same bytes every run
     os.replace(tmp, path)
@@ -119,8 +107,7 @@ def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size:
                 rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
                              s.slice_index, round(sp, 6)))
                 bar.update()
-    # A rerun into the same folder must not leave slices of an earlier run (or in the wrong class),
-    # nor temp files of a killed one.
+    # A rerun must not leave an earlier run's slices or a killed run's temp files.
     for folder in ("hemorrhage", "normal", "masks"):
         for f in [*(out / folder).glob("ph*_s*.png"), *(out / folder).glob(".ph*.partial")]:
             if (folder, f.stem) not in written:

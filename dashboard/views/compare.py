@@ -3,19 +3,22 @@ import pandas as pd
 import streamlit as st
 
 from core.metrics import binary as M
-from dashboard import common, figures
+from core.report import PRESETS
+from dashboard import figures
+from dashboard.frame import require_run, threshold
+from dashboard.loaders import delong_matrix, test_metrics, test_probs
 
-run = common.require_run()
+run = require_run()
 st.title("Compare models")
 models = st.multiselect("Models", run.models, default=list(run.models), format_func=run.display)
 if not models:
     st.info("Pick at least one model.")
     st.stop()
-probs = common.test_probs(run)
+probs = test_probs(*run.key, run.models)
 y = probs["label"].to_numpy()
 names = {m: run.display(m) for m in models}
 
-MODES = {"slider": "Slider (same threshold for every model)", **common.PRESETS}
+MODES = {"slider": "Slider (same threshold for every model)", **PRESETS}
 
 
 @st.fragment
@@ -29,8 +32,8 @@ def operating_point():
                                                       "model is used; the test split's share is the default.") / 100
     rows, roc_at, pr_at = [], {}, {}
     for m in models:
-        thr = slider if mode == "slider" else common.threshold(run.cards[m], mode)
-        met = common.test_metrics(*run.key, m, thr)
+        thr = slider if mode == "slider" else threshold(run.cards[m], mode)
+        met = test_metrics(*run.key, m, thr)
         ppv, npv = M.ppv_npv_at_prevalence(met["sensitivity"], met["specificity"], prevalence)
         roc_at[names[m]] = (1 - met["specificity"], met["sensitivity"])
         pr_at[names[m]] = (met["sensitivity"], met["precision"])
@@ -57,10 +60,10 @@ operating_point()
 st.subheader("Calibration and paired tests")
 left, right = st.columns(2)
 bins = {names[m]: M.reliability_bins(y, probs[m]) for m in models}
-ece = {names[m]: common.test_metrics(*run.key, m, 0.5)["ece"] for m in models}
+ece = {names[m]: test_metrics(*run.key, m, 0.5)["ece"] for m in models}
 left.plotly_chart(figures.reliability(bins, ece), width="stretch")
 if len(models) > 1:
-    p = common.delong_matrix(*run.key, tuple(models)).rename(index=names, columns=names)
+    p = delong_matrix(*run.key, tuple(models)).rename(index=names, columns=names)
     right.plotly_chart(figures.pvalue_matrix(p), width="stretch")
     right.caption("Small p: the two AUCs differ by more than chance on these test cases would explain. "
                   "With few test cases nearly nothing is significant; that is a finding too.")

@@ -3,7 +3,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dashboard import common
+from dashboard.frame import REPO, require_run
+from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
 SUBTYPE_TEXT = {
     "intraparenchymal": "Bleeding inside the brain tissue itself, often from high blood pressure or trauma; "
@@ -18,11 +19,11 @@ SUBTYPE_TEXT = {
                         "dependent part of a ventricle.",
 }
 
-run = common.require_run()
+run = require_run()
 st.title("Data")
-manifest = common.split_manifest(*run.key)
+manifest = split_manifest(*run.key)
 manifest = manifest.assign(**{"class": manifest["label"].map({0: "normal", 1: "hemorrhage"})})
-facts = common.run_json(*run.key, "run.json")
+facts = run_json(*run.key, "run.json")
 st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
            + (f", from `{facts['data_root']}`" if "data_root" in facts else "")
            + (" (synthetic phantoms)" if facts.get("synthetic") else "") + ".")
@@ -42,7 +43,7 @@ else:
                     width="stretch")
 
 st.subheader("Leakage report")
-leak = common.run_json(*run.key, "leakage.json")
+leak = run_json(*run.key, "leakage.json")
 if not leak:
     st.info("This run has no leakage.json.")
 else:
@@ -66,17 +67,17 @@ c1, c2 = st.columns(2)
 split = c1.selectbox("Split", ["train", "val", "test"], key="gallery_split")
 seed = c2.number_input("Shuffle", 0, 1000, 0, key="gallery_seed")
 sample = manifest[manifest["split"] == split].sample(n=min(8, (manifest["split"] == split).sum()), random_state=seed)
-truth = common.truth(sample)
+truth = truth_of(sample)
 for start in range(0, len(sample), 4):
     for col, (i, row) in zip(st.columns(4), sample.iloc[start:start + 4].iterrows()):
-        image, mask, problem = common.case_image(row["path"])
+        image, mask, problem = case_image(row["path"])
         if image is None:
             col.error(problem)
         else:
-            col.image(common.outline(image, mask), caption=truth[i], width="stretch")
+            col.image(outline(image, mask), caption=truth[i], width="stretch")
 
 st.subheader("Hemorrhage types, on synthetic phantoms")
-st.image(str(common.REPO / "dashboard" / "assets" / "phantom_grid.png"),
+st.image(str(REPO / "dashboard" / "assets" / "phantom_grid.png"),
          caption="One phantom slice per subtype (bleed outlined in red) and three normals with hard negatives: "
                  "calcifications and beam-hardening streaks that models must not call blood.")
 for name, text in SUBTYPE_TEXT.items():

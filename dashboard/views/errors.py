@@ -1,15 +1,20 @@
 """Errors (teaching): each model's false positives and negatives, and the cases models disagree on."""
+import pandas as pd
 import streamlit as st
 
-from dashboard import common
+from core.families import family_of_card
+from core.report import PRESETS
+from dashboard.frame import preset, require_run, threshold
+from dashboard.loaders import case_image, cam_for, explain_api, outline, test_probs, truth as truth_of
 
-run = common.require_run()
+run = require_run()
 st.title("Errors")
-st.caption(f"Test split, each model at its **{common.PRESETS[common.preset()]}** threshold (sidebar). "
+st.caption(f"Test split, each model at its **{PRESETS[preset()]}** threshold (sidebar). "
            "Pick a case below to see it with each model's CAM.")
-cases = common.test_probs(run)
-truth = common.truth(cases)
-calls = common.decisions(run, cases)
+cases = test_probs(*run.key, run.models)
+truth = truth_of(cases)
+# True where a model calls hemorrhage at its sidebar-preset threshold.
+calls = pd.DataFrame({m: cases[m] >= threshold(run.cards[m]) for m in run.models}, index=cases.index)
 columns = [c for c in ("subtype", "bleed_area_mm2") if c in cases]
 
 model = st.selectbox("Model", run.models, format_func=run.display, key="err_model")
@@ -35,14 +40,14 @@ if not pool:
 case = st.selectbox("Case", pool, format_func=lambda i: f"{i} ({truth[i]})", key="err_case")
 if not st.toggle("Show the image and each model's Grad-CAM", key="err_show"):
     st.stop()
-image, mask, problem = common.case_image(cases.at[case, "path"])
+image, mask, problem = case_image(cases.at[case, "path"])
 if image is None:
     st.error(problem)
     st.stop()
-explain = common.explain_api()
-tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), common.outline(image, mask))]
-for m in common.with_cam(run):
-    heat = common.cam_for(run, m, image, "gradcam")[0]
+explain = explain_api()
+tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), outline(image, mask))]
+for m in [m for m in run.models if family_of_card(run.cards[m]).explained_by_cam]:
+    heat = cam_for(run, m, image, "gradcam")[0]
     tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}",
                   explain.overlay(image, heat, mask=mask)))
 for start in range(0, len(tiles), 4):

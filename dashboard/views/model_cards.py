@@ -5,17 +5,19 @@ import pandas as pd
 import streamlit as st
 
 from core.metrics import binary as M
-from core.metrics.published import PUBLISHED
-from dashboard import common
+from core.metrics.published import PUBLISHED, confusion_check
+from core.report import PRESETS, card_markdown
+from dashboard.frame import no_run_message, preset, threshold
+from dashboard.loaders import predictions
 
 st.title("Model cards")
 run = st.session_state.get("current_run")
 if run is None or not run.models:
-    common.no_run_message()
+    no_run_message()
 else:
     model = st.selectbox("Model", run.models, format_func=run.display, key="card_model")
     card = run.cards[model]
-    st.markdown(common.card_markdown(card))
+    st.markdown(card_markdown(card))
     if card.get("feature_importance"):
         import plotly.express as px
         imp = pd.DataFrame(card["feature_importance"])
@@ -23,13 +25,13 @@ else:
                     "this takes the place of a CAM for a classical model)")
         st.plotly_chart(px.bar(imp.iloc[::-1], x="mean", y="feature", error_x="std", orientation="h",
                                labels={"mean": "AUC drop", "feature": ""}, height=520), width="stretch")
-    rows = common.test_rows(run, model)
-    thr = common.threshold(card)
-    st.markdown(f"**Per-class report on the test split at {common.PRESETS[common.preset()]} (t = {thr:.3f})**, "
+    rows = predictions(*run.key).query("model == @model and split == 'test'").reset_index(drop=True)
+    thr = threshold(card)
+    st.markdown(f"**Per-class report on the test split at {PRESETS[preset()]} (t = {thr:.3f})**, "
                 "as the source studies print it")
     st.dataframe(M.per_class_report(rows["label"], (rows["prob"] >= thr).astype(int)), width="stretch")
     c1, c2 = st.columns(2)
-    c1.download_button("Download card (Markdown)", common.card_markdown(card), f"{model}_card.md", "text/markdown")
+    c1.download_button("Download card (Markdown)", card_markdown(card), f"{model}_card.md", "text/markdown")
     c2.download_button("Download card (JSON)", json.dumps(card, indent=2), f"{model}_card.json", "application/json")
 
 st.header("Check a published table")
@@ -46,7 +48,7 @@ if sum(counts.values()) == 0:
     st.info("Enter at least one case.")
     st.stop()
 printed = PUBLISHED["B"]["models"].get(example, {})
-table = common.confusion_check(**counts, printed=printed)
+table = confusion_check(**counts, printed=printed)
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in ("from the matrix", "printed in the paper")})
 off = [f"{r['metric']} ({r['printed in the paper']:.2%} printed, {r['from the matrix']:.2%} from the matrix)"

@@ -1,13 +1,40 @@
 """Scan: one slice (upload, test-split example or fresh phantom) through every model, with CAM overlays."""
+import time
+
 import numpy as np
+import pandas as pd
 import streamlit as st
 
+from core.data.decode import resize_square
+from core.data.stacks import slice_order
+from core.families import family_of_card
+from core.inference import predict_all as predict
 from core.io.imaging import WINDOWS, ScanError
 from core.phantom.generate import SUBTYPES, generate_slice, render
-from core.data.stacks import slice_order
-from dashboard import common
+from core.report import PRESETS
+from dashboard.frame import Run, preset, require_run, threshold
+from dashboard.loaders import (case_image, cam_for, consensus, explain_api, model_for, outline, read_scan,
+                               test_probs, truth as truth_of)
 
-run = common.require_run()
+
+def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
+                centre: int = 0) -> tuple[pd.DataFrame, float]:
+    """Every model's probability and decision at its threshold for one uint8 (H, W) slice, and seconds. A sequence
+    model reads `series` around `centre` (image = series[centre]), else the slice alone; an ensemble its members."""
+    slices = series if series else [image]
+    manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
+    loaded = {model: model_for(run, model) for model in run.models}  # cached: not part of the timing
+    start = time.perf_counter()
+    probs = predict(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
+    rows = []
+    for model, prob in probs.items():
+        thr, p = threshold(run.cards[model]), float(prob[centre])
+        rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
+                     "probability": p, "threshold": thr, "hemorrhage": p >= thr})
+    return pd.DataFrame(rows), time.perf_counter() - start
+
+
+run = require_run()
 st.title("Scan")
 SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
            "phantom": "Fresh phantom"}
@@ -22,7 +49,7 @@ if source == "upload":
         st.info("Upload a slice, or pick an example above. Patient tags in DICOM files are never shown or kept.")
         st.stop()
     try:
-        scan = common.read_scan(upload.getvalue(), st.session_state.get("scan_window"),
+        scan = read_scan(upload.getvalue(), st.session_state.get("scan_window"),
                                 st.session_state.get("scan_frame", 0))
     except ScanError as err:
         st.error(str(err))
@@ -48,7 +75,7 @@ elif source == "series":
                 "around the one you pick; every other model reads that slice alone.")
         st.stop()
     try:
-        scans = [common.read_scan(u.getvalue()) for u in uploads]
+        scans = [read_scan(u.getvalue()) for u in uploads]
     except ScanError as err:
         st.error(str(err))
         st.stop()
@@ -61,10 +88,10 @@ elif source == "series":
     image = series[centre]
     facts = f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file name)"
 elif source == "test":
-    cases = common.test_probs(run)
-    truth = common.truth(cases)
+    cases = test_probs(*run.key, run.models)
+    truth = truth_of(cases)
     case = st.selectbox("Test case", cases.index, key="scan_case", format_func=lambda i: f"{i} ({truth[i]})")
-    image, mask, problem = common.case_image(cases.at[case, "path"])
+    image, mask, problem = case_image(cases.at[case, "path"])
     if image is None:
         st.error(problem)
         st.stop()
@@ -80,11 +107,11 @@ else:
     facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
 
 left, right = st.columns([1, 2])
-left.image(common.outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
+left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
-calls, seconds = common.predict_all(run, image, series, centre)
-right.subheader(f"{common.consensus(calls['hemorrhage'])}")
-right.caption(f"Each model at its {common.PRESETS[common.preset()]} threshold; {seconds * 1000:.0f} ms for "
+calls, seconds = predict_all(run, image, series, centre)
+right.subheader(f"{consensus(calls['hemorrhage'])}")
+right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000:.0f} ms for "
               f"{len(calls)} models on this machine.")
 for start in range(0, len(calls), 3):
     for col, (_, r) in zip(right.columns(3), calls.iloc[start:start + 3].iterrows()):
@@ -95,7 +122,7 @@ for start in range(0, len(calls), 3):
 
 @st.fragment
 def cam_grid():
-    explain = common.explain_api()
+    explain = explain_api()
     c1, c2 = st.columns(2)
     method = c1.selectbox("CAM method", explain.METHOD_NAMES, key="cam_method",
                           help="'random' is a sanity baseline: a map that explains nothing. 'scorecam' runs one "
@@ -104,7 +131,7 @@ def cam_grid():
     explained = calls[calls["cam"]]
     for start in range(0, len(explained), 3):
         for col, (_, r) in zip(st.columns(3), explained.iloc[start:start + 3].iterrows()):
-            heat, secs = common.cam_for(run, r["model"], image, method)
+            heat, secs = cam_for(run, r["model"], image, method)
             col.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
                       caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s")
 

@@ -2,12 +2,14 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import common, figures
+from dashboard import figures
+from dashboard.frame import require_run
+from dashboard.loaders import histories
 
-run = common.require_run()
+run = require_run()
 st.title("Training")
 models = st.multiselect("Models", run.models, default=list(run.models), format_func=run.display)
-hist = common.histories(*run.key)
+hist = histories(*run.key)
 hist = hist[hist["model"].isin(models)].assign(model=lambda h: h["model"].map(run.display))
 if hist.empty:
     st.info("Pick at least one model.")

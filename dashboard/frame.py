@@ -1,0 +1,100 @@
+"""What every page's frame needs: the notice, where runs live, the run selector and the operating point."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from core.io import store as ckpt
+from core.registry import REGISTRY
+from core.report import PRESETS
+from dashboard.loaders import cards
+
+REPO = Path(__file__).resolve().parents[1]
+NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
+          "trained on small or synthetic data and must never guide the care of a patient.")
+TRAIN_COMMAND = "python train.py"
+
+
+def checkpoints_root(argv: list[str] | None = None) -> Path:
+    """`-- --checkpoints DIR`, else $CHECKPOINTS_DIR, else the repository's checkpoints/."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--checkpoints")
+    given = parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].checkpoints
+    return Path(given or os.environ.get("CHECKPOINTS_DIR") or REPO / "checkpoints")
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    models: tuple[str, ...]
+    stamp: float  # newest mtime among the files the caches read: a new card invalidates them
+
+    @property
+    def key(self) -> tuple[str, float]:
+        return str(self.path), self.stamp
+
+    @property
+    def cards(self) -> dict[str, dict]:
+        return cards(*self.key)
+
+    def display(self, model: str) -> str:
+        return self.cards[model].get("display_name", model)
+
+
+def open_run(path: Path) -> Run:
+    """A run's completed models in registry order: CNNs, sequence models, classical, ensembles."""
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    models = tuple(sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m)))
+    files = [path / ckpt.SPLIT, *(path / m / ckpt.CARD for m in models)]
+    return Run(path, models, max(f.stat().st_mtime for f in files))
+
+
+def sidebar() -> Run | None:
+    """The notice, the run selector and the operating point; returns the selected run, if any."""
+    st.sidebar.warning(NOTICE)
+    root = checkpoints_root()
+    runs = ckpt.list_runs(root)
+    if not runs:
+        st.sidebar.caption(f"No run in `{root}`.")
+        return None
+    path = st.sidebar.selectbox("Run", runs, format_func=lambda p: p.name, key="run")
+    st.sidebar.selectbox("Operating point", list(PRESETS), format_func=PRESETS.get, key="preset",
+                         help="Thresholds chosen on the validation split, stored in each model card.")
+    st.sidebar.caption(f"Runs from `{root}`")
+    try:
+        run = open_run(path)
+        cards(*run.key)  # read (and cache) every card now, so a damaged one is reported here, once
+    except (ckpt.CheckpointError, OSError) as err:
+        st.sidebar.error(f"Run {path.name} cannot be read: {err}")
+        return None
+    return run
+
+
+def no_run_message() -> None:
+    st.info(f"No training run with a finished model in `{checkpoints_root()}` yet. Train the demo "
+            "(synthetic head CT phantoms, a few minutes on a laptop CPU) from the repository root:")
+    st.code(TRAIN_COMMAND, language="bash")
+    st.caption("Then reload this page. Other folders: `streamlit run dashboard/app.py -- --checkpoints DIR` "
+               "or the CHECKPOINTS_DIR environment variable.")
+
+
+def require_run() -> Run:
+    """The selected run with at least one finished model, or the how-to-train message and a stop."""
+    run = st.session_state.get("current_run")
+    if run is None or not run.models:
+        no_run_message()
+        st.stop()
+    return run
+
+
+def preset() -> str:
+    return st.session_state.get("preset", "default")
+
+
+def threshold(card: dict, name: str | None = None) -> float:
+    return float(card["thresholds"].get(name or preset(), 0.5))

@@ -1,0 +1,147 @@
+"""Cached loaders over a run folder (keyed by the folder and its files' newest mtime; models by weights
+sha256, once per process) and the small table helpers several pages share."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from scipy import ndimage
+
+from core.data.splits import read_manifest
+from core.families.base import Predictor
+from core.inference import load_predictor
+from core.io import store as ckpt
+from core.io.imaging import Scan, ScanError, load_scan
+from core.metrics import binary as M
+
+if TYPE_CHECKING:
+    from dashboard.frame import Run
+
+
+@st.cache_data(show_spinner=False)
+def cards(run_dir: str, stamp: float) -> dict[str, dict]:
+    return {m: ckpt.load_card(Path(run_dir) / m) for m in ckpt.list_models(run_dir)}
+
+
+@st.cache_data(show_spinner=False)
+def predictions(run_dir: str, stamp: float) -> pd.DataFrame:
+    """Every model's val and test rows, with a model column."""
+    frames = [pd.read_csv(Path(run_dir) / m / ckpt.PREDICTIONS, dtype={"id": str, "subtype": str}).assign(model=m)
+              for m in ckpt.list_models(run_dir)]
+    out = pd.concat(frames, ignore_index=True)
+    if "subtype" in out:
+        out["subtype"] = out["subtype"].fillna("")
+    return out
+
+
+@st.cache_data(show_spinner=False)
+def histories(run_dir: str, stamp: float) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(Path(run_dir) / m / ckpt.HISTORY).assign(model=m)
+                      for m in ckpt.list_models(run_dir)], ignore_index=True)
+
+
+@st.cache_data(show_spinner=False)
+def split_manifest(run_dir: str, stamp: float) -> pd.DataFrame:
+    return read_manifest(Path(run_dir) / ckpt.SPLIT)
+
+
+@st.cache_data(show_spinner=False)
+def run_json(run_dir: str, stamp: float, name: str) -> dict:
+    """leakage.json or run.json of a run; {} when the run predates the file."""
+    path = Path(run_dir) / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def test_probs(run_dir: str, stamp: float, models: tuple[str, ...]) -> pd.DataFrame:
+    """Test cases x models: one prob column per model, plus label (and subtype when known)."""
+    preds = predictions(run_dir, stamp)
+    test = preds[preds["split"] == "test"]
+    wide = test.pivot_table(index="id", columns="model", values="prob", aggfunc="first")
+    extra = [c for c in ("label", "subtype", "path", "bleed_area_mm2") if c in test]
+    return test.drop_duplicates("id").set_index("id")[extra].join(wide[list(models)])
+
+
+def truth(cases: pd.DataFrame) -> pd.Series:
+    """'hemorrhage, subdural' / 'normal' per case, for captions."""
+    text = cases["label"].map({1: "hemorrhage", 0: "normal"})
+    if "subtype" in cases:
+        text = text.where(cases["subtype"].fillna("") == "", text + ", " + cases["subtype"].fillna(""))
+    return text
+
+
+def consensus(calls: pd.Series) -> str:
+    return f"{int(calls.sum())} of {len(calls)} models call hemorrhage"
+
+
+@st.cache_data(show_spinner="Computing metrics and intervals…", max_entries=2048)
+def test_metrics(run_dir: str, stamp: float, model: str, thr: float, bootstrap: int = 0) -> dict:
+    preds = predictions(run_dir, stamp)
+    rows = preds[(preds["model"] == model) & (preds["split"] == "test")]
+    return M.binary_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(), thr, bootstrap=bootstrap)
+
+
+@st.cache_data(show_spinner=False)
+def delong_matrix(run_dir: str, stamp: float, models: tuple[str, ...]) -> pd.DataFrame:
+    """Pairwise DeLong p-values for equal test AUC (models scored on the same test cases)."""
+    probs = test_probs(run_dir, stamp, models)
+    y = probs["label"].to_numpy()
+    return pd.DataFrame([[M.delong_test(y, probs[a].to_numpy(), probs[b].to_numpy()) for b in models]
+                         for a in models], index=list(models), columns=list(models))
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=32)
+def loaded_model(weights_sha256: str, model_dir: str) -> Predictor:
+    """Each model once per process: the key is its weights hash (verified again on load)."""
+    return load_predictor(model_dir)
+
+
+def model_for(run: Run, model: str) -> Predictor:
+    return loaded_model(run.cards[model]["weights_sha256"], str(run.path / model))
+
+
+def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
+    """An uploaded file's bytes as a Scan; the content decides the format, never a MIME type or
+    file name. Raises core.io.imaging.ScanError with one sentence for the user."""
+    return load_scan(bytes(data), window=window, frame=frame)
+
+
+def explain_api():
+    """core.explain, imported only where CAMs are drawn: it pulls in pytorch-grad-cam and OpenCV."""
+    return importlib.import_module("core.explain.cam")
+
+
+@st.cache_data(show_spinner="Computing CAMs…", max_entries=512)
+def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """(cam in [0, 1] at the image's size, seconds) of the hemorrhage class for one model."""
+    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method, target=1)
+    return result.cam, result.seconds
+
+
+def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    return cam(run.cards[model]["weights_sha256"], str(run.path / model), image, method)
+
+
+def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> np.ndarray:
+    """RGB copy of a grey uint8 image with the mask border drawn in colour (green, as in core.explain.cam.overlay)."""
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    if mask is not None and mask.any():
+        rgb[mask & ~ndimage.binary_erosion(mask)] = colour
+    return rgb
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def case_image(path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(display image, phantom mask or None, error sentence) for a file named in split.csv."""
+    try:
+        image = load_scan(path).image
+    except ScanError as err:
+        return None, None, f"{Path(path).name}: {err}"
+    mask_path = Path(path).parents[1] / "masks" / Path(path).name  # phantom sets keep masks beside classes
+    mask = load_scan(mask_path).image > 127 if mask_path.is_file() else None
+    mask = mask if mask is not None and mask.shape == image.shape else None
+    return image, mask, ""
