@@ -1,5 +1,7 @@
 """Dashboard tests: every page through streamlit's AppTest on a tiny run trained once for the module."""
 import io
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +73,10 @@ def test_leaderboard_has_one_row_per_model_and_labelled_published_rows(run_dir):
     at = ok(page("leaderboard"))
     board = at.dataframe[0].value
     assert len(board) == len(MODELS) and set(board["Source"]) == {"this run"}
-    expected = binary_metrics(split_rows(run_dir, "resnet18")["label"], split_rows(run_dir, "resnet18")["prob"], 0.5)
+    youden = ckpt.load_card(run_dir / "resnet18")["thresholds"]["youden"]   # the default operating point
+    expected = binary_metrics(split_rows(run_dir, "resnet18")["label"], split_rows(run_dir, "resnet18")["prob"], youden)
     row = board[board["Model"] == "ResNet-18"].iloc[0]
+    assert row["Threshold"] == pytest.approx(youden)
     assert row["Sensitivity"] == pytest.approx(expected["sensitivity"], nan_ok=True)
     assert row["Accuracy 95% CI"] == f"{expected['accuracy_ci'][0]:.3f}–{expected['accuracy_ci'][1]:.3f}"
     at.toggle[0].set_value(True).run()
@@ -231,7 +235,7 @@ def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
     at = ok(page("errors"))
     at.selectbox(key="err_model").set_value("mobilenet_v2").run()
     rows = split_rows(run_dir, "mobilenet_v2")
-    met = binary_metrics(rows["label"], rows["prob"], 0.5)
+    met = binary_metrics(rows["label"], rows["prob"], ckpt.load_card(run_dir / "mobilenet_v2")["thresholds"]["youden"])
     assert (len(at.dataframe[0].value), len(at.dataframe[1].value)) == (met["fn"], met["fp"])
     assert not at.image, "images load only on request"
     at.toggle(key="err_show").set_value(True).run()  # a 1-epoch model always errs somewhere
@@ -245,6 +249,24 @@ def test_data_page_counts_leakage_and_galleries(run_dir):
     assert len(at.image) >= 2  # sample gallery and the phantom subtype grid
     for subtype in ("Intraparenchymal", "Subdural", "Epidural", "Subarachnoid", "Intraventricular"):
         assert subtype in texts(at)
+
+def test_a_model_calling_every_case_one_class_is_flagged_not_shown_as_a_plain_row(run_dir, tmp_path, monkeypatch):
+    shutil.copytree(run_dir, tmp_path / run_dir.name)
+    card_path = tmp_path / run_dir.name / "resnet18" / ckpt.CARD
+    card = json.loads(card_path.read_text())
+    card["thresholds"]["youden"] = 0.0   # every probability is >= 0: every case is called hemorrhage
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(tmp_path))
+    at = ok(page("leaderboard"))
+    board = at.dataframe[0].value.set_index("Model")
+    assert board.loc["ResNet-18", "Calls"] == "⚠ every case hemorrhage"
+    assert (board.drop("ResNet-18")["Calls"] != "⚠ every case hemorrhage").any()
+    assert any("**ResNet-18** calls every test case hemorrhage" in w.value for w in at.main.warning)
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("phantom").run()
+    flagged = {m.label for m in ok(at).metric if "for every test case" in m.delta}
+    assert "ResNet-18" in flagged
+
 
 def test_sidebar_operating_point_changes_every_threshold(run_dir):
     at = ok(page("leaderboard"))

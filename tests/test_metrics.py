@@ -431,3 +431,10 @@ def test_auc_or_nan_and_card_metrics():
     assert card["metrics"]["test"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[30:], p[30:]))
     for point, t in card["thresholds"].items():
         assert card["metrics_at_thresholds"][point]["threshold"] == t and card["metrics_at_thresholds"][point]["n"] == 30
+
+
+def test_one_class_call_names_the_only_call_made():
+    y, p = np.array([0, 1, 0, 1]), np.array([0.2, 0.9, 0.6, 0.7])
+    assert M.one_class_call(M.binary_metrics(y, p, 0.1)) == "hemorrhage"
+    assert M.one_class_call(M.binary_metrics(y, p, 0.95)) == "normal"
+    assert M.one_class_call(M.binary_metrics(y, p, 0.5)) is None

@@ -10,7 +10,8 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from safetensors.torch import save_file
 from torch import nn
 
-from core.nets.build import NETWORK_NAMES, cam_layers, create_model, init_from_scratch, load_network
+from core.nets.build import (MIN_CAM_CELLS, NETWORK_NAMES, cam_layers, choose_cam_layers, create_model,
+                             init_from_scratch, load_network)
 from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
@@ -100,6 +101,29 @@ def test_gradcam_on_the_spec_layers(built):
     assert heat.shape == (1, size, size)
     assert np.isfinite(heat).all()
     assert heat.max() > heat.min()
+
+
+@pytest.mark.parametrize("size", [64, 128, None])
+def test_cam_layer_is_the_deepest_with_enough_cells_at_the_trained_size(built, size):
+    """At the demo's sizes the deepest layer (2x2 or 4x4 cells) gives way to one whose map can localize."""
+    spec, model = built
+    size = max(size or spec.input_size, spec.min_input_size)
+    sides = {}
+    candidates = CNNS[spec.name].cam_candidates(model)
+    hooks = [model.get_submodule(c).register_forward_hook(lambda m, a, out, c=c: sides.__setitem__(c, out.shape[-1]))
+             for c in candidates]
+    with torch.no_grad():
+        model(disc_image(size))
+    for h in hooks:
+        h.remove()
+    chosen = choose_cam_layers(model, size)
+    try:
+        layer = chosen["layers"][0]
+        assert chosen["cells"] == sides[layer] >= MIN_CAM_CELLS or chosen["cells"] == max(sides.values())
+        assert all(sides[c] < MIN_CAM_CELLS for c in candidates[candidates.index(layer) + 1:])
+        assert cam_layers(model) == [model.get_submodule(layer)] and not model.training
+    finally:
+        del model.cam_layer_names   # the module-scoped model keeps its registry default for the tests below
 
 
 def test_gmacs_match_published_figures(built):

@@ -17,7 +17,7 @@ from core.engine.cards import dataset_facts, history_frame, model_card, predicti
 from core.engine.config import TrainConfig, agree, is_main, world_size
 from core.engine.loop import evaluate, lr_factor, short_run_batch_norm, train_one_epoch
 from core.io import store
-from core.nets.build import create_model, init_from_scratch
+from core.nets.build import choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
 from core.nets.predict import predict_probs
@@ -218,7 +218,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
         window="brain", channels="grey replicated to 3", resize_policy=data.resize_policy,
         **({"architecture": architecture} if architecture else {}),
         params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
-        latency=measure_latency(model, data.image_size, device))
+        latency=measure_latency(model, data.image_size, device), cam=choose_cam_layers(model, data.image_size))
     model.to("cpu")
     card = store.save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
                             predictions_frame(man, part, probs))

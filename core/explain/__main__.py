@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from core.explain.cam import METHOD_NAMES, overlay, phantom_cases, score_localization
+from core.explain.cam import DEFAULT_TOLERANCE_PX, METHOD_NAMES, overlay, phantom_cases, score_localization
 from core.io import store as ckpt
 from core.io.atomic import atomic_path, atomic_write
 from core.nets.build import load_network
@@ -35,6 +35,17 @@ def _gallery(path: Path, images, masks, subtypes, panels: dict, method: str, til
         sheet.save(tmp, format="PNG")
 
 
+def run_difficulty(run: Path, default=(0.2, 0.8)) -> tuple[float, float]:
+    """The difficulty range of the phantoms a run was trained on (their labels.csv), else `default`."""
+    facts = ckpt.read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    labels = Path(facts.get("data_root", "")) / "labels.csv"
+    columns = pd.read_csv(labels, nrows=0).columns if facts and labels.is_file() else []
+    if "difficulty" not in columns:   # not a phantom set
+        return default
+    difficulty = pd.read_csv(labels, usecols=["difficulty"])["difficulty"]
+    return float(difficulty.min()), float(difficulty.max())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="run folder (checkpoints/RUN)")
@@ -45,8 +56,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", help="comma-separated models of the run (default: every CNN in it)")
     ap.add_argument("--size", type=int, default=256, help="phantom size in px (models resize as in training)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tolerance", type=float, help="pointing-game slack in px of the phantom image "
-                    "(default: half a feature cell of each model; 0: the peak must be inside the bleed)")
+    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_PX, help="pointing-game slack in px "
+                    "of the phantom image, the same for every model (0: the peak must be inside the bleed)")
+    ap.add_argument("--difficulty", help="phantom difficulty range lo,hi (default: that of the run's own "
+                    "phantoms, else 0.2,0.8)")
     ap.add_argument("--faithfulness", action="store_true", help="add ROAD and confidence-drop columns (slower)")
     ap.add_argument("--gallery-columns", type=int, default=5)
     args = ap.parse_args(argv)
@@ -58,7 +71,10 @@ def main(argv=None) -> int:
         ap.error(f"unknown method(s) or model(s) not in {args.run}: {', '.join(bad) or 'no CNN models'}"
                  if bad or not models else "--phantoms must be >= 1")
 
-    cases = phantom_cases(args.phantoms, args.size, args.seed)
+    difficulty = tuple(map(float, args.difficulty.split(","))) if args.difficulty else run_difficulty(args.run)
+    print(f"{args.phantoms} phantoms at difficulty {difficulty[0]:g}-{difficulty[1]:g}, "
+          f"pointing-game tolerance {args.tolerance:g} px", flush=True)
+    cases = phantom_cases(args.phantoms, args.size, args.seed, difficulty)
     images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]
     k = min(args.gallery_columns, len(cases))
     rows, panels = [], {}

@@ -31,7 +31,7 @@ METHOD_NAMES: tuple[str, ...] = (*METHODS, "random")
 SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, this many at a time
 RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
 MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
-CAM_STRIDE = 32            # input pixels per feature cell of every registry CNN's CAM layer
+DEFAULT_TOLERANCE_PX = 8   # pointing-game slack on a 256 px phantom, one for every model (Zhang et al. use 15 px)
 
 # CAMs hook layers and toggle requires_grad: concurrent sessions on one cached model must not overlap.
 _LOCK = threading.Lock()
@@ -190,11 +190,6 @@ def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float 
             "iou": float((hot & mask).sum() / (hot | mask).sum())}
 
 
-def half_cell_px(loaded, image_shape: tuple[int, int]) -> float:
-    """Half a feature cell of the CAM layer (stride 32 in every registry CNN), in image pixels."""
-    return CAM_STRIDE / 2 * max(image_shape) / loaded.card["input_size"]
-
-
 class _TargetProbability(BinaryClassifierOutputTarget):
     """The target class's probability (sigmoid of the signed logit), so faithfulness deltas are bounded."""
 
@@ -225,7 +220,7 @@ def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8))
 
 
 def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray], method: str,
-                       with_faithfulness: bool = False, tolerance: float | None = None, batch_size: int = 16):
+                       with_faithfulness: bool = False, tolerance: float = 0.0, batch_size: int = 16):
     """Mean localization (and faithfulness) scores of one model and method, with probabilities and maps."""
     name, rows, probs, maps, faith = loaded.card["model"], [], [], [], {"road": [], "confidence_drop": []}
     for i in range(0, len(images), batch_size):
@@ -234,8 +229,7 @@ def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray]
         probs += list(1 / (1 + np.exp(-logits)))
         for cam, image, mask in zip(cams, images[i:i + batch_size], masks[i:i + batch_size]):
             maps.append(_to_original(cam, image.shape))
-            slack = half_cell_px(loaded, image.shape) if tolerance is None else tolerance
-            rows.append({**localization_scores(maps[-1], mask, tolerance=slack), "tolerance_px": slack})
+            rows.append({**localization_scores(maps[-1], mask, tolerance=tolerance), "tolerance_px": tolerance})
         if with_faithfulness:
             scores = faithfulness(loaded.model, name, x, cams, method)
             for key in faith:

@@ -49,6 +49,11 @@ class CNNFamily(Family):
         return NetworkPredictor(loaded.card, self, loaded.model, device)
 
     def describe_input(self, card: dict) -> str:
+        cam = card.get("cam")   # absent from cards written before CAM layers followed the input size
+        return self.input_line(card) + (f"\n- Grad-CAM layer: `{', '.join(cam['layers'])}` "
+                                        f"({cam['cells']}x{cam['cells']} cells)" if cam else "")
+
+    def input_line(self, card: dict) -> str:
         return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
                 f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}")
 

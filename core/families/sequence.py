@@ -23,9 +23,9 @@ class SequenceFamily(CNNFamily):
         assert (split[rows] == split[:, None]).all(), "a stack mixes splits"
         return fit_network(name, data, cfg, run_dir, device, rows=rows, architecture=architecture)
 
-    def describe_input(self, card: dict) -> str:
+    def input_line(self, card: dict) -> str:
         stack = card.get("architecture", {})
-        return super().describe_input(card) + (f"; stacks of {stack['stack_size']} slices encoded by "
+        return super().input_line(card) + (f"; stacks of {stack['stack_size']} slices encoded by "
                                                f"{stack['backbone']}" if stack else "")
 
 

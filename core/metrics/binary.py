@@ -50,6 +50,13 @@ def _at_threshold(key: str, threshold: float):
     return lambda y, p: from_confusion(*_confusion(y, (p >= threshold).astype(int)))[key]
 
 
+def one_class_call(met: dict) -> str | None:
+    """"hemorrhage" / "normal" when every case got that call (accuracy is then the class share), else None."""
+    if met["tp"] + met["fp"] == met["n"]:
+        return "hemorrhage"
+    return "normal" if met["tn"] + met["fn"] == met["n"] else None
+
+
 def binary_metrics(y_true, prob, threshold: float = 0.5, bootstrap: int = 0, seed: int = 0) -> dict:
     """Every metric at one threshold, with Wilson, DeLong and (bootstrap > 0) bootstrap intervals."""
     y = check_labels(y_true)

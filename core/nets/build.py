@@ -13,6 +13,7 @@ from core.nets.sequence import KINDS, SequenceClassifier, build_sequence_model
 from core.registry import get_spec
 
 NETWORK_NAMES = (*CNNS, *KINDS)
+MIN_CAM_CELLS = 7   # the classic Grad-CAM map (a ResNet's layer4 at 224 px); at 2x2 cells every map is a blob
 
 
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
@@ -36,11 +37,40 @@ def init_from_scratch(model: nn.Module) -> None:
         build.scratch_init(model)
 
 
-def cam_layers(model: nn.Module) -> list[nn.Module]:
-    """Grad-CAM target layers of a network built by create_model (a sequence model: its encoder's)."""
+def _cnn_part(model: nn.Module) -> tuple[nn.Module, str]:
+    """The convolutional network whose layers Grad-CAM reads (a sequence model's encoder), and its registry name."""
     if isinstance(model, SequenceClassifier):
-        return CNNS[model.backbone_name].cam_layers(model.encoder)
-    return CNNS[model.registry_name].cam_layers(model)
+        return model.encoder, model.backbone_name
+    return model, model.registry_name
+
+
+@torch.no_grad()
+def choose_cam_layers(model: nn.Module, input_size: int, min_cells: int = MIN_CAM_CELLS) -> dict:
+    """The deepest candidate whose map has >= min_cells a side at input_size (else the widest map):
+    a coarser map cannot point at a bleed smaller than its cells. Sets it on the model; card-ready."""
+    cnn, name = _cnn_part(model)
+    candidates, sides = CNNS[name].cam_candidates(cnn), {}
+    hooks = [cnn.get_submodule(c).register_forward_hook(lambda m, a, out, c=c: sides.__setitem__(c, out.shape[-1]))
+             for c in candidates]
+    was_training = cnn.training
+    param = next(cnn.parameters())
+    try:
+        cnn.eval()(torch.zeros(1, 3, input_size, input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        cnn.train(was_training)
+    fine = [c for c in candidates if sides[c] >= min_cells]
+    chosen = fine[-1] if fine else max(candidates, key=lambda c: sides[c])
+    model.cam_layer_names = [chosen]
+    return {"layers": [chosen], "cells": int(sides[chosen]), "input_size": input_size}
+
+
+def cam_layers(model: nn.Module) -> list[nn.Module]:
+    """Grad-CAM target layers: those chosen for the trained size (card "cam"), else the registry's deepest."""
+    cnn, name = _cnn_part(model)
+    names = getattr(model, "cam_layer_names", None) or CNNS[name].cam_candidates(cnn)[-1:]
+    return [cnn.get_submodule(n) for n in names]
 
 
 @dataclass
@@ -63,4 +93,5 @@ def load_network(model_dir: str | Path, device: str | torch.device = "cpu") -> L
     except RuntimeError as err:
         raise store.CheckpointError(f"{model_dir}: weights do not fit model {card['model']} "
                                     f"({str(err).splitlines()[0]}).") from None
+    model.cam_layer_names = card.get("cam", {}).get("layers")
     return LoadedModel(model.to(device).eval(), card)

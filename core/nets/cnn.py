@@ -23,7 +23,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class CNNBuild:
     builder: Callable[[bool], nn.Module]                 # builder(pretrained) -> 1000-class ImageNet model
-    cam_layers: Callable[[nn.Module], list[nn.Module]]   # Grad-CAM targets of the built model
+    # Grad-CAM candidates of the built model in forward order, each a block's output; the last is the default.
+    cam_candidates: Callable[[nn.Module], list[str]]
     weights_url: str                                     # ImageNet checkpoint; its file name is looked up in weights_dir
     scratch_init: Callable[[nn.Module], None] | None = None   # re-initialises a model trained from random init
 
@@ -64,23 +65,31 @@ def _build_inception_v3(pretrained: bool) -> nn.Module:
     return model
 
 
-def _torchvision(arch: str, cam_layers, scratch_init=None) -> CNNBuild:
-    return CNNBuild(partial(_build_torchvision, arch), cam_layers, tvm.get_model_weights(arch).DEFAULT.url,
+def _torchvision(arch: str, cam_candidates, scratch_init=None) -> CNNBuild:
+    return CNNBuild(partial(_build_torchvision, arch), cam_candidates, tvm.get_model_weights(arch).DEFAULT.url,
                     scratch_init)
 
 
-_features = lambda m: [m.features[-1]]
+def _features(kinds: tuple[type, ...] = (nn.Module,)):
+    """CAM candidates among the children of `model.features` of the given kinds."""
+    return lambda model: [f"features.{n}" for n, m in model.features.named_children() if isinstance(m, kinds)]
+
+
+_activations = _features((nn.ReLU, nn.MaxPool2d))   # AlexNet / VGG: after each ReLU and pool
+_blocks = _features()                               # MobileNets: every block
+_resnet = lambda model: ["layer1", "layer2", "layer3", "layer4"]
 CNNS: dict[str, CNNBuild] = {
-    "alexnet": _torchvision("alexnet", _features),
-    "vgg16": _torchvision("vgg16", _features, he_fan_in_init),
-    "vgg16_bn": _torchvision("vgg16_bn", _features),
-    "resnet18": _torchvision("resnet18", lambda m: [m.layer4[-1]]),
-    "resnet50": _torchvision("resnet50", lambda m: [m.layer4[-1]]),
-    "mobilenet_v2": _torchvision("mobilenet_v2", _features, zero_init_residual_bn),
-    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _features, zero_init_residual_bn),
-    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [m.Mixed_7c],
+    "alexnet": _torchvision("alexnet", _activations),
+    "vgg16": _torchvision("vgg16", _activations, he_fan_in_init),
+    "vgg16_bn": _torchvision("vgg16_bn", _activations),
+    "resnet18": _torchvision("resnet18", _resnet),
+    "resnet50": _torchvision("resnet50", _resnet),
+    "mobilenet_v2": _torchvision("mobilenet_v2", _blocks, zero_init_residual_bn),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _blocks, zero_init_residual_bn),
+    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [n for n, _ in m.named_children() if n.startswith("Mixed")],
                              tvm.get_model_weights("inception_v3").DEFAULT.url),
-    "xception": CNNBuild(partial(timm.create_model, "legacy_xception"), lambda m: [m.act4],
+    "xception": CNNBuild(partial(timm.create_model, "legacy_xception"),
+                         lambda m: [*(f"block{i}" for i in range(1, 13)), "act3", "act4"],
                          timm.get_pretrained_cfg("legacy_xception").url),
 }
 

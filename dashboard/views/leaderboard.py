@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core.families import family_of_card
+from core.metrics import binary as M
 from core.metrics.published import PUBLISHED, ci_text, published_rows
 from core.report import METRIC_LABELS as METRICS, PRESETS
 from dashboard import figures
@@ -18,8 +19,9 @@ def leaderboard(run: Run) -> tuple[pd.DataFrame, dict[str, dict]]:
     for model in run.models:
         card = run.cards[model]
         met = mets[model] = test_metrics(*run.key, model, threshold(card), BOOTSTRAP)
+        call = M.one_class_call(met)
         row = {"Model": run.display(model), "Family": family_of_card(card).key, "Source": "this run",
-               "Threshold": met["threshold"]}
+               "Threshold": met["threshold"], "Calls": f"⚠ every case {call}" if call else "both classes"}
         for key, label in METRICS.items():
             row[label], row[f"{label} 95% CI"] = met[key], ci_text(met.get(f"{key}_ci"))
         row.update({"Latency p50 (ms)": card["latency"]["batch1_ms_p50"], "Params (M)": card["params"] / 1e6,
@@ -52,6 +54,12 @@ st.caption(f"Run **{run.path.name}**, test split, operating point **{PRESETS[pre
            "Click a column header to sort.")
 
 board, mets = leaderboard(run)
+one_class = {run.display(m): call for m, met in mets.items() if (call := M.one_class_call(met))}
+if one_class:
+    st.warning("At this operating point " + "; ".join(f"**{m}** calls every test case {c}" for m, c in one_class.items())
+               + ". Its accuracy is then just the share of that class, not skill, and its sensitivity or specificity "
+               "is 0: its threshold is off, which says nothing yet about how it ranks cases (AUC). Try another "
+               "operating point in the sidebar.")
 show_published = st.toggle("Add the source studies' published figures as reference rows", value=False)
 table = pd.concat([board, published_board()], ignore_index=True) if show_published else board
 number = st.column_config.NumberColumn

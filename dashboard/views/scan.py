@@ -13,8 +13,9 @@ from core.io.imaging import WINDOWS, ScanError
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
 from dashboard.frame import Run, preset, require_run, threshold
+from core.metrics.binary import one_class_call
 from dashboard.loaders import (case_image, cam_for, consensus, explain_api, model_for, outline, read_scan,
-                               test_probs, truth as truth_of)
+                               test_metrics, test_probs, truth as truth_of)
 
 
 def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
@@ -30,7 +31,8 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
     for model, prob in probs.items():
         thr, p = threshold(run.cards[model]), float(prob[centre])
         rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
-                     "probability": p, "threshold": thr, "hemorrhage": p >= thr})
+                     "probability": p, "threshold": thr, "hemorrhage": p >= thr,
+                     "one_class": one_class_call(test_metrics(*run.key, model, thr))})
     return pd.DataFrame(rows), time.perf_counter() - start
 
 
@@ -116,8 +118,12 @@ right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000
 for start in range(0, len(calls), 3):
     for col, (_, r) in zip(right.columns(3), calls.iloc[start:start + 3].iterrows()):
         col.metric(r["Model"], f"{r['probability']:.1%}",
-                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.2f})",
-                   delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off")
+                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.2f})"
+                   + (f" ⚠ says {r['one_class']} for every test case" if r["one_class"] else ""),
+                   delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off",
+                   help="At this threshold the model gives every test case the same call: its decision here "
+                        "says nothing; read its probability, or pick another operating point." if r["one_class"]
+                   else None)
 
 
 @st.fragment
