@@ -39,11 +39,10 @@ def run_difficulty(run: Path, default=(0.2, 0.8)) -> tuple[float, float]:
     """The difficulty range of the phantoms a run was trained on (their labels.csv), else `default`."""
     facts = ckpt.read_json(run / "run.json") if (run / "run.json").is_file() else {}
     labels = Path(facts.get("data_root", "")) / "labels.csv"
-    columns = pd.read_csv(labels, nrows=0).columns if facts and labels.is_file() else []
-    if "difficulty" not in columns:   # not a phantom set
+    table = pd.read_csv(labels) if facts and labels.is_file() else pd.DataFrame()
+    if "difficulty" not in table:   # not a phantom set
         return default
-    difficulty = pd.read_csv(labels, usecols=["difficulty"])["difficulty"]
-    return float(difficulty.min()), float(difficulty.max())
+    return float(table["difficulty"].min()), float(table["difficulty"].max())
 
 
 def main(argv=None) -> int:
