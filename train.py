@@ -14,6 +14,7 @@ from pathlib import Path
 from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
+from core.nets.numerics import NAMES as NUMERICS
 from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, phantom_root
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
@@ -29,7 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="training size in px (default: preset; native on CUDA)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto: a CUDA GPU, else Apple's MPS, else the CPU")
+    p.add_argument("--numerics", default="auto", choices=["auto", *NUMERICS],
+                   help="fp32, fp32 + channels_last, bf16 autocast (+ channels_last); auto (default): the fastest "
+                        "for each model on this machine, timed on a few real steps and cached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="checkpoints/demo")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
@@ -80,7 +85,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
     return TrainConfig(
         models=names, out=args.out, epochs=args.epochs or preset.epochs,
         image_size=args.image_size or preset.image_size, batch_size=args.batch_size or preset.batch_size,
-        lr=args.lr, device=args.device, seed=args.seed, pretrained=args.pretrained,
+        lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         augment=args.augment if args.augment is not None else (preset.augment if demo else True),

@@ -2,8 +2,9 @@
 
     python benchmarks/train_throughput.py [--models all] [--size 64] [--n 256] [--epochs 2] [--device auto]
 
-On CUDA it also trains each model in fp32 without channels_last and prints the bf16+channels_last
-speed-up measured in the same process. The first epoch is a warm-up and is not counted.
+Each model trains in the numerics given by --numerics (default bf16_cl on CUDA, fp32 elsewhere); on
+CUDA it also trains in fp32 and prints the speed-up measured in the same process (benchmarks/numerics.py
+compares every numerics per step). The first epoch is a warm-up and is not counted.
 """
 import argparse
 import sys
@@ -22,19 +23,18 @@ from core.phantom.generate import write_dataset  # noqa: E402
 from core.data.splits import prepare  # noqa: E402
 from core.engine.config import resolve_device  # noqa: E402
 from core.engine.loop import train_one_epoch  # noqa: E402
+from core.nets.numerics import NAMES, Numerics  # noqa: E402
 
 
-def measure(name, data, size, device, epochs, batch_size, amp):
-    model = create_model(name).to(device)
-    if amp:
-        model = model.to(memory_format=torch.channels_last)
+def measure(name, data, size, device, epochs, batch_size, numerics):
+    model = numerics.model(create_model(name).to(device))
     on = device if device.type == "cuda" else torch.device("cpu")
     ds = SliceDataset(data.images, data.manifest["label"].to_numpy(), on)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=SliceDataset.collate)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)   # as core.training
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    runs = [train_one_epoch(model, loader, opt, sched, loss_fn, device, e, 0, amp=amp) for e in range(epochs)]
+    runs = [train_one_epoch(model, loader, opt, sched, loss_fn, device, e, 0, numerics=numerics) for e in range(epochs)]
     timed = runs[1:] or runs
     seconds = sum(r["seconds"] for r in timed)
     images = sum(r["img_per_s"] * r["seconds"] for r in timed)
@@ -49,21 +49,23 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--numerics", choices=NAMES)
     args = p.parse_args()
     device = resolve_device(args.device)
+    numerics = Numerics(args.numerics or ("bf16_cl" if device.type == "cuda" else "fp32"))
     names = CNN_NAMES if args.models == "all" else args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), n=args.n, size=max(args.size, 128), seed=0, stack_size=1)
         data = prepare(tmp, args.size)
     print(f"device {device}, {torch.get_num_threads()} threads, {len(data.manifest)} images at {args.size} px, "
-          f"batch {args.batch_size}")
+          f"batch {args.batch_size}, {numerics.name}")
     header = f"{'model':<20}{'img/s':>9}{'data wait':>11}"
-    print(header + (f"{'fp32 img/s':>12}{'bf16+CL x':>11}" if device.type == "cuda" else ""))
+    print(header + (f"{'fp32 img/s':>12}{'vs fp32 x':>11}" if device.type == "cuda" else ""))
     for name in names:
-        fast, wait = measure(name, data, args.size, device, args.epochs, args.batch_size, amp=device.type == "cuda")
+        fast, wait = measure(name, data, args.size, device, args.epochs, args.batch_size, numerics)
         line = f"{name:<20}{fast:>9.1f}{wait:>10.1%}"
         if device.type == "cuda":
-            slow, _ = measure(name, data, args.size, device, args.epochs, args.batch_size, amp=False)
+            slow, _ = measure(name, data, args.size, device, args.epochs, args.batch_size, Numerics("fp32"))
             line += f"{slow:>12.1f}{fast / slow:>11.2f}"
         print(line, flush=True)
 

@@ -1,9 +1,9 @@
 """Latency and throughput of every model of a run on this machine.
 
-    python -m core.benchmark --run checkpoints/RUN [--variants eager,channels_last,compile] [--size native]
+    python -m core.benchmark --run checkpoints/RUN [--variants fp32,fp32_cl,bf16,bf16_cl,compile] [--size native]
 
-Eager is the baseline; channels_last and torch.compile are measured in the same process right
-after it and reported as ratios, because absolute figures on a shared machine drift. Each model is
+fp32 eager is the baseline, always measured first; the other numerics and torch.compile are measured
+in the same process right after it and reported as ratios, because absolute figures on a shared machine drift. Each model is
 measured in its own child process so that peak memory (max RSS, or CUDA max allocated) is its own.
 The figures are written back into each card under "benchmark".
 """
@@ -21,9 +21,10 @@ from core.io import store as ckpt
 from core.families import family_of_card
 from core.nets.build import load_network
 from core.nets.measure import count_gmacs, measure_latency
+from core.nets.numerics import NAMES, Numerics
 from core.registry import get_spec
 
-VARIANTS = ("eager", "channels_last", "compile")
+VARIANTS = (*NAMES, "compile")   # numerics (core.nets.numerics), and torch.compile of the fp32 model
 
 
 def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, queue) -> None:
@@ -40,7 +41,7 @@ def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, q
         model = loaded.model
         if variant == "compile":
             model = torch.compile(model)
-        out[variant] = measure_latency(model, size, device, channels_last=variant == "channels_last",
+        out[variant] = measure_latency(model, size, device, numerics=Numerics("fp32" if variant == "compile" else variant),
                                        warmup=5 if variant == "compile" else 3)
     out["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
                              else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
@@ -54,11 +55,11 @@ def benchmark_model(model_dir: Path, device: str, variants: list[str], size_mode
     proc.start()
     result = queue.get()
     proc.join()
-    base = result.get("eager")
+    base = result.get("fp32")
     for variant in variants:
-        if base and variant != "eager":
-            result[variant]["speedup_vs_eager_b1"] = base["batch1_ms_p50"] / result[variant]["batch1_ms_p50"]
-            result[variant]["speedup_vs_eager_b32"] = result[variant]["throughput_img_s"] / base["throughput_img_s"]
+        if base and variant != "fp32":
+            result[variant]["speedup_vs_fp32_b1"] = base["batch1_ms_p50"] / result[variant]["batch1_ms_p50"]
+            result[variant]["speedup_vs_fp32_b32"] = result[variant]["throughput_img_s"] / base["throughput_img_s"]
     return result
 
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
     p.add_argument("--models", help="comma-separated subset")
-    p.add_argument("--variants", default="eager,channels_last,compile")
+    p.add_argument("--variants", default="fp32,fp32_cl,bf16,bf16_cl,compile")
     p.add_argument("--size", choices=["trained", "native"], default="native",
                    help="input size: each model's native size (default) or the size it was trained at")
     args = p.parse_args(argv)
@@ -74,23 +75,23 @@ def main(argv=None) -> int:
     # Classical pipelines and ensembles have no network to compile; their latency is in their cards.
     names = args.models.split(",") if args.models else [
         m for m in ckpt.list_models(run) if family_of_card(ckpt.load_card(run / m)).is_network]
-    variants = [v for v in args.variants.split(",") if v]
+    variants = ["fp32", *(v for v in args.variants.split(",") if v and v != "fp32")]
     if not names or any(v not in VARIANTS for v in variants):
         print(f"hemolens: nothing to benchmark in {run} (or unknown variant; choose from {VARIANTS})", file=sys.stderr)
         return 2
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"{'model':<20}{'dev':>5}{'px':>5}{'p50 ms':>9}{'p95 ms':>9}{'img/s@32':>10}"
-          + "".join(f"{v + ' x':>16}" for v in variants if v != "eager") + f"{'GMACs':>8}{'MB peak':>9}")
+          + "".join(f"{v + ' x':>12}" for v in variants if v != "fp32") + f"{'GMACs':>8}{'MB peak':>9}")
     for name in names:
         card = ckpt.load_card(run / name)
         results = {}
         for device in devices:
             r = benchmark_model(run / name, device, variants, args.size)
             results[device] = r
-            e = r["eager"]
+            e = r["fp32"]
             print(f"{name:<20}{device:>5}{r['input_size']:>5}{e['batch1_ms_p50']:>9.1f}{e['batch1_ms_p95']:>9.1f}"
                   f"{e['throughput_img_s']:>10.1f}"
-                  + "".join(f"{r[v]['speedup_vs_eager_b1']:>16.2f}" for v in variants if v != "eager")
+                  + "".join(f"{r[v]['speedup_vs_fp32_b1']:>12.2f}" for v in variants if v != "fp32")
                   + f"{r['gmacs']:>8.2f}{r['peak_memory_mb']:>9.0f}", flush=True)
         card["benchmark"] = results
         ckpt.write_json(run / name / ckpt.CARD, card)

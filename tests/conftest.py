@@ -1,8 +1,11 @@
 import os
+import tempfile
 from pathlib import Path
 
 # timm retries the hub for ~46 s when there is no network; tests never download weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Numerics timings are cached per machine (core.nets.numerics); the suite keeps its own cache.
+os.environ.setdefault("HEMOLENS_CACHE", tempfile.mkdtemp(prefix="hemolens-cache-"))
 
 import pytest
 

@@ -15,6 +15,7 @@ import torch
 import train
 from core.io import store as ckpt
 from core.nets.build import load_network
+from core.nets.numerics import usable
 from core.nets.predict import predict_probs
 
 from conftest import TINY_RUN_MODELS
@@ -72,7 +73,10 @@ def test_loaded_model_reproduces_saved_predictions(run_dir):
     from core.data.decode import decode_images
     test = preds[preds["split"] == "test"]
     images = decode_images(test["path"].tolist(), size=loaded.card["input_size"]).images
-    probs = predict_probs(loaded.model, images, loaded.card["mean"], loaded.card["std"])
+    # In the numerics it was trained and scored in (bf16 where the timing chose it: equal to float noise).
+    numerics = usable(loaded.card["training"]["numerics"]["choice"], torch.device("cpu"))
+    probs = predict_probs(numerics.model(loaded.model), images, loaded.card["mean"], loaded.card["std"],
+                          numerics=numerics)
     np.testing.assert_allclose(probs, test["prob"].to_numpy(), atol=1e-5)
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
     run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.engine.budget)
     device: str = "auto"
+    numerics: str = "auto"              # fp32, fp32_cl, bf16, bf16_cl, or auto: the fastest, timed (core.nets.numerics)
     seed: int = 0
     pretrained: bool = False
     weights_dir: str | None = None
@@ -36,10 +37,12 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto": a CUDA GPU, else Apple's MPS, else the CPU; an asked-for device that is absent exits."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("hemolens: --device cuda was asked for but no CUDA GPU is visible.")
+        return torch.device(next(kind for kind, present in available.items() if present))
+    if not available.get(name, False):
+        raise SystemExit(f"hemolens: --device {name} was asked for but this machine has none.")
     return torch.device(name)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from core.data.decode import SliceDataset
+from core.data.decode import SliceDataset, to_model_input
 from core.data.splits import Prepared
 from core.engine.budget import planned_epochs
 from core.engine.cards import dataset_facts, history_frame, model_card, predictions_frame, split_parts
@@ -20,6 +20,7 @@ from core.io import store
 from core.nets.build import choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
+from core.nets.numerics import NAMES as NUMERICS, Numerics, choose_numerics
 from core.nets.predict import predict_probs
 from core.registry import get_spec
 
@@ -42,6 +43,8 @@ class Session:
     steps_per_epoch: int
     plan: list[int]                     # [epochs to run], re-planned after the first epoch
     pretrained_loaded: bool
+    numerics: Numerics
+    numerics_record: dict               # the card's training.numerics: choice and timings
 
 
 @dataclass
@@ -71,13 +74,15 @@ def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture:
     if not model.pretrained_loaded:
         init_from_scratch(model)
     short_run_batch_norm(model)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    return model
 
 
 def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: torch.device,
                   architecture: dict) -> Session:
     """Model, optimizer, loader and schedule of one network's training."""
     model = build_model(name, cfg, device, architecture)
+    numerics, numerics_record = pick_numerics(name, model, train_ds, cfg, device, architecture)
+    model = numerics.model(model)
     # From scratch: the rate suiting the convolutional trunk (a sequence model's backbone).
     lr = cfg.lr or (3e-4 if model.pretrained_loaded else get_spec(architecture.get("backbone", name)).scratch_lr)
     # fused: one kernel over all parameters, not a Python loop per tensor (docs/NOTES.md, "Fused AdamW").
@@ -100,7 +105,20 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(labels) - n_pos) / n_pos, device=device))
     trainee = DistributedDataParallel(model) if world > 1 else model
     return Session(name, cfg, device, model, trainee, optimizer, scheduler, loader, loss_fn, steps, plan,
-                   model.pretrained_loaded)
+                   model.pretrained_loaded, numerics, numerics_record)
+
+
+def pick_numerics(name: str, model: torch.nn.Module, train_ds: SliceDataset, cfg: TrainConfig,
+                  device: torch.device, architecture: dict) -> tuple[Numerics, dict]:
+    """cfg.numerics, or with "auto" the fastest on this machine timed on a real training batch; every DDP
+    rank takes rank 0's choice."""
+    if cfg.numerics != "auto":
+        return Numerics(cfg.numerics), {"choice": cfg.numerics, "asked": True}
+    images, labels = train_ds.__getitems__(list(range(min(cfg.batch_size, len(train_ds)))))
+    x = to_model_input(images.to(device), IMAGENET_MEAN, IMAGENET_STD)
+    numerics, record = choose_numerics(model, x, labels.to(device), device, key=f"{name} {sorted(architecture.items())}")
+    chosen = NUMERICS[int(agree(NUMERICS.index(numerics.name), device))]
+    return Numerics(chosen), {**record, "choice": chosen}
 
 
 def resume(session: Session, model_dir: Path) -> Progress:
@@ -145,9 +163,9 @@ def train_epoch(session: Session, data: Prepared, val_labels: np.ndarray, val_ro
         session.loader.sampler.set_epoch(epoch)
     stats = train_one_epoch(session.trainee, session.loader, session.optimizer, session.scheduler,
                             session.loss_fn, session.device, epoch, cfg.seed,
-                            desc=f"{session.name} {epoch}/{session.plan[0]}", augment=cfg.augment,
-                            steps=session.steps_per_epoch)
-    val = evaluate(session.model, data.images, val_labels, session.device, rows=val_rows)
+                            desc=f"{session.name} {epoch}/{session.plan[0]}", numerics=session.numerics,
+                            augment=cfg.augment, steps=session.steps_per_epoch)
+    val = evaluate(session.model, data.images, val_labels, session.device, rows=val_rows, numerics=session.numerics)
     return {"epoch": epoch, **stats, "val_loss": val["val_loss"], "val_acc": val["val_acc"],
             "val_auc": agree(val["val_auc"], session.device), "lr": session.scheduler.get_last_lr()[0],
             "wall_s": time.perf_counter() - start}   # training and validation: what a budget pays
@@ -200,8 +218,8 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     name, cfg, model, device = session.name, session.cfg, session.model, session.device
     man, part = data.manifest, split_parts(data.manifest)
     labels = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
-    probs = {s: predict_probs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]])
-             for s in ("val", "test")}
+    probs = {s: predict_probs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]],
+                              numerics=session.numerics) for s in ("val", "test")}
     native = get_spec(name).input_size
     training = {"epochs": len(progress.history),
                 "epochs_planned": planned_epochs(cfg.epochs, cfg.time_budget_s, progress.history[0]["wall_s"]),
@@ -209,7 +227,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
                 "run_budget_s": cfg.run_budget_s, "seconds": train_seconds, "augment": cfg.augment,
                 "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
                 "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
-                "device": str(device), "pretrained": session.pretrained_loaded, "seed": cfg.seed,
+                "device": str(device), "numerics": session.numerics_record, "pretrained": session.pretrained_loaded, "seed": cfg.seed,
                 "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
                 "args": cfg.args or asdict(cfg)}
     card = model_card(
@@ -218,7 +236,8 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
         window="brain", channels="grey replicated to 3", resize_policy=data.resize_policy,
         **({"architecture": architecture} if architecture else {}),
         params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
-        latency=measure_latency(model, data.image_size, device), cam=choose_cam_layers(model, data.image_size))
+        latency=measure_latency(model, data.image_size, device, numerics=session.numerics),
+        cam=choose_cam_layers(model, data.image_size))
     model.to("cpu")
     card = store.save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
                             predictions_frame(man, part, probs))

@@ -1,4 +1,4 @@
-"""torchvision-style train_one_epoch and evaluate over index rows (core.data.stacks); CUDA: bf16, channels_last."""
+"""torchvision-style train_one_epoch and evaluate over index rows (core.data.stacks), in a model's numerics."""
 from __future__ import annotations
 
 import itertools
@@ -14,6 +14,7 @@ from core.data.decode import to_model_input
 from core.engine.config import is_main
 from core.metrics.binary import auc_or_nan
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.nets.numerics import Numerics
 from core.nets.predict import predict_probs
 
 
@@ -33,13 +34,13 @@ def short_run_batch_norm(model: torch.nn.Module) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
-                    desc: str = "", amp: bool | None = None, augment: bool = True, steps: int | None = None) -> dict:
-    """One pass over the loader (or its first `steps` batches); `amp` (bf16 + channels_last) defaults on for CUDA."""
+                    desc: str = "", numerics: Numerics = Numerics(), augment: bool = True,
+                    steps: int | None = None) -> dict:
+    """One pass over the loader (or its first `steps` batches), in `numerics` (the model already in its format)."""
     model.train()
     # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
     gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
     torch.manual_seed(seed * 10_007 + epoch)
-    amp = device.type == "cuda" if amp is None else amp
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
     steps = len(loader) if steps is None else min(steps, len(loader))
@@ -51,10 +52,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     for images, labels in bar:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
-        if amp and x.ndim == 4:   # stacks (5-D) stay contiguous: convolutions follow the channels_last weights
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = numerics.input(x)
         got_data = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with numerics.autocast(device):
             logits = model(x).float().flatten()
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -74,9 +74,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
             "img_per_s": seen / seconds, "data_wait_s": data_wait, "compute_s": compute}
 
 
-def evaluate(model, images, labels, device, rows=None) -> dict:
+def evaluate(model, images, labels, device, rows=None, numerics: Numerics = Numerics()) -> dict:
     """Validation loss, accuracy and AUC; `rows` as in core.nets.predict.predict_probs (default: every slice)."""
-    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows)
+    probs = predict_probs(model, images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows, numerics=numerics)
     labels = np.asarray(labels, dtype=np.float32)
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))

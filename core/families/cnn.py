@@ -13,6 +13,7 @@ from core.engine.config import TrainConfig
 from core.engine.fit import fit_network
 from core.families.base import Cases, Family, Predictor
 from core.nets.build import load_network
+from core.nets.numerics import usable
 from core.nets.predict import predict_probs
 
 
@@ -21,7 +22,9 @@ class NetworkPredictor(Predictor):
 
     def __init__(self, card: dict, family: Family, model: torch.nn.Module, device: str | torch.device):
         super().__init__(card, family)
-        self.model, self.device = model, device
+        # The numerics it was trained and scored in, so the app reproduces predictions.csv.
+        self.numerics = usable(card.get("training", {}).get("numerics", {}).get("choice"), torch.device(device))
+        self.model, self.device = self.numerics.model(model), device
 
     @property
     def stack_size(self) -> int | None:
@@ -33,7 +36,8 @@ class NetworkPredictor(Predictor):
         if self.stack_size:   # neighbours in the series where the manifest knows them, else the slice repeated
             manifest = cases.manifest if cases.manifest is not None else pd.DataFrame(index=range(len(images)))
             rows = stack_indices(manifest.reset_index(drop=True), self.stack_size)
-        return predict_probs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows)
+        return predict_probs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows,
+                             numerics=self.numerics)
 
 
 class CNNFamily(Family):

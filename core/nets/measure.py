@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.nets.numerics import Numerics
+
 
 def input_shape(model: torch.nn.Module, input_size: int) -> tuple[int, ...]:
     """One prediction's input: a (3, S, S) slice, or a (K, 3, S, S) stack for a sequence model."""
@@ -39,19 +41,16 @@ def _sync(device: torch.device) -> None:
 
 def measure_latency(model: torch.nn.Module, input_size: int, device: str | torch.device = "cpu",
                     warmup: int = 3, repeats: int = 20, batch: int = 32, batch_repeats: int = 3,
-                    channels_last: bool = False) -> dict:
+                    numerics: Numerics = Numerics()) -> dict:
     """Batch-1 p50/p95 in ms after warm-up, and predictions/s at `batch` (a stack counts as one)."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    model = numerics.model(model.to(device).eval())
     shape = input_shape(model, input_size)
     stack_size = shape[0] if len(shape) == 4 else None
-    fmt = torch.channels_last if channels_last and stack_size is None else torch.contiguous_format
-    one = torch.randn(1, *shape, device=device).to(memory_format=fmt)
-    many = torch.randn(batch, *shape, device=device).to(memory_format=fmt)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    one = numerics.input(torch.randn(1, *shape, device=device))
+    many = numerics.input(torch.randn(batch, *shape, device=device))
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), numerics.autocast(device):
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
@@ -68,4 +67,5 @@ def measure_latency(model: torch.nn.Module, input_size: int, device: str | torch
         throughput = batch * batch_repeats / (time.perf_counter() - start)
     return {"device": str(device), "input_size": input_size, "threads": torch.get_num_threads(),
             "batch1_ms_p50": float(np.percentile(times, 50)), "batch1_ms_p95": float(np.percentile(times, 95)),
-            "throughput_img_s": float(throughput), "batch": batch, "stack_size": stack_size}
+            "throughput_img_s": float(throughput), "batch": batch, "stack_size": stack_size,
+            "numerics": numerics.name}

@@ -5,13 +5,15 @@ import numpy as np
 import torch
 
 from core.data.decode import to_model_input
+from core.nets.numerics import Numerics
 
 
 @torch.inference_mode()
 def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
                   device: str | torch.device = "cpu", batch_size: int = 64,
-                  rows: np.ndarray | None = None) -> np.ndarray:
-    """P(hemorrhage) per (S, S) uint8 slice; `rows`: (n,) slices or (n, K) stacks, default every slice."""
+                  rows: np.ndarray | None = None, numerics: Numerics = Numerics()) -> np.ndarray:
+    """P(hemorrhage) per (S, S) uint8 slice; `rows`: (n,) slices or (n, K) stacks, default every slice.
+    `numerics`: the model's (core.nets.numerics), the model already in its memory format."""
     device = torch.device(device)
     model.eval()
     images = torch.as_tensor(images)
@@ -19,7 +21,7 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mea
     out = []
     for start in range(0, len(rows), batch_size):
         batch = images[rows[start:start + batch_size]].to(device).unsqueeze(-3)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(to_model_input(batch, mean, std))
+        with numerics.autocast(device):
+            logits = model(numerics.input(to_model_input(batch, mean, std)))
         out.append(torch.sigmoid(logits.float()).flatten().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
