@@ -32,8 +32,7 @@ def trainer_lock(run_dir: str | Path):
             f.seek(0)
             raise RunBusy(f"another training process (pid {f.read().strip() or '?'}) is writing {run_dir}")
         f.truncate(0)
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        print(os.getpid(), file=f, flush=True)
         yield
 
 
@@ -42,10 +41,8 @@ def trainer_alive(run_dir: str | Path) -> bool:
     try:
         with open(Path(run_dir) / LOCK) as f:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)   # released as f closes
-    except BlockingIOError:
-        return True
-    except FileNotFoundError:
-        return False
+    except OSError as err:   # BlockingIOError: held; FileNotFoundError: never trained here
+        return isinstance(err, BlockingIOError)
     return False
 
 
@@ -56,6 +53,19 @@ def live_progress(run_dir: str | Path) -> dict | None:
     with contextlib.suppress(CheckpointError):
         return read_json(Path(run_dir) / PROGRESS)
     return {}
+
+
+def summary(state: dict) -> str:
+    """Where a live run stands, in one line (the launcher's and the dashboard's)."""
+    if not state:
+        return "preparing the data"
+    line = state["current"] or "between models"
+    if state["epochs_planned"]:
+        line += f", epoch {state['epoch']}/{state['epochs_planned']}"
+    elapsed = time.time() - state["started_at"]
+    line += f"; {len(state['done'])} of {len(state['models'])} models done; {elapsed:.0f} s elapsed"
+    budget = state["run_budget_s"]
+    return line + (f", ~{max(0.0, budget - elapsed):.0f} s left of the run budget" if budget else "")
 
 
 class RunProgress:
@@ -88,4 +98,4 @@ class RunProgress:
         return self
 
     def __exit__(self, error_type, *_) -> None:
-        self.write(status="failed" if error_type else "finished", current=None)
+        self.write(status="failed" if error_type else "finished")   # a failed run keeps the model it failed on
