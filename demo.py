@@ -22,6 +22,7 @@ from core.io.progress import PROGRESS, summary, trainer_alive
 REPO = Path(__file__).resolve().parent
 RUN = Path("checkpoints/demo")
 LOG = RUN / "train.log"
+TRAIN = [sys.executable, "train.py", "--resume"]
 STREAMLIT = [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.address", "127.0.0.1"]
 REPORT_EVERY_S = 10
 
@@ -29,7 +30,7 @@ REPORT_EVERY_S = 10
 def start_trainer() -> subprocess.Popen:
     RUN.mkdir(parents=True, exist_ok=True)
     with open(LOG, "ab") as log:
-        return subprocess.Popen([sys.executable, "train.py", "--resume"], stdin=subprocess.DEVNULL, stdout=log,
+        return subprocess.Popen(TRAIN, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
