@@ -11,10 +11,10 @@ $(STAMP): requirements.txt
 	$(PYBIN) -m pip install -q -r requirements.txt
 	touch $(STAMP)
 
-# The main job: train the demo run on synthetic phantoms if none is complete yet, then start the app.
+# The main job: start the app, training the demo run on synthetic phantoms in the background first if it is
+# not complete yet (checkpoints/demo/ensemble_stack/card.json); the app opens after the first model (demo.py).
 demo: $(STAMP)
-	test -f checkpoints/demo/ensemble_stack/card.json || $(PYBIN) train.py --resume
-	$(PYBIN) -m streamlit run dashboard/app.py --server.address 127.0.0.1
+	$(PYBIN) demo.py
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PYBIN) -m pytest -q tests

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
+from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
 from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, phantom_root
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
@@ -115,10 +118,13 @@ def main(argv=None) -> int:
     except SystemExit as stop:
         return stop.code
     cfg = resolve_config(args, preset, names)
-    root = data_root(args, preset, names)
+    # One trainer per run folder, from before the phantoms are generated; torchrun's other ranks follow rank 0.
+    lock = trainer_lock(cfg.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed), started=start)
-    except DatasetError as err:
+        with lock:
+            root = data_root(args, preset, names)
+            cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed), started=start)
+    except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
     if cards and all(cards.values()):

@@ -16,6 +16,7 @@ from core.engine.config import TrainConfig, agree, is_main, resolve_device, setu
 from core.families import family_of
 from core.families.base import FitError
 from core.io import store
+from core.io.progress import RunProgress
 from core.registry import get_spec
 
 
@@ -73,44 +74,54 @@ def _budgeted(name: str, own: dict[str, TrainConfig], networks: list[str], budge
     return replace(cfg, time_budget_s=share)
 
 
-def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, device) -> dict[str, dict]:
+def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, device,
+                          progress: RunProgress) -> dict[str, dict]:
     """Models fitted on the run's saved predictions (ensembles); one that cannot be fitted is skipped."""
     cards = {}
     for name in names:
+        progress.start(name)
         try:
             cards[name] = family_of(name).fit(name, None, cfg, run_dir, device)
         except FitError as err:   # e.g. a validation split too small to cross-validate a stack
             print(f"hemolens: {name} skipped: {err}", file=sys.stderr, flush=True)
+        progress.finished(name, cards.get(name))
     return cards
 
 
 def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared],
               started: float | None = None) -> dict[str, dict]:
-    """Train every model of cfg; returns {model: card}. `prepare_fn(size)` gives the Prepared split."""
+    """Train every model of cfg; returns {model: card}. `prepare_fn(size)` gives the Prepared split.
+    Rank 0 keeps RUN/progress.json current for the dashboard (core.io.progress)."""
     device = setup_distributed(resolve_device(cfg.device))
     run_dir, datasets, cards = Path(cfg.out), _Datasets(cfg, data_root, prepare_fn), {}
     own = {m: replace(cfg, **cfg.per_model.get(m, {})) for m in cfg.models}   # e.g. the CPU demo's VGG input
     done = lambda m: cfg.resume and (run_dir / m / store.CARD).is_file()
     on_images = [m for m in cfg.models if family_of(m).needs_images]
     networks = [m for m in on_images if family_of(m).is_network and not done(m)]
-    budget = RunBudget(cfg.run_budget_s, time.perf_counter() if started is None else started) \
-        if cfg.run_budget_s else None
-    for name in on_images:
-        tick, data = time.perf_counter(), datasets.at(_input_size(name, own[name]))
-        if done(name):
-            if is_main():
-                print(f"{name}: already complete in {run_dir}, skipped", flush=True)
-            cards[name] = store.load_card(run_dir / name)
-            continue
-        model_cfg = _budgeted(name, own, networks, budget, device, cfg.run_budget_s) \
-            if budget and name in networks else own[name]
-        cards[name] = family_of(name).fit(name, data, model_cfg, run_dir, device)
-        if budget and name in networks and cards[name]:
-            budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
-        if dist.is_initialized():
-            dist.barrier()
-    if is_main():
-        cards.update(_fit_from_predictions([m for m in cfg.models if m not in on_images], cfg, run_dir, device))
+    on_predictions = [m for m in cfg.models if m not in on_images]
+    started = time.perf_counter() if started is None else started
+    budget = RunBudget(cfg.run_budget_s, started) if cfg.run_budget_s else None
+    with RunProgress(run_dir if is_main() else None, on_images + on_predictions, [m for m in cfg.models if done(m)],
+                     cfg.run_budget_s, started_at=time.time() - (time.perf_counter() - started)) as progress:
+        for name in on_images:
+            tick, data = time.perf_counter(), datasets.at(_input_size(name, own[name]))
+            if done(name):
+                if is_main():
+                    print(f"{name}: already complete in {run_dir}, skipped", flush=True)
+                cards[name] = store.load_card(run_dir / name)
+                continue
+            progress.start(name, own[name].epochs if name in networks else None)
+            model_cfg = _budgeted(name, own, networks, budget, device, cfg.run_budget_s) \
+                if budget and name in networks else own[name]
+            cards[name] = family_of(name).fit(name, data, replace(model_cfg, on_epoch=progress.epoch), run_dir,
+                                              device)
+            progress.finished(name, cards[name])
+            if budget and name in networks and cards[name]:
+                budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
+            if dist.is_initialized():
+                dist.barrier()
+        if is_main():
+            cards.update(_fit_from_predictions(on_predictions, cfg, run_dir, device, progress))
     if dist.is_initialized():
         dist.destroy_process_group()
     return cards

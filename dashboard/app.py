@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 
 import streamlit as st  # noqa: E402
 
-from dashboard.frame import sidebar  # noqa: E402
+from dashboard.frame import sidebar, watch_training  # noqa: E402
 
 st.set_page_config(page_title="HemoLens", page_icon=":material/neurology:", layout="wide")
 PAGES = [
@@ -28,4 +28,5 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 st.session_state["current_run"] = sidebar()  # shared by every page, drawn under the page list
+watch_training(st.session_state["current_run"])
 page.run()

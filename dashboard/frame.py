@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.io import store as ckpt
+from core.io.progress import LOCK, live_progress, summary, trainer_alive
 from core.registry import REGISTRY
 from core.report import PRESETS
 from dashboard.loaders import cards
@@ -80,7 +81,37 @@ def sidebar() -> Run | None:
     return run
 
 
+def training_folder(run: Run | None) -> Path | None:
+    """The folder a live trainer writes: the selected run, or with none selected, any under the root."""
+    folders = [run.path] if run else [p.parent for p in checkpoints_root().glob(f"*/{LOCK}")]
+    return next((f for f in folders if trainer_alive(f)), None)
+
+
+def watch_training(run: Run | None) -> None:
+    """While a trainer writes the run, a sidebar line on its progress every 3 s and a rerun of the whole app
+    when a model lands (or the trainer ends); with no trainer alive, nothing is drawn or scheduled."""
+    folder = training_folder(run)
+    if folder is None:
+        return
+    landed = set(run.models) if run else set(ckpt.list_models(folder))
+
+    @st.fragment(run_every=3)
+    def watcher():
+        state = live_progress(folder)
+        if state is None or set(ckpt.list_models(folder)) != landed:
+            st.rerun()
+        st.info(f"Training in progress: {summary(state)}", icon=":material/model_training:")
+
+    with st.sidebar:
+        watcher()
+
+
 def no_run_message() -> None:
+    folder = training_folder(st.session_state.get("current_run"))
+    if folder:
+        st.info(f"Training is under way in `{folder}` ({summary(live_progress(folder) or {})}). Its models appear "
+                "here as they finish, the classical ones within about a minute.")
+        return
     st.info(f"No training run with a finished model in `{checkpoints_root()}` yet. Train the demo "
             "(synthetic head CT phantoms, a few minutes on a laptop CPU) from the repository root:")
     st.code(TRAIN_COMMAND, language="bash")

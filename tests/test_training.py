@@ -125,7 +125,8 @@ def test_kill_9_then_resume_continues_from_last_completed_epoch(phantoms, tmp_pa
     done = json.loads((out / "resnet18" / "last.json").read_text())["epoch"]
     assert 1 <= done < 4 and not (out / "resnet18" / "card.json").exists()
     assert not [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")
-                and p.name not in {"split.csv", "leakage.json", "run.json", "last.json", "last.safetensors"}]
+                and p.name not in {"split.csv", "leakage.json", "run.json", "progress.json", "last.json",
+                                     "last.safetensors"}]
     resumed = _cli(*args, "--resume")
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log

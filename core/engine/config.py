@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ class TrainConfig:
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
     per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
+    on_epoch: Callable[[list[dict], int], None] | None = None   # rank 0, per epoch: (history so far, epochs planned)
 
 
 def resolve_device(name: str) -> torch.device:

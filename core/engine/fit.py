@@ -188,6 +188,8 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
                   f"{row['val_auc']:.3f} {row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of "
                   f"{row['seconds']:.1f}s)", flush=True)
             saver.after_epoch(session, progress, last=progress.stale >= cfg.patience or epoch >= session.plan[0])
+            if cfg.on_epoch:
+                cfg.on_epoch(progress.history, session.plan[0])
         if progress.stale >= cfg.patience:
             break
 

@@ -2,12 +2,31 @@
 import pandas as pd
 import streamlit as st
 
+from core.io.progress import live_progress, summary
 from dashboard import figures
-from dashboard.frame import require_run
+from dashboard.frame import require_run, training_folder
 from dashboard.loaders import histories
+
+
+@st.fragment(run_every=2)
+def live_section(folder) -> None:
+    """The model training now and its epochs so far, redrawn as progress.json changes."""
+    state = live_progress(folder)
+    if state is None:   # the trainer ended: the page again, without this section
+        st.rerun()
+    st.subheader("Training in progress")
+    st.progress(len(state.get("done", [])) / max(1, len(state.get("models", []))), text=summary(state))
+    hist = pd.DataFrame(state.get("history", [])).assign(model=state.get("current"))
+    if not hist.empty:
+        left, right = st.columns(2)
+        left.plotly_chart(figures.history(hist, None, "val_auc", "Validation ROC AUC so far"), width="stretch")
+        right.plotly_chart(figures.history(hist, "train_loss", "val_loss", "Loss so far"), width="stretch")
+
 
 run = require_run()
 st.title("Training")
+if folder := training_folder(run):
+    live_section(folder)
 models = st.multiselect("Models", run.models, default=list(run.models), format_func=run.display)
 hist = histories(*run.key)
 hist = hist[hist["model"].isin(models)].assign(model=lambda h: h["model"].map(run.display))
