@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,10 @@ class TrainConfig:
     per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
     on_epoch: Callable[[list[dict], int], None] | None = None   # rank 0, per epoch: (history so far, epochs planned)
+
+    def recorded_args(self) -> dict:
+        """What a card records of the run's settings: the command line, else every field but the callback."""
+        return self.args or {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_epoch"}
 
 
 def resolve_device(name: str) -> torch.device:

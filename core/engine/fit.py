@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +231,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
                 "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
                 "device": str(device), "numerics": session.numerics_record, "pretrained": session.pretrained_loaded, "seed": cfg.seed,
                 "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
-                "args": cfg.args or asdict(cfg)}
+                "args": cfg.recorded_args()}
     card = model_card(
         name, labels, probs, training, dataset_facts(cfg, man, part),
         input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,

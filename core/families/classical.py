@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +216,7 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) ->
     params, params_detail = count_fitted_params(pipeline)
     training = {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "feature_seconds": feature_seconds,
                 "fit_seconds": fit_seconds, "device": "cpu", "pretrained": False, "seed": cfg.seed, "world_size": 1,
-                "best_val_auc": history["val_auc"][0], "args": cfg.args or asdict(cfg)}
+                "best_val_auc": history["val_auc"][0], "args": cfg.recorded_args()}
     card = model_card(
         name, y, probs, training, dataset_facts(cfg, man, part),
         input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",

@@ -48,8 +48,6 @@ def to_jsonable(value):
         return to_jsonable(value.tolist())
     if isinstance(value, Path):
         return str(value)
-    if callable(value):   # a config's callback (TrainConfig.on_epoch) is no data
-        return None
     return value
 
 

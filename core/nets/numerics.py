@@ -110,8 +110,8 @@ def choose_numerics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, de
                     key: str, cache: Path | None = None) -> tuple[Numerics, dict]:
     """The fastest numerics for training `model` on batches shaped like `x`, and the record for its card:
     {"choice", "step_s" per candidate, "cached"}. `key` names the model and its architecture."""
-    cache = cache or CACHE
-    entry = hashlib.sha256(f"{machine()}|{device.type}|{key}|{tuple(x.shape)}".encode()).hexdigest()[:16]
+    cache, here = cache or CACHE, machine()
+    entry = hashlib.sha256(f"{here}|{device.type}|{key}|{tuple(x.shape)}".encode()).hexdigest()[:16]
     known = _read_cache(cache)
     if entry in known:
         return Numerics(known[entry]["choice"]), {**known[entry], "cached": True}
@@ -121,7 +121,7 @@ def choose_numerics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, de
             step_s[name] = time_step(model, x, y, Numerics(name), device)
         except RuntimeError:   # a kernel this device lacks in that precision or layout
             continue
-    record = {"choice": min(step_s, key=step_s.get), "step_s": step_s, "machine": machine()}
+    record = {"choice": min(step_s, key=step_s.get), "step_s": step_s, "machine": here}
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json(cache, {**_read_cache(cache), entry: record})
     return Numerics(record["choice"]), {**record, "cached": False}
