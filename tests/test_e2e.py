@@ -2,9 +2,12 @@
 
 Starts `streamlit run dashboard/app.py` on 127.0.0.1, uploads a scan on the Scan page, waits for every
 model's probability and CAM, saves screenshots (to $E2E_SCREENSHOTS, default a temp folder), and stops
-the server by its PID. Skipped where /usr/bin/chromium is absent (.ci/run installs it).
+the server by its PID. A second test opens the Leaderboard while a real trainer runs in the background and
+waits for a model that was not on it at first to appear by itself. Skipped where /usr/bin/chromium is absent
+(.ci/run installs it).
 """
 import io
+import json
 import os
 import signal
 import socket
@@ -19,7 +22,9 @@ import pytest
 from PIL import Image
 
 from core.io import store as ckpt
-from core.phantom.generate import generate_slice, render
+from core.io.progress import PROGRESS, trainer_alive
+from core.phantom.generate import generate_slice, render, write_dataset
+from core.registry import get_spec
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +37,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, port: int) -> str:
+    """The URL of the streamlit server `proc` once it answers its health check."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return url
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "streamlit did not start"
+            time.sleep(0.3)
+
+
 @pytest.fixture
 def server(tiny_run):
     checkpoints = Path(os.environ.get("E2E_CHECKPOINTS", tiny_run.parent))
@@ -40,16 +58,7 @@ def server(tiny_run):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, "streamlit did not start"
-            time.sleep(0.3)
-    yield url, next(iter(ckpt.list_runs(checkpoints)))
+    yield wait_healthy(proc, port), next(iter(ckpt.list_runs(checkpoints)))
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)
 
@@ -96,3 +105,68 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
         browser.close()
     assert (shots / "leaderboard.png").stat().st_size > 10_000 and (shots / "scan.png").stat().st_size > 10_000
+
+
+# knn lands in seconds, then each network in some 10 s (fp32: no numerics timing); the ResNet-50 at the end
+# keeps the trainer busy after the model the test waits for, which lands while the browser looks.
+LIVE_MODELS = ["knn", "resnet18", "mobilenet_v2", "mobilenet_v3_large", "resnet50"]
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the trainer ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """(url, run folder, trainer): a trainer writing tmp/checkpoints/live and streamlit serving tmp/checkpoints."""
+    write_dataset(tmp_path / "phantoms", n=400, size=64, seed=3)
+    run = tmp_path / "checkpoints" / "live"
+    env = {**os.environ, "CHECKPOINTS_DIR": str(run.parent), "HF_HUB_OFFLINE": "1"}
+    trainer = subprocess.Popen([sys.executable, "train.py", "--data", str(tmp_path / "phantoms"), "--models",
+                                ",".join(LIVE_MODELS), "--epochs", "4", "--image-size", "32", "--numerics", "fp32",
+                                "--out", str(run)],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port",
+                               str(port), "--server.address", "127.0.0.1", "--server.headless", "true"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = wait_healthy(server, port)
+        _wait_for(lambda: ckpt.list_models(run), "first model", trainer)
+        yield url, run, trainer
+    finally:
+        os.killpg(trainer.pid, signal.SIGKILL)
+        server.send_signal(signal.SIGTERM)
+        trainer.wait(timeout=20)
+        server.wait(timeout=20)
+
+
+def test_a_model_landing_during_training_appears_on_the_open_leaderboard(live_run):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, run, trainer = live_run
+    started = time.time()
+    names = {m: get_spec(m).display_name for m in LIVE_MODELS}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Training in progress").first).to_be_visible(timeout=30_000)
+        charts = page.locator(".js-plotly-plot")
+        expect(charts.first).to_be_visible(timeout=60_000)
+        shown = [m for m in LIVE_MODELS if charts.get_by_text(names[m], exact=True).count()]
+        missing = [m for m in LIVE_MODELS[:-1] if m not in shown]
+        assert shown and missing, f"the trainer outran the browser: {shown} already on the first Leaderboard"
+        expect(charts.get_by_text(names[missing[0]], exact=True).first).to_be_visible(timeout=180_000)
+        state = json.loads((run / PROGRESS).read_text())
+        assert state["status"] == "running" and trainer_alive(run) and trainer.poll() is None
+        assert missing[0] in state["done"]
+        browser.close()
+    print(f"new model seen {time.time() - started:.0f} s after the page opened")
