@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from core.phantom import generate as phantom
 from core.phantom.generate import FOV_MM, LABEL_COLUMNS, SUBTYPES, TISSUES
@@ -131,3 +132,27 @@ def test_grid_preview(tmp_path):
     assert grid.mode == "RGB" and grid.width == 4 * 64
     red = np.asarray(grid)
     assert ((red[..., 0] == 255) & (red[..., 1] == 0)).any()  # bleed outlines
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+def test_twins_differ_only_by_the_bleed(subtype):
+    with_bleed, without = phantom.generate_twins(np.random.default_rng(5), 128, 1, subtype, 0.1)
+    (bleed,), (twin,) = with_bleed, without
+    assert bleed.label == 1 and bleed.subtype == subtype and bleed.mask.any()
+    assert twin.label == 0 and twin.subtype == "" and not twin.mask.any() and twin.bleed_area_mm2 == 0
+    changed = np.abs(bleed.hu - twin.hu) > 5  # HU; the noise is the same in both
+    near = ndimage.binary_dilation(bleed.mask, iterations=4)   # blur and partial volume spread the edge
+    assert changed[bleed.mask].mean() > 0.5
+    assert changed[~near].mean() < 0.01, "the twin must show the same head: only the bleed may differ"
+
+
+def test_a_twin_dataset_pairs_every_patient_with_and_without_its_bleed(tmp_path):
+    table = phantom.write_dataset(tmp_path / "t", 20, size=64, seed=2, stack_size=1, twins=True)
+    assert len(table) == 20 and table.label.sum() == 10 and table.id.is_unique
+    assert table.stack_id.nunique() == 10
+    assert {tuple(sorted(group)) for _, group in table.groupby("stack_id").label} == {(0, 1)}
+    assert set(table[table.label == 1].subtype) == set(SUBTYPES)
+    normal = Image.open(tmp_path / "t" / "normal" / "ph000003_t00.png")
+    assert normal.size == (64, 64) and (tmp_path / "t" / "hemorrhage" / "ph000003_s00.png").is_file()
+    again = phantom.write_dataset(tmp_path / "u", 20, size=64, seed=2, stack_size=1, twins=True)
+    assert _hashes(tmp_path / "t") == _hashes(tmp_path / "u") and again.equals(table)

@@ -20,7 +20,7 @@ from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTY
                                   sample_patient)
 
 __all__ = ["SUBTYPES", "FOV_MM", "SLICE_MM", "TISSUES", "HARD_NEGATIVES", "LABEL_COLUMNS", "PhantomSlice",
-           "generate_slice", "generate_stack", "render", "write_dataset", "write_grid", "main"]
+           "generate_slice", "generate_stack", "generate_twins", "render", "write_dataset", "write_grid", "main"]
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "stack_id", "slice_index",
                  "pixel_spacing_mm"]
 
@@ -45,18 +45,36 @@ class PhantomSlice:
 def generate_stack(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str | None = None,
                    difficulty: float = 0.5, stack_id: int = 0, *, hard_negatives=None) -> list[PhantomSlice]:
     """k adjacent slices of one patient (bleed over a contiguous run); higher difficulty = smaller, fainter bleeds."""
+    return _paint_stack(_patient(rng, subtype, difficulty, k, hard_negatives), rng, size, k, stack_id)
+
+
+def generate_twins(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str = "intraparenchymal",
+                   difficulty: float = 0.5, stack_id: int = 0) -> tuple[list[PhantomSlice], list[PhantomSlice]]:
+    """One patient's stack with its bleed and the same stack without it (same anatomy, same noise):
+    a pair whose only difference is the bleed."""
+    p = _patient(rng, subtype, difficulty, k, None)
+    state = rng.bit_generator.state
+    with_bleed = _paint_stack(p, rng, size, k, stack_id)
+    rng.bit_generator.state = state
+    without = _paint_stack({**p, "bleed": None, "subtype": ""}, rng, size, k, stack_id)
+    return with_bleed, without
+
+
+def _patient(rng, subtype, difficulty, k, hard_negatives) -> dict:
     if subtype not in (None, "", *SUBTYPES):
         raise ValueError(f"unknown subtype {subtype!r}; choose from {', '.join(SUBTYPES)}")
-    difficulty = float(np.clip(difficulty, 0, 1))
-    p = sample_patient(rng, subtype, difficulty, k, hard_negatives)
+    return sample_patient(rng, subtype, float(np.clip(difficulty, 0, 1)), k, hard_negatives)
+
+
+def _paint_stack(p: dict, rng: np.random.Generator, size: int, k: int, stack_id: int) -> list[PhantomSlice]:
     spacing = FOV_MM / size
     slices = []
     for j in range(k):
         hu, tissue = paint_slice(p, j, size, rng)
         mask = tissue == BLOOD
         label = int(mask.any())
-        slices.append(PhantomSlice(hu=hu, mask=mask, label=label, subtype=subtype if label else "",
-                                   difficulty=difficulty, bleed_area_mm2=float(mask.sum()) * spacing ** 2,
+        slices.append(PhantomSlice(hu=hu, mask=mask, label=label, subtype=p["subtype"] if label else "",
+                                   difficulty=p["difficulty"], bleed_area_mm2=float(mask.sum()) * spacing ** 2,
                                    stack_id=stack_id, slice_index=j, tissue=tissue))
     return slices
 
@@ -80,15 +98,18 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size: int = 5,
-                  hemorrhage_fraction: float = 0.5, difficulty=(0.2, 0.8)) -> pd.DataFrame:
-    """Write n slices as stacks into OUT/{hemorrhage,normal,masks}/<id>.png plus OUT/labels.csv."""
+                  hemorrhage_fraction: float = 0.5, difficulty=(0.2, 0.8), twins: bool = False) -> pd.DataFrame:
+    """Write n slices as stacks into OUT/{hemorrhage,normal,masks}/<id>.png plus OUT/labels.csv. With
+    `twins`, every patient is written twice, with its bleed (ids ..._s<j>) and without it (..._t<j>),
+    in one group, so that the bleed is all that separates the classes."""
     if n < 1 or stack_size < 1:
         raise ValueError("need n >= 1 slices and stack_size >= 1")
     out, sp = Path(out), FOV_MM / size
     for folder in ("hemorrhage", "normal", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    n_stacks = -(-n // stack_size)
-    n_hem = round(hemorrhage_fraction * n_stacks)
+    copies = 2 if twins else 1
+    n_stacks = -(-n // (stack_size * copies))
+    n_hem = n_stacks if twins else round(hemorrhage_fraction * n_stacks)
     # Hemorrhagic stacks spread evenly over the stack ids, cycling through the subtypes.
     subtype_of = {int(s): SUBTYPES[i % len(SUBTYPES)]
                   for i, s in enumerate(np.arange(n_hem) * n_stacks // max(n_hem, 1))}
@@ -97,24 +118,31 @@ def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size:
         for sid in range(n_stacks):
             rng = np.random.default_rng(np.random.SeedSequence([seed, sid]))  # order-independent
             d = float(rng.uniform(*difficulty))
-            k = min(stack_size, n - sid * stack_size)  # the last stack may be shorter
-            for s in generate_stack(rng, size, k, subtype_of.get(sid), d, sid):
-                slice_id = f"ph{sid:06d}_s{s.slice_index:02d}"
-                folder = "hemorrhage" if s.label else "normal"
-                _write_png(out / folder / f"{slice_id}.png", render(s.hu))
-                _write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
-                written |= {(folder, slice_id), ("masks", slice_id)}
-                rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
-                             s.slice_index, round(sp, 6)))
-                bar.update()
-    # A rerun must not leave an earlier run's slices or a killed run's temp files.
-    for folder in ("hemorrhage", "normal", "masks"):
-        for f in [*(out / folder).glob("ph*_s*.png"), *(out / folder).glob(".ph*.partial")]:
-            if (folder, f.stem) not in written:
-                f.unlink()
+            k = min(stack_size, -(-(n - sid * stack_size * copies) // copies))  # the last stack may be shorter
+            stacks = (zip("st", generate_twins(rng, size, k, subtype_of[sid], d, sid)) if twins
+                      else [("s", generate_stack(rng, size, k, subtype_of.get(sid), d, sid))])
+            for tag, stack in stacks:
+                for s in stack:
+                    slice_id = f"ph{sid:06d}_{tag}{s.slice_index:02d}"
+                    folder = "hemorrhage" if s.label else "normal"
+                    _write_png(out / folder / f"{slice_id}.png", render(s.hu))
+                    _write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
+                    written |= {(folder, slice_id), ("masks", slice_id)}
+                    rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
+                                 s.slice_index, round(sp, 6)))
+                    bar.update()
+    _remove_unwritten(out, written)
     table = pd.DataFrame(rows, columns=LABEL_COLUMNS)
     atomic_write(out / "labels.csv", table.to_csv(index=False))
     return table
+
+
+def _remove_unwritten(out: Path, written: set) -> None:
+    """A rerun must not leave an earlier run's slices or a killed run's temp files."""
+    for folder in ("hemorrhage", "normal", "masks"):
+        for f in [*(out / folder).glob("ph*_[st]*.png"), *(out / folder).glob(".ph*.partial")]:
+            if (folder, f.stem) not in written:
+                f.unlink()
 
 
 def write_grid(path: Path, size: int = 256, seed: int = 0) -> None:
@@ -150,6 +178,7 @@ def main(argv=None) -> None:
     ap.add_argument("--stack-size", type=int, default=5, help="slices per patient stack")
     ap.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="share of hemorrhagic stacks")
     ap.add_argument("--difficulty", type=float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"))
+    ap.add_argument("--twins", action="store_true", help="write every patient with and without its bleed")
     ap.add_argument("--grid", type=Path, help="also write a labelled preview grid PNG here")
     args = ap.parse_args(argv)
     lo, hi = args.difficulty
@@ -164,7 +193,7 @@ def main(argv=None) -> None:
     if args.out:
         start = time.perf_counter()
         table = write_dataset(args.out, args.n, args.size, args.seed, args.stack_size,
-                              args.hemorrhage_fraction, (lo, hi))
+                              args.hemorrhage_fraction, (lo, hi), args.twins)
         seconds = time.perf_counter() - start
         counts = table[table.label == 1].subtype.value_counts()
         per_subtype = ", ".join(f"{s} {counts.get(s, 0)}" for s in SUBTYPES)
