@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cli import Parser, folder, name_list, positive_int
+from core.cli import Parser, folder, name_list, non_negative_int
 from core.io import store as ckpt
 from core.metrics import binary as M
 from core.data.discover import DatasetError
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="dataset folder (default: the run's own test split)")
     p.add_argument("--out", required=True, type=folder, help="output folder")
     p.add_argument("--models", type=name_list, help="comma-separated subset of the run's models")
-    p.add_argument("--bootstrap", type=positive_int, default=1000, help="resamples for F1/MCC/PR-AUC intervals")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="resamples for F1/MCC/PR-AUC intervals (0: none)")
     args = p.parse_args(argv)
     try:
         report = evaluate_run(args.run, args.data, args.models, args.bootstrap)

@@ -63,7 +63,7 @@ def test_a_valid_zero_free_command_line_keeps_the_values_given(tmp_path):
     (explain_main, ["--run", "RUN", "--out", "OUT", "--gallery-columns", "0"]),
     (explain_main, ["--run", "RUN", "--out", "OUT", "--difficulty", "0.5"]),
     (explain_main, ["--run", "RUN", "--out", "OUT", "--methods", ","]),
-    (evaluate_main, ["--run", "RUN", "--out", "OUT", "--bootstrap", "0"]),
+    (evaluate_main, ["--run", "RUN", "--out", "OUT", "--bootstrap", "-1"]),
     (evaluate_main, ["--run", "RUN", "--out", "OUT", "--models", ","]),
     (benchmark_main, ["--run", "RUN", "--models", ","]), (benchmark_main, ["--run", "RUN", "--variants", ","]),
 ])
