@@ -1,4 +1,9 @@
-"""Command lines refuse a bad value up front with one `hemolens:` line and exit status 2."""
+"""Command lines refuse a bad value up front with one `hemolens:` line and exit status 2; a run says what it
+skipped."""
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 import train
@@ -46,7 +51,7 @@ def test_train_refuses_an_existing_file_as_its_out_folder(tmp_path, capsys):
     _assert_one_line(capsys, _exit_code(train.main, ["--out", str(tmp_path / "taken"), "--device", "cpu"]))
 
 
-def test_a_valid_zero_free_command_line_keeps_the_values_given(tmp_path):
+def test_given_values_are_kept_and_absent_ones_are_none(tmp_path):
     """Given values are used as given; absent ones (None) take the preset's."""
     args = train.parse_args(["--epochs", "1", "--lr", "1e-3", "--models", "knn, resnet18", "--out", str(tmp_path)])
     assert (args.epochs, args.lr, args.models, args.batch_size) == (1, 1e-3, ["knn", "resnet18"], None)
@@ -71,3 +76,15 @@ def test_the_other_command_lines_refuse_bad_counts_in_one_line(main, argv, tmp_p
     argv = [str(tmp_path / a) if a in ("OUT", "RUN") else a for a in argv]
     _assert_one_line(capsys, _exit_code(main, argv))
     assert not (tmp_path / "OUT").exists()
+
+
+def test_a_run_says_in_one_line_how_many_unreadable_files_it_skipped(tiny_phantoms, tmp_path, capsys):
+    data = shutil.copytree(tiny_phantoms, tmp_path / "data", ignore=shutil.ignore_patterns("masks"))
+    (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (data / "hemorrhage" / "empty.png").write_bytes(b"")
+    out = tmp_path / "run"
+    assert train.main(["--data", str(data), "--models", "knn", "--image-size", "32", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
+    assert lines == [f"hemolens: skipped 2 unreadable file(s); see {out / 'leakage.json'}"]
+    skipped = json.loads((out / "leakage.json").read_text())["skipped_unreadable"]
+    assert {Path(p).name for p in skipped} == {"broken.png", "empty.png"}
