@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import Parser, folder, name_list, non_negative_int, positive_float, positive_int
 from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
@@ -24,57 +25,54 @@ from core.run import train_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder (class folders, split folders or images + labels CSV); "
                                   "default: the synthetic phantom set")
-    p.add_argument("--models", help="comma-separated registry names, or 'all' (default: the preset's: every CNN, "
-                                    "the classical baselines and the ensembles; on a GPU the sequence models too)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", type=int, help="training size in px (default: preset; native on CUDA)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--models", type=name_list,
+                   help="comma-separated registry names, or 'all' (default: the preset's: every CNN, the classical "
+                        "baselines and the ensembles; on a GPU the sequence models too)")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--image-size", type=positive_int, help="training size in px (default: preset; native on CUDA)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto: a CUDA GPU, else Apple's MPS, else the CPU")
     p.add_argument("--numerics", default="auto", choices=["auto", *NUMERICS],
                    help="fp32, fp32 + channels_last, bf16 autocast (+ channels_last); auto (default): the fastest "
                         "for each model on this machine, timed on a few real steps and cached")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="checkpoints/demo")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", type=folder, default="checkpoints/demo")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
-    p.add_argument("--time-budget", type=float, help="seconds of training per network: after the first epoch, "
-                                                      "the number of epochs nearest it (at least 2); default: "
-                                                      f"the preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) "
-                                                      "for the demo, none with --data or --epochs")
-    p.add_argument("--run-budget", type=float, help="seconds for the whole run: where it falls behind, each "
-                                                    "network trains for less than its time budget (its share of "
-                                                    "the time left); default: the preset's "
-                                                    f"({CPU_RUN_BUDGET_S} s on a CPU, none on a GPU) for the demo, "
-                                                    "none with --data, --epochs or --time-budget")
-    p.add_argument("--epoch-size", type=int, help="training images per epoch, drawn afresh each epoch "
-                                                  "(default: the whole training split; 448 on the CPU preset's phantoms)")
+    p.add_argument("--time-budget", type=positive_float,
+                   help="seconds of training per network: after the first epoch, the number of epochs nearest it "
+                        f"(at least 2); default: the preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) for the "
+                        "demo, none with --data or --epochs")
+    p.add_argument("--run-budget", type=positive_float,
+                   help="seconds for the whole run: where it falls behind, each network trains for less than its "
+                        f"time budget (its share of the time left); default: the preset's ({CPU_RUN_BUDGET_S} s on "
+                        "a CPU, none on a GPU) for the demo, none with --data, --epochs or --time-budget")
+    p.add_argument("--epoch-size", type=positive_int,
+                   help="training images per epoch, drawn afresh each epoch (default: the whole training split; "
+                        "448 on the CPU preset's phantoms)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="rotate, zoom, flip and jitter training batches (default: on; off on the CPU "
                                         "preset's phantoms)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
-    p.add_argument("--phantoms", type=int, help="number of phantom slices when no --data is given")
-    p.add_argument("--sequence-backbone", default="resnet18", help="registry CNN that encodes each slice of "
-                                                                   "cnn_gru / cnn_lstm stacks")
-    p.add_argument("--stack-size", type=int, default=5, help="slices per stack for the sequence models")
+    p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
+    p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
+                   help="registry CNN that encodes each slice of cnn_gru / cnn_lstm stacks")
+    p.add_argument("--stack-size", type=positive_int, default=5, help="slices per stack for the sequence models")
     return p.parse_args(argv)
 
 
 def model_names(args: argparse.Namespace, preset: Preset) -> list[str]:
     """The models asked for (default: the preset's); SystemExit(2) with one line for unknown ones."""
-    names = (list(preset.models) if args.models is None else list(REGISTRY) if args.models == "all"
-             else [m.strip() for m in args.models.split(",") if m.strip()])
-    unknown = [m for m in names + [args.sequence_backbone] if m not in REGISTRY]
+    names = (list(preset.models) if args.models is None else list(REGISTRY) if args.models == ["all"]
+             else args.models)
+    unknown = [m for m in names if m not in REGISTRY]
     if unknown:
         print(f"hemolens: unknown model(s) {', '.join(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)
-        raise SystemExit(2)
-    if args.sequence_backbone not in CNN_NAMES or args.stack_size < 1:
-        print(f"hemolens: --sequence-backbone must be one of {', '.join(CNN_NAMES)} and --stack-size >= 1",
-              file=sys.stderr)
         raise SystemExit(2)
     return names
 
@@ -84,18 +82,19 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
     budgets belong to the phantom demo: --data drops them, and so does a flag that asks for a
     network's epochs or seconds explicitly; its per-model recipe goes with any training flag."""
     demo = args.data is None
-    explicit_length = bool(args.epochs or args.time_budget)
+    given = lambda value, default: default if value is None else value   # None: the flag was not given
+    explicit_length = args.epochs is not None or args.time_budget is not None
     return TrainConfig(
-        models=names, out=args.out, epochs=args.epochs or preset.epochs,
-        image_size=args.image_size or preset.image_size, batch_size=args.batch_size or preset.batch_size,
+        models=names, out=args.out, epochs=given(args.epochs, preset.epochs),
+        image_size=given(args.image_size, preset.image_size), batch_size=given(args.batch_size, preset.batch_size),
         lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
-        augment=args.augment if args.augment is not None else (preset.augment if demo else True),
-        epoch_size=args.epoch_size or (preset.epoch_size if demo else None),
-        time_budget_s=args.time_budget or (preset.time_budget_s if demo and not args.epochs else None),
-        run_budget_s=args.run_budget or (preset.run_budget_s if demo and not explicit_length else None),
-        per_model=(preset.per_model if demo and not explicit_length and not args.image_size and not args.lr
+        augment=given(args.augment, preset.augment if demo else True),
+        epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
+        time_budget_s=given(args.time_budget, preset.time_budget_s if demo and args.epochs is None else None),
+        run_budget_s=given(args.run_budget, preset.run_budget_s if demo and not explicit_length else None),
+        per_model=(preset.per_model if demo and not explicit_length and args.image_size is None and args.lr is None
                    else {}),
         args={k: v for k, v in vars(args).items() if v is not None})
 
@@ -106,17 +105,20 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Pat
     if args.data:
         return Path(args.data)
     stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
-    return phantom_root(args.phantoms or preset.phantoms, args.seed, preset.difficulty, stack_size)
+    n = preset.phantoms if args.phantoms is None else args.phantoms
+    return phantom_root(n, args.seed, preset.difficulty, stack_size)
 
 
 def main(argv=None) -> int:
     start = time.perf_counter()   # a run budget counts from here: generating the phantoms is part of the run
-    args = parse_args(argv)
-    preset = demo_preset(resolve_device(args.device).type)
     try:
+        args = parse_args(argv)
+        preset = demo_preset(resolve_device(args.device).type)
         names = model_names(args, preset)
-    except SystemExit as stop:
-        return stop.code
+    except SystemExit as stop:   # a bad flag: one line already printed, or in the exit's message
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        return 2 if stop.code else 0   # 0: --help
     cfg = resolve_config(args, preset, names)
     # One trainer per run folder, from before the phantoms are generated; torchrun's other ranks follow rank 0.
     lock = trainer_lock(cfg.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()

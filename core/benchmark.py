@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from core.cli import Parser, name_list
 from core.io import store as ckpt
 from core.families import family_of_card
 from core.nets.build import load_network
@@ -64,18 +65,18 @@ def benchmark_model(model_dir: Path, device: str, variants: list[str], size_mode
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True)
-    p.add_argument("--models", help="comma-separated subset")
-    p.add_argument("--variants", default="fp32,fp32_cl,bf16,bf16_cl,compile")
+    p.add_argument("--models", type=name_list, help="comma-separated subset")
+    p.add_argument("--variants", type=name_list, default="fp32,fp32_cl,bf16,bf16_cl,compile")
     p.add_argument("--size", choices=["trained", "native"], default="native",
                    help="input size: each model's native size (default) or the size it was trained at")
     args = p.parse_args(argv)
     run = Path(args.run)
     # Classical pipelines and ensembles have no network to compile; their latency is in their cards.
-    names = args.models.split(",") if args.models else [
+    names = args.models or [
         m for m in ckpt.list_models(run) if family_of_card(ckpt.load_card(run / m)).is_network]
-    variants = ["fp32", *(v for v in args.variants.split(",") if v and v != "fp32")]
+    variants = ["fp32", *(v for v in args.variants if v != "fp32")]
     if not names or any(v not in VARIANTS for v in variants):
         print(f"hemolens: nothing to benchmark in {run} (or unknown variant; choose from {VARIANTS})", file=sys.stderr)
         return 2

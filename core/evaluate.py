@@ -1,13 +1,13 @@
 """Evaluate a run's models on its test split or an external set (train/val files dropped); card thresholds."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.cli import Parser, folder, name_list, non_negative_int
 from core.io import store as ckpt
 from core.metrics import binary as M
 from core.data.discover import DatasetError
@@ -129,16 +129,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Evaluate every model of a run; writes predictions.csv, "
+    p = Parser(description="Evaluate every model of a run; writes predictions.csv, "
                                             "report.json, leaderboard.csv and report.md.")
     p.add_argument("--run", required=True, help="run folder, e.g. checkpoints/demo")
     p.add_argument("--data", help="dataset folder (default: the run's own test split)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--models", help="comma-separated subset of the run's models")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for F1/MCC/PR-AUC intervals")
+    p.add_argument("--out", required=True, type=folder, help="output folder")
+    p.add_argument("--models", type=name_list, help="comma-separated subset of the run's models")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="resamples for F1/MCC/PR-AUC intervals (0: none)")
     args = p.parse_args(argv)
     try:
-        report = evaluate_run(args.run, args.data, args.models.split(",") if args.models else None, args.bootstrap)
+        report = evaluate_run(args.run, args.data, args.models, args.bootstrap)
     except (DatasetError, ckpt.CheckpointError) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2

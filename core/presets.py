@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.io.atomic import remove_stale_temp_dirs, temp_dir
 from core.phantom.generate import write_dataset
 from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_NAMES
 
@@ -57,10 +57,11 @@ def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8)
     """The cached phantom set for (n, seed, difficulty, stack size), generated atomically on first use."""
     lo, hi = difficulty
     root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}"
+    PHANTOM_CACHE.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(PHANTOM_CACHE)   # the hidden folders of generators killed mid-set
     if root.is_dir():
         return root
-    PHANTOM_CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=PHANTOM_CACHE))
+    tmp = temp_dir(PHANTOM_CACHE, root.name)
     write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty)
     try:
         tmp.rename(root)

@@ -44,12 +44,17 @@ class _Datasets:
 
     def at(self, size: int) -> Prepared:
         if size not in self.by_size:
+            first = not self.by_size
             self.by_size[size] = self.prepare_fn(size)
             run_dir = Path(self.cfg.out)
             _check_split(self.by_size[size], run_dir, resume=self.cfg.resume)
             if is_main():
                 store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
                                                         "synthetic": self.cfg.data is None, "seed": self.cfg.seed})
+            skipped = len(self.by_size[size].leakage["skipped_unreadable"])
+            if first and skipped and is_main():   # every size skips the same files: say it once
+                print(f"hemolens: skipped {skipped} unreadable file(s); see {run_dir / 'leakage.json'}",
+                      file=sys.stderr, flush=True)
         return self.by_size[size]
 
 

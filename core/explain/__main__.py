@@ -2,13 +2,13 @@
 `python -m core.explain --run RUN --out DIR` writes DIR/localization.csv and DIR/gallery.png."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from core.cli import Parser, folder, name_list, non_negative_float, non_negative_int, positive_int, unit_range
 from core.explain.cam import DEFAULT_TOLERANCE_PX, METHOD_NAMES, overlay, phantom_cases, score_localization
 from core.io import store as ckpt
 from core.io.atomic import atomic_path, atomic_write
@@ -46,31 +46,30 @@ def run_difficulty(run: Path, default=(0.2, 0.8)) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.explain", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m core.explain", description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="run folder (checkpoints/RUN)")
-    ap.add_argument("--phantoms", type=int, default=40, help="number of hemorrhagic phantom slices")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--methods", default=",".join(m for m in METHOD_NAMES if m != "scorecam"),
+    ap.add_argument("--phantoms", type=positive_int, default=40, help="number of hemorrhagic phantom slices")
+    ap.add_argument("--out", required=True, type=folder)
+    ap.add_argument("--methods", type=name_list, default=",".join(m for m in METHOD_NAMES if m != "scorecam"),
                     help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default: all but the slow scorecam)")
-    ap.add_argument("--models", help="comma-separated models of the run (default: every CNN in it)")
-    ap.add_argument("--size", type=int, default=256, help="phantom size in px (models resize as in training)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_PX, help="pointing-game slack in px "
-                    "of the phantom image, the same for every model (0: the peak must be inside the bleed)")
-    ap.add_argument("--difficulty", help="phantom difficulty range lo,hi (default: that of the run's own "
-                    "phantoms, else 0.2,0.8)")
+    ap.add_argument("--models", type=name_list, help="comma-separated models of the run (default: every CNN in it)")
+    ap.add_argument("--size", type=positive_int, default=256, help="phantom size in px (models resize as in training)")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--tolerance", type=non_negative_float, default=DEFAULT_TOLERANCE_PX, help="pointing-game "
+                    "slack in px of the phantom image, the same for every model (0: the peak must be inside the bleed)")
+    ap.add_argument("--difficulty", type=unit_range, help="phantom difficulty range lo,hi (default: that of the "
+                    "run's own phantoms, else 0.2,0.8)")
     ap.add_argument("--faithfulness", action="store_true", help="add ROAD and confidence-drop columns (slower)")
-    ap.add_argument("--gallery-columns", type=int, default=5)
+    ap.add_argument("--gallery-columns", type=positive_int, default=5)
     args = ap.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods, out = args.methods, Path(args.out)
     in_run = [m for m in ckpt.list_models(args.run) if m in CNN_NAMES]
-    models = [m.strip() for m in args.models.split(",")] if args.models else in_run
+    models = args.models or in_run
     bad = [m for m in methods if m not in METHOD_NAMES] + [m for m in models if m not in in_run]
-    if bad or not models or args.phantoms < 1:
-        ap.error(f"unknown method(s) or model(s) not in {args.run}: {', '.join(bad) or 'no CNN models'}"
-                 if bad or not models else "--phantoms must be >= 1")
+    if bad or not models:
+        ap.error(f"unknown method(s) or model(s) not in {args.run}: {', '.join(bad) or 'no CNN models'}")
 
-    difficulty = tuple(map(float, args.difficulty.split(","))) if args.difficulty else run_difficulty(args.run)
+    difficulty = args.difficulty or run_difficulty(args.run)
     print(f"{args.phantoms} phantoms at difficulty {difficulty[0]:g}-{difficulty[1]:g}, "
           f"pointing-game tolerance {args.tolerance:g} px", flush=True)
     cases = phantom_cases(args.phantoms, args.size, args.seed, difficulty)
@@ -91,10 +90,10 @@ def main(argv=None) -> int:
     table = pd.DataFrame(rows)
     first = ["model", "method", "pointing_game", "energy_in_mask", "iou", "n"]
     table = table[first + [c for c in table.columns if c not in first]]
-    atomic_write(args.out / "localization.csv", table.to_csv(index=False))
-    _gallery(args.out / "gallery.png", images[:k], masks[:k], [c.subtype for c in cases[:k]], panels, methods[0])
+    atomic_write(out / "localization.csv", table.to_csv(index=False))
+    _gallery(out / "gallery.png", images[:k], masks[:k], [c.subtype for c in cases[:k]], panels, methods[0])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"written: {args.out / 'localization.csv'}, {args.out / 'gallery.png'}")
+    print(f"written: {out / 'localization.csv'}, {out / 'gallery.png'}")
     return 0
 
 

@@ -1,7 +1,6 @@
 """Phantom public API, dataset writer and preview grid; labels come from each slice's own bleed mask."""
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import time
@@ -14,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from tqdm import tqdm
 
+from core.cli import Parser, folder, int_at_least, non_negative_int, positive_int, unit_float
 from core.io.atomic import atomic_write
 from core.io.imaging import WINDOWS, apply_window
 from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
@@ -170,23 +170,22 @@ def write_grid(path: Path, size: int = 256, seed: int = 0) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m core.phantom", description="Write a synthetic head CT dataset.")
-    ap.add_argument("--out", type=Path, help="dataset folder to write")
-    ap.add_argument("--n", type=int, default=400, help="number of slices")
-    ap.add_argument("--size", type=int, default=256, help="image size in pixels")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stack-size", type=int, default=5, help="slices per patient stack")
-    ap.add_argument("--hemorrhage-fraction", type=float, default=0.5, help="share of hemorrhagic stacks")
-    ap.add_argument("--difficulty", type=float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"))
+    ap = Parser(prog="python -m core.phantom", description="Write a synthetic head CT dataset.")
+    ap.add_argument("--out", type=folder, help="dataset folder to write")
+    ap.add_argument("--n", type=positive_int, default=400, help="number of slices")
+    ap.add_argument("--size", type=int_at_least(32), default=256, help="image size in pixels")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--stack-size", type=positive_int, default=5, help="slices per patient stack")
+    ap.add_argument("--hemorrhage-fraction", type=unit_float, default=0.5, help="share of hemorrhagic stacks")
+    ap.add_argument("--difficulty", type=unit_float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"))
     ap.add_argument("--twins", action="store_true", help="write every patient with and without its bleed")
     ap.add_argument("--grid", type=Path, help="also write a labelled preview grid PNG here")
     args = ap.parse_args(argv)
     lo, hi = args.difficulty
     if args.out is None and args.grid is None:
         ap.error("give --out DIR and/or --grid PATH")
-    if args.n < 1 or args.size < 32 or args.stack_size < 1 or not 0 <= lo <= hi <= 1 \
-            or not 0 <= args.hemorrhage_fraction <= 1:
-        ap.error("need --n >= 1, --size >= 32, --stack-size >= 1, 0 <= LO <= HI <= 1 and a fraction in [0, 1]")
+    if lo > hi:
+        ap.error(f"--difficulty LO HI needs LO <= HI, got {lo:g} {hi:g}")
     if args.grid:
         write_grid(args.grid, args.size, args.seed)
         print(f"grid written to {args.grid}")
