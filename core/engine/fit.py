@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from core.data.decode import SliceDataset, to_model_input
 from core.data.splits import Prepared
@@ -88,8 +88,10 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
     # fused: one kernel over all parameters, not a Python loop per tensor (docs/NOTES.md, "Fused AdamW").
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
     world = world_size()
-    sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if world > 1
-               else RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed)))
+    # Each epoch's order (and so its epoch_size draw) comes from seed + epoch alone, on one process as under
+    # DDP: a resumed run draws what the uninterrupted one did, with no generator state to save.
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=None if world > 1 else 0, shuffle=True,
+                                 seed=cfg.seed)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=SliceDataset.collate,
                         drop_last=len(train_ds) // world > cfg.batch_size)   # BatchNorm dislikes a batch of 1
     # Fixed epoch_size keeps budget and validation granularity on larger splits.
@@ -159,8 +161,7 @@ def train_epoch(session: Session, data: Prepared, val_labels: np.ndarray, val_ro
                 epoch: int) -> dict:
     """One epoch and its validation: the history row."""
     cfg, start = session.cfg, time.perf_counter()
-    if isinstance(session.loader.sampler, DistributedSampler):
-        session.loader.sampler.set_epoch(epoch)
+    session.loader.sampler.set_epoch(epoch)
     stats = train_one_epoch(session.trainee, session.loader, session.optimizer, session.scheduler,
                             session.loss_fn, session.device, epoch, cfg.seed,
                             desc=f"{session.name} {epoch}/{session.plan[0]}", numerics=session.numerics,

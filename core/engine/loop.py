@@ -26,6 +26,15 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+AUGMENT, DROPOUT = 1, 2   # an epoch's random streams besides its sample order (the sampler's: seed + epoch)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """One stream's seed for one epoch, a pure function of (seed, epoch): a resumed run replays the same epochs.
+    Mixed by SeedSequence, so the streams do not share a seed (seed * 10_007 + epoch gave both streams one)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
 def short_run_batch_norm(model: torch.nn.Module) -> None:
     """Batch-norm momentum >= 0.1 so running stats follow a short run (docs/NOTES.md, "MobileNetV3 batch norm")."""
     for module in model.modules():
@@ -38,15 +47,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
                     steps: int | None = None) -> dict:
     """One pass over the loader (or its first `steps` batches), in `numerics` (the model already in its format)."""
     model.train()
-    # Augmentation and dropout are seeded per epoch, so a resumed run replays the same epochs.
-    gen = torch.Generator(device=device).manual_seed(seed * 10_007 + epoch)
-    torch.manual_seed(seed * 10_007 + epoch)
+    gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, AUGMENT))
+    torch.manual_seed(epoch_seed(seed, epoch, DROPOUT))   # the global generator: dropout's
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
     steps = len(loader) if steps is None else min(steps, len(loader))
-    # A whole epoch runs the loader to its end: that also advances the sampler's generator as before.
-    batches = loader if steps == len(loader) else itertools.islice(loader, steps)
-    bar = tqdm(batches, total=steps, desc=desc, leave=False,
+    bar = tqdm(itertools.islice(loader, steps), total=steps, desc=desc, leave=False,
                disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
     for images, labels in bar:
