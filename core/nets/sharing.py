@@ -14,9 +14,10 @@ _LOCKS_GUARD = threading.Lock()
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _FREE = threading.Condition()
 _free_cores = _CORES
-# The most intra-op threads any caller has had: a share lowers torch's default for threads started meanwhile,
-# which must not then pass for the configured count.
-_threads = 0
+# Threads started during a share inherit its lowered count, so only the main thread (where scripts and tests
+# set torch's count) says what the configured count is; read here before any share can have lowered it.
+_configured = torch.get_num_threads()
+_held = threading.local()
 
 
 def model_lock(model: torch.nn.Module) -> threading.RLock:
@@ -32,18 +33,23 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
 @contextmanager
 def cpu_share():
     """Run this thread's torch ops on the cores no concurrent caller holds (at least one, waiting for it),
-    never more than torch's own thread count: OpenMP gives every calling thread a team of that size."""
-    global _free_cores, _threads
+    never more than the configured count: OpenMP gives every calling thread a team of its own."""
+    global _free_cores, _configured
+    if getattr(_held, "cores", 0):  # nested: this thread holds its cores already
+        yield _held.cores
+        return
     with _FREE:
-        _threads = max(_threads, torch.get_num_threads())
+        if threading.current_thread() is threading.main_thread():
+            _configured = torch.get_num_threads()
         _FREE.wait_for(lambda: _free_cores > 0)
-        taken = min(_threads, _free_cores)
+        taken = _held.cores = min(_configured, _free_cores)
         _free_cores -= taken
-    torch.set_num_threads(taken)  # this thread's team (and the default of threads not yet started)
+    torch.set_num_threads(taken)  # this thread's team (and the default of threads started meanwhile)
     try:
         yield taken
     finally:
-        torch.set_num_threads(_threads)
+        torch.set_num_threads(_configured)
+        _held.cores = 0
         with _FREE:
             _free_cores += taken
             _FREE.notify_all()
