@@ -21,6 +21,8 @@ def main() -> int:
     if (ROOT / "checkpoints" / "demo" / "split.csv").is_file():
         steps.append(["-m", "core.benchmark", "--run", "checkpoints/demo"])
         steps.append(["benchmarks/scan_page.py", "--run", "checkpoints/demo"])
+        steps.append(["benchmarks/huge_upload.py"])
+        steps.append(["benchmarks/cam_sessions.py", "--run", "checkpoints/demo"])
     failed = 0
     for step in steps:
         print(f"\n$ python {' '.join(step)}", flush=True)

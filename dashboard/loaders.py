@@ -2,8 +2,11 @@
 sha256, once per process) and the small table helpers several pages share."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,10 +107,24 @@ def model_for(run: Run, model: str) -> Predictor:
     return loaded_model(run.cards[model]["weights_sha256"], str(run.path / model))
 
 
-def read_scan(data: bytes, window: str | None = None, frame: int = 0) -> Scan:
-    """An uploaded file's bytes as a Scan; the content decides the format, never a MIME type or
-    file name. Raises core.io.imaging.ScanError with one sentence for the user."""
-    return load_scan(bytes(data), window=window, frame=frame)
+# An upload's long side after decoding. The widest image the page draws is a third of a wide layout (under
+# 500 CSS px, so 1000 device pixels on a 2x screen); CT slices (512 px) and common exports pass untouched.
+DISPLAY_MAX_SIDE = 1024
+# CAMs are kept at the model's input size (at most 299 px: 350 KB each), so this holds hundreds of maps.
+CAM_CACHE_BYTES = 64 << 20
+
+
+def upload_side(run: Run) -> int:
+    """The long side uploads are decoded to: the display's, or a model's input size should one be larger."""
+    return max(DISPLAY_MAX_SIDE, *(card.get("input_size") or 0 for card in run.cards.values()))
+
+
+def read_scan(data: bytes, window: str | None = None, frame: int = 0,
+              max_side: int | None = DISPLAY_MAX_SIDE) -> Scan:
+    """An uploaded file's bytes as a Scan, area-averaged while decoding to a long side of at most max_side;
+    the content decides the format, never a MIME type or file name. Raises core.io.imaging.ScanError with
+    one sentence for the user."""
+    return load_scan(bytes(data), window=window, frame=frame, max_side=max_side)
 
 
 def explain_api():
@@ -115,10 +132,49 @@ def explain_api():
     return importlib.import_module("core.explain.cam")
 
 
-@st.cache_data(show_spinner="Computing CAMs…", max_entries=512)
+class ByteLRU:
+    """Least recently used entries within a byte budget, shared by every session's thread."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self._items: OrderedDict = OrderedDict()   # key -> (value, bytes)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def put(self, key, value, nbytes: int) -> None:
+        with self._lock:
+            if key in self._items:
+                self.used -= self._items.pop(key)[1]
+            self._items[key] = (value, nbytes)
+            self.used += nbytes
+            while self.used > self.budget:
+                self.used -= self._items.popitem(last=False)[1][1]
+
+
+@st.cache_resource(show_spinner=False)
+def cam_store() -> ByteLRU:
+    """(map at the model's input size, seconds) per model, method and image, CAM_CACHE_BYTES in all."""
+    return ByteLRU(CAM_CACHE_BYTES)
+
+
 def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
     """(cam in [0, 1] at the image's size, seconds) of the hemorrhage class for one model."""
-    result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method, target=1)
+    key = (weights_sha256, method, image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+    hit = cam_store().get(key)
+    if hit is not None:
+        return explain_api().to_original(hit[0], image.shape), hit[1]
+    with st.spinner("Computing CAMs…"):
+        result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method, target=1)
+    cam_store().put(key, (result.square, result.seconds), result.square.nbytes)
     return result.cam, result.seconds
 
 

@@ -290,3 +290,70 @@ def test_read_scan_and_helpers():
     verdicts = dict(zip(vgg["metric"], vgg["matches print"]))
     assert verdicts["accuracy"] is True and verdicts["f1"] is False and verdicts["sensitivity"] is False
     assert verdicts["npv"] is None  # not printed
+
+
+def test_scan_page_huge_upload_is_decoded_small_and_holds_only_the_cam_budget(run_dir, monkeypatch):
+    """A 7700 x 7700 PNG (within core.io.imaging's limits) costs about what a normal upload does: every image
+    the page hands to a model, a CAM or the cache is at most the display side, memory peaks far below one
+    full-size float copy and what stays held is the CAM cache, within its byte budget."""
+    import threading
+    import tracemalloc
+
+    import core.data.decode
+    import core.explain.cam
+    from dashboard.loaders import CAM_CACHE_BYTES, DISPLAY_MAX_SIDE, cam_store
+
+    sides = []
+    for module, name, at_arg in ((core.data.decode, "resize_square", 0), (core.explain.cam, "explain_image", 1)):
+        def spy(*a, _f=getattr(module, name), _i=at_arg, **k):
+            sides.append(max(a[_i].shape))
+            return _f(*a, **k)
+        monkeypatch.setattr(module, name, spy)
+    at = ok(page("scan"))
+    at.file_uploader(key="scan_upload").upload("small.png", png_bytes(np.zeros((96, 96), np.uint8))).run()
+    assert len(ok(at).metric) == len(MODELS)   # warm-up: models loaded, CAM modules imported
+    huge = png_bytes(np.zeros((7700, 7700), np.uint8))
+    sides.clear()
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    peak, stop = [rss()], threading.Event()
+
+    def sample():
+        while not stop.wait(0.005):
+            peak[0] = max(peak[0], rss())
+    sampler = threading.Thread(target=sample, daemon=True)
+    start_rss = rss()
+    tracemalloc.start()
+    sampler.start()
+    try:
+        at.file_uploader(key="scan_upload").clear().upload("huge.png", huge, "image/png").run()
+        numpy_peak = tracemalloc.get_traced_memory()[1]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        stop.set()
+        sampler.join()
+        tracemalloc.stop()
+    assert len(ok(at).metric) == len(MODELS) and not at.error
+    assert at.image[0].captions[0].startswith("raster, 7700 × 7700 px, shown and scored at 1024 × 1024")
+    assert len(at.image) == 1 + len(TINY_RUN_CAM_MODELS)
+    assert sides and max(sides) <= DISPLAY_MAX_SIDE, "every image given to a model or a CAM is display-sized"
+    assert numpy_peak < 7700 * 7700 * 4, "no float32 copy of the full upload"
+    print(f"numpy peak {numpy_peak / 1e6:.0f} MB, held {held / 1e6:.0f} MB, RSS peak +{(peak[0] - start_rss) / 1e6:.0f} MB")
+    assert peak[0] - start_rss < 500e6
+    store = cam_store()
+    assert 0 < store.used <= CAM_CACHE_BYTES and len(store) >= len(TINY_RUN_CAM_MODELS)
+    assert held < CAM_CACHE_BYTES, "beyond the CAM cache, the upload leaves nothing held"
+
+
+def test_cam_cache_evicts_the_least_recently_used_beyond_its_byte_budget():
+    from dashboard.loaders import ByteLRU
+    lru = ByteLRU(budget=100)
+    for key in "abc":
+        lru.put(key, key.upper(), 40)
+    assert lru.get("a") is None and lru.get("b") == "B" and lru.used == 80   # a went first
+    lru.put("d", "D", 40)   # c is now the least recently used (b was just read)
+    assert lru.get("c") is None and lru.get("b") == "B" and len(lru) == 2 and lru.used == 80
+    lru.put("huge", "H", 101)
+    assert lru.get("huge") is None and lru.used <= 100

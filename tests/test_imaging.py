@@ -335,3 +335,25 @@ def test_real_kaggle_png_becomes_grey(shared_data):
     scan = load_scan(path)
     assert scan.pixels.shape == scan.image.shape == (height, width)
     assert 0.0 <= scan.pixels.min() < scan.pixels.max() <= 1.0 and scan.modality == "raster"
+
+
+def test_max_side_area_averages_while_decoding_and_keeps_small_slices_exact():
+    import tracemalloc
+    left_dark = np.zeros((2000, 3000), np.uint8)
+    left_dark[:, 1500:] = 200
+    for data in (raster_bytes(Image.fromarray(left_dark), "PNG"), raster_bytes(Image.fromarray(left_dark), "JPEG"),
+                 raster_bytes(Image.fromarray(left_dark).convert("P"), "PNG")):
+        tracemalloc.start()
+        scan = load_scan(data, max_side=300)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert scan.image.shape == (200, 300) and scan.stored_shape == (2000, 3000), "aspect ratio kept"
+        assert peak < left_dark.size * 4 / 4, "no float copy at the stored size"
+        assert abs(int(scan.image[100, 10]) - 0) <= 3 and abs(int(scan.image[100, 290]) - 200) <= 3
+    small = raster_bytes(Image.fromarray(left_dark[:200, 1400:1700]), "PNG")
+    assert np.array_equal(load_scan(small, max_side=300).pixels, load_scan(small).pixels), "within max_side: untouched"
+    stored = np.tile(STORED, (500, 250))   # 2000 x 1000, spacing 0.5 x 0.75 mm
+    scan = load_scan(make_dicom(stored), max_side=300)   # 7 x 7 blocks: 285 x 142
+    assert scan.image.shape == (285, 142) and scan.stored_shape == (2000, 1000)
+    assert scan.pixel_spacing == pytest.approx((3.5, 5.25))
+    assert scan.pixels.mean() == pytest.approx(load_scan(make_dicom(stored)).pixels[:1995, :994].mean(), rel=1e-4)

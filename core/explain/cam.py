@@ -1,7 +1,6 @@
 """Class activation maps through pytorch-grad-cam: maps, overlays, localization and faithfulness scores."""
 from __future__ import annotations
 
-import threading
 import time
 import zlib
 import contextlib
@@ -21,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from core.data.decode import resize_square, to_model_input
 from core.nets.build import cam_layers
+from core.nets.sharing import exclusive
 from core.nets.sequence import SequenceClassifier
 from core.phantom.generate import SUBTYPES, generate_slice
 
@@ -32,9 +32,6 @@ SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, t
 RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
 MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
 DEFAULT_TOLERANCE_PX = 8   # pointing-game slack on a 256 px phantom, one for every model (Zhang et al. use 15 px)
-
-# CAMs hook layers and toggle requires_grad: concurrent sessions on one cached model must not overlap.
-_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -94,7 +91,8 @@ def _run_cam(model, cam_model, x: torch.Tensor, method: str, target: int, what: 
     maps = outputs = None
     # cuDNN runs RNN backward in training mode only; the native kernels have no such rule.
     no_cudnn = torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext()
-    with _LOCK, torch.inference_mode(False), torch.enable_grad(), no_cudnn, _graph_from(model, layers):
+    # Hooks and requires_grad flags live on the shared model: one CAM of it at a time, other models meanwhile.
+    with exclusive(model), torch.inference_mode(False), torch.enable_grad(), no_cudnn, _graph_from(model, layers):
         with METHODS[method](model=cam_model, target_layers=layers) as cam:
             if method == "scorecam":
                 cam.batch_size = SCORECAM_BATCH
@@ -113,7 +111,7 @@ def _cams_and_logits(model, model_name: str, x: torch.Tensor, method: str, targe
     x = _autograd_input(model, x)
     model.eval()
     if method == "random":
-        with torch.inference_mode():
+        with exclusive(model), torch.inference_mode():
             logits = model(x).float().flatten().cpu().numpy()
         return _random_maps(x), logits
     return _run_cam(model, model, x, method, target, model_name, len(x))
@@ -130,6 +128,7 @@ class Explanation:
     cam: np.ndarray      # (H, W) float32 in [0, 1], aligned with the original image
     method: str
     seconds: float
+    square: np.ndarray   # (S, S) the same map at the model's input size: to_original(square, shape) is `cam`
 
 
 def _model_input(loaded, images: list[np.ndarray]) -> torch.Tensor:
@@ -139,7 +138,7 @@ def _model_input(loaded, images: list[np.ndarray]) -> torch.Tensor:
     return to_model_input(batch, card["mean"], card["std"])
 
 
-def _to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Undo resize_square: scale the square map up to the padded side, then crop the padding away."""
     h, w = shape
     side = max(h, w)
@@ -157,7 +156,7 @@ def explain_image(loaded, image: np.ndarray, method: str = "gradcam", target: in
     maps, logits = _cams_and_logits(loaded.model, loaded.card["model"], _model_input(loaded, [image]),
                                     method, target)
     prob = float(1 / (1 + np.exp(-logits[0])))
-    return Explanation(prob, _to_original(maps[0], image.shape), method, time.perf_counter() - start)
+    return Explanation(prob, to_original(maps[0], image.shape), method, time.perf_counter() - start, maps[0])
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.ndarray | None = None) -> np.ndarray:
@@ -204,10 +203,11 @@ def faithfulness(model, model_name, x, cams, method) -> dict:
     cams = np.asarray(cams, dtype=np.float32)
     targets = [_TargetProbability(1)] * len(x)
     model.eval()
-    with torch.random.fork_rng(devices=[]):   # ROAD's imputer adds noise: the same score on every run
-        torch.manual_seed(0)
-        road = ROADCombined()(x, cams, targets, model)
-    change = CamMultImageConfidenceChange()(x, cams, targets, model)
+    with exclusive(model):   # its forwards would fire a concurrent CAM's hooks on the same model
+        with torch.random.fork_rng(devices=[]):   # ROAD's imputer adds noise: the same score on every run
+            torch.manual_seed(0)
+            road = ROADCombined()(x, cams, targets, model)
+        change = CamMultImageConfidenceChange()(x, cams, targets, model)
     return {"model": model_name, "method": method, "road": np.ravel(road).astype(np.float32),
             "confidence_drop": -np.ravel(change).astype(np.float32)}
 
@@ -228,7 +228,7 @@ def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray]
         cams, logits = _cams_and_logits(loaded.model, name, x, method, 1)
         probs += list(1 / (1 + np.exp(-logits)))
         for cam, image, mask in zip(cams, images[i:i + batch_size], masks[i:i + batch_size]):
-            maps.append(_to_original(cam, image.shape))
+            maps.append(to_original(cam, image.shape))
             rows.append({**localization_scores(maps[-1], mask, tolerance=tolerance), "tolerance_px": tolerance})
         if with_faithfulness:
             scores = faithfulness(loaded.model, name, x, cams, method)

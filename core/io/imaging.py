@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from pydicom.pixels import apply_color_lut, get_decoder, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -51,6 +51,7 @@ class Scan:
     instance_number: int | None
     slice_position: float | None  # mm along the slice normal, for ordering slices of a series
     n_frames: int = 1
+    stored_shape: tuple[int, int] | None = None  # (rows, cols) as stored, before load_scan's max_side
 
 
 def apply_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -66,8 +67,9 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
 
 
 def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None = None,
-              frame: int | None = None) -> Scan:
-    """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file; `window`: HU window; raises ScanError."""
+              frame: int | None = None, max_side: int | None = None) -> Scan:
+    """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file; `window`: HU window; raises ScanError.
+    `max_side`: area-average a larger slice down to this long side while decoding, before any float copy."""
     if window not in (None, "stack", *WINDOWS):
         raise ValueError(f"unknown window {window!r}; choose one of {sorted(WINDOWS)} or 'stack'")
     data = _read_source(source)
@@ -75,14 +77,14 @@ def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None =
         raise ScanError("The file is empty.")
     try:
         if data[128:132] == b"DICM":
-            return _dicom_scan(pydicom.dcmread(io.BytesIO(data), force=True), window, frame)
+            return _dicom_scan(pydicom.dcmread(io.BytesIO(data), force=True), window, frame, max_side)
         image = _open_raster(data)
         if image is not None:
-            return _raster_scan(image, window, frame)
+            return _raster_scan(image, window, frame, max_side)
         ds = _sniff_dicom(data)  # DICOM files written without the 128-byte preamble
         if ds is None:
             raise ScanError("The file is not a recognised image (PNG, JPEG, TIFF, BMP or DICOM).")
-        return _dicom_scan(ds, window, frame)
+        return _dicom_scan(ds, window, frame, max_side)
     except ScanError:
         raise
     except Exception as err:  # every decoder failure reaches the user as one sentence
@@ -174,22 +176,48 @@ def _open_raster(data: bytes) -> Image.Image | None:
     return image
 
 
-def _raster_scan(image: Image.Image, window: str | None, frame: int | None) -> Scan:
+def _raster_scan(image: Image.Image, window: str | None, frame: int | None, max_side: int | None) -> Scan:
     n_frames = getattr(image, "n_frames", 1)
     # Unlike DICOM, default to the first page: phone JPEGs (MPO) carry a second preview frame.
     index = _frame_index(n_frames, 0 if frame is None else frame)
     if index:
         image.seek(index)
         _check_size(*image.size)
-    try:
-        image.load()  # the full decode: a truncated file fails here, not later in a model
+    width, height = image.size
+    try:  # the full decode: a truncated file fails here, not later in a model
+        image = _shrink(image, max_side)
     except Exception as err:
         raise ScanError(f"The image data is truncated or corrupt ({_one_line(err)}).") from err
+    if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # exif_transpose turns it a quarter
+        width, height = height, width
     pixels = _raster_grey(ImageOps.exif_transpose(image))
     image_u8, _ = _render(pixels, False, window)
     return Scan(pixels=pixels, modality="raster", is_hu=False, pixel_spacing=None, image=image_u8,
                 window=None, series_uid=None, instance_number=None, slice_position=None,
-                n_frames=n_frames)
+                n_frames=n_frames, stored_shape=(height, width))
+
+
+def _shrunk_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
+    """The decoded image, box-averaged to a long side of max_side when larger, still in integer modes:
+    a JPEG decodes straight at 1/2 to 1/8 scale (draft), then Pillow's BOX filter averages each area."""
+    if max_side is None or max(image.size) <= max_side:
+        image.load()
+        return image
+    size = _shrunk_size(*image.size, max_side)
+    image.draft(None, size)  # a no-op except for JPEG
+    image.load()
+    if image.mode in ("LA", "La"):
+        image = image.getchannel(0)
+    elif image.mode in ("1", "P", "PA"):  # resizing these picks pixels; grey levels average
+        image = image.convert("L")
+    elif not image.mode.startswith(("I", "F", "RGB")) or image.mode in ("RGBA", "RGBa"):  # alpha is dropped anyway
+        image = image.convert("RGB")
+    return image.resize(size, Image.Resampling.BOX)
 
 
 def _raster_grey(image: Image.Image) -> np.ndarray:
@@ -260,7 +288,19 @@ def _along_normal(ds: pydicom.Dataset, position) -> float:
     return float(np.cross(orientation[:3], orientation[3:]) @ np.asarray(position, dtype=np.float64))
 
 
-def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> Scan:
+def _block_mean(values: np.ndarray, max_side: int | None) -> tuple[np.ndarray, int, int]:
+    """(values area-averaged by whole k x k blocks to a long side of at most max_side, k rows, k cols):
+    float32 only at the reduced size; edge rows and columns short of a block are dropped (< 1 output pixel)."""
+    k = -(-max(values.shape[:2]) // max_side) if max_side else 1
+    if k <= 1:
+        return values, 1, 1
+    kr, kc = min(k, values.shape[0]), min(k, values.shape[1])
+    h, w = values.shape[0] // kr, values.shape[1] // kc
+    blocks = values[:h * kr, :w * kc].reshape(h, kr, w, kc, *values.shape[2:])  # a view: no copy
+    return blocks.mean(axis=(1, 3), dtype=np.float32), kr, kc
+
+
+def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None, max_side: int | None) -> Scan:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ScanError("The DICOM file has no pixel data (it is not an image, e.g. a report or "
                         "structure set).")
@@ -272,6 +312,8 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> S
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
         values = apply_color_lut(values, ds)
+    stored_shape = values.shape[:2]
+    values, kr, kc = _block_mean(values, max_side)
     modality = str(ds.get("Modality") or "OT").upper()
     is_colour = values.ndim == 3
     values = values.astype(np.float32) @ LUMA if is_colour else values.astype(np.float32)
@@ -292,10 +334,10 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None) -> S
     image, applied = _render(pixels, is_hu, window)
     return Scan(
         pixels=pixels, modality=modality, is_hu=is_hu,
-        pixel_spacing=_optional(ds, "PixelSpacing", lambda v: (float(v[0]), float(v[1]))),
+        pixel_spacing=_optional(ds, "PixelSpacing", lambda v: (float(v[0]) * kr, float(v[1]) * kc)),
         image=image, window=applied,
         series_uid=_optional(ds, "SeriesInstanceUID", str),
         instance_number=_optional(ds, "InstanceNumber", int),
         slice_position=_optional(ds, "ImagePositionPatient", lambda v: _along_normal(ds, v)),
-        n_frames=n_frames,
+        n_frames=n_frames, stored_shape=stored_shape,
     )

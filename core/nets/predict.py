@@ -6,6 +6,7 @@ import torch
 
 from core.data.decode import to_model_input
 from core.nets.numerics import Numerics
+from core.nets.sharing import exclusive
 
 
 @torch.inference_mode()
@@ -19,9 +20,10 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mea
     images = torch.as_tensor(images)
     rows = torch.as_tensor(np.arange(len(images)) if rows is None else rows)
     out = []
-    for start in range(0, len(rows), batch_size):
-        batch = images[rows[start:start + batch_size]].to(device).unsqueeze(-3)
-        with numerics.autocast(device):
-            logits = model(numerics.input(to_model_input(batch, mean, std)))
-        out.append(torch.sigmoid(logits.float()).flatten().cpu())
+    with exclusive(model):   # a forward during another thread's CAM of this model would fire its hooks
+        for start in range(0, len(rows), batch_size):
+            batch = images[rows[start:start + batch_size]].to(device).unsqueeze(-3)
+            with numerics.autocast(device):
+                logits = model(numerics.input(to_model_input(batch, mean, std)))
+            out.append(torch.sigmoid(logits.float()).flatten().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

@@ -15,7 +15,7 @@ from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
 from dashboard.loaders import (case_image, cam_for, consensus, explain_api, model_for, outline, read_scan,
-                               test_metrics, test_probs, truth as truth_of)
+                               test_metrics, test_probs, truth as truth_of, upload_side)
 
 
 def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
@@ -54,7 +54,7 @@ if source == "upload":
         st.stop()
     try:
         scan = read_scan(upload.getvalue(), st.session_state.get("scan_window"),
-                                st.session_state.get("scan_frame", 0))
+                         st.session_state.get("scan_frame", 0), upload_side(run))
     except ScanError as err:
         st.error(str(err))
         st.stop()
@@ -65,7 +65,8 @@ if source == "upload":
     if scan.n_frames > 1:
         st.number_input("Frame", 0, scan.n_frames - 1, key="scan_frame")
     spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
-    facts = f"{scan.modality}, {image.shape[1]} × {image.shape[0]} px{spacing}" + (
+    shrunk = f", shown and scored at {image.shape[1]} × {image.shape[0]}" if scan.stored_shape != image.shape[:2] else ""
+    facts = f"{scan.modality}, {scan.stored_shape[1]} × {scan.stored_shape[0]} px{shrunk}{spacing}" + (
         f", {scan.window} window" if scan.window else "") + (
         f", frame {st.session_state.get('scan_frame', 0) + 1} of {scan.n_frames}" if scan.n_frames > 1 else "")
     if scan.modality not in ("CT", "raster"):
@@ -79,7 +80,7 @@ elif source == "series":
                 "around the one you pick; every other model reads that slice alone.")
         st.stop()
     try:
-        scans = [read_scan(u.getvalue()) for u in uploads]
+        scans = [read_scan(u.getvalue(), max_side=upload_side(run)) for u in uploads]
     except ScanError as err:
         st.error(str(err))
         st.stop()
