@@ -1,8 +1,9 @@
-"""Any saved model, whatever its family, as P(hemorrhage) per case via `load_predictor` / `predict_all`."""
+"""Any saved model, whatever its family: which can be trusted (`unavailable_models`), loading (`load_predictor`)
+and P(hemorrhage) per case (`predict_all`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,30 @@ import torch
 from core.families import family_of_card
 from core.families.base import Cases, Predictor
 from core.io import store
+
+
+def model_problem(model_dir: str | Path, card: dict) -> str:
+    """Why a saved model cannot be trusted, in a few words ('' when it can): the cheap checks `load` repeats,
+    made before anything is loaded (the files its family needs, the weights' sha256 against the card)."""
+    try:
+        family = family_of_card(card)
+    except store.CheckpointError as err:
+        return str(err)
+    return store.folder_problem(model_dir, family.weights_file, card.get("weights_sha256"))
+
+
+def lost_members(members: Mapping[str, Sequence[str]], available: Collection[str]) -> dict[str, str]:
+    """The models among `members` (model -> the models it needs) that need one not `available`, with why: an
+    ensemble's weights were fitted to its members' probabilities, so without one it means nothing."""
+    return {model: f"member {lost[0]} is unavailable" for model, needs in members.items()
+            if (lost := [m for m in needs if m not in available])}
+
+
+def unavailable_models(run_dir: str | Path, cards: dict[str, dict]) -> dict[str, str]:
+    """The models of a run (name -> card) that cannot be trusted, with why; the others are verified."""
+    out = {m: why for m, card in cards.items() if (why := model_problem(Path(run_dir) / m, card))}
+    needs = {m: card.get("members", ()) for m, card in cards.items() if m not in out}
+    return {**out, **lost_members(needs, set(cards) - set(out))}
 
 
 def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") -> Predictor:

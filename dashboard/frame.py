@@ -1,10 +1,10 @@
-"""What every page's frame needs: the notice, where runs live, the run selector and the operating point."""
+"""What every page's frame needs: the notice, where runs live, the run selector and its health, the operating point."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import streamlit as st
@@ -13,7 +13,7 @@ from core.io import store as ckpt
 from core.io.progress import LOCK, live_progress, summary, trainer_alive
 from core.registry import REGISTRY
 from core.report import PRESETS
-from dashboard.loaders import cards
+from dashboard.loaders import cards, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
@@ -35,8 +35,13 @@ def checkpoints_root(argv: list[str] | None = None) -> Path:
 @dataclass(frozen=True)
 class Run:
     path: Path
-    models: tuple[str, ...]
-    stamp: float  # newest mtime among the files the caches read: a new card invalidates them
+    models: tuple[str, ...]   # the verified models: the only ones a page ranks, scores or loads
+    stamp: float  # newest mtime among the files the caches read: a new card or weights file invalidates them
+    unavailable: dict[str, str] = field(default_factory=dict, hash=False)   # the others, with why
+
+    @property
+    def listed(self) -> set[str]:
+        return {*self.models, *self.unavailable}
 
     @property
     def key(self) -> tuple[str, float]:
@@ -51,11 +56,32 @@ class Run:
 
 
 def open_run(path: Path) -> Run:
-    """A run's completed models in registry order: CNNs, sequence models, classical, ensembles."""
+    """A run's completed models in registry order (CNNs, sequence models, classical, ensembles), verified once per
+    stamp and split into the verified and the unavailable; reads (and caches) every card."""
     order = {name: i for i, name in enumerate(REGISTRY)}
-    models = tuple(sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m)))
-    files = [path / ckpt.SPLIT, *(path / m / ckpt.CARD for m in models)]
-    return Run(path, models, max(f.stat().st_mtime for f in files))
+    models = sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m))
+    # Model folders count as well as their files: deleting a weights file changes only its folder's mtime.
+    files = [path / ckpt.SPLIT, *(path / m for m in models), *(f for m in models for f in (path / m).iterdir())]
+    stamp = max(f.stat().st_mtime for f in files)
+    bad = unavailable(str(path), stamp)
+    return Run(path, tuple(m for m in models if m not in bad), stamp, {m: bad[m] for m in models if m in bad})
+
+
+def health(run: Run) -> str:
+    """One line: how many models are verified, and each unavailable one with why."""
+    line = f"{len(run.models)} of {len(run.listed)} models verified"
+    if run.unavailable:
+        line += f"; {len(run.unavailable)} unavailable: " + ", ".join(
+            f"{run.display(m)} ({why})" for m, why in run.unavailable.items())
+    return line + "."
+
+
+def show_unavailable(run: Run) -> None:
+    """On every page: the models that cannot be trusted, apart from what is ranked or scored, with why."""
+    if run.unavailable:
+        st.warning("Unavailable, so not ranked, scored or loaded here: " + "; ".join(
+            f"**{run.display(m)}** (`{m}`): {why}" for m, why in run.unavailable.items()) + ".",
+            icon=":material/gpp_bad:")
 
 
 def sidebar() -> Run | None:
@@ -73,11 +99,11 @@ def sidebar() -> Run | None:
                               "default: 0.5 suits only a calibrated model, which minutes of training do not give.")
     st.sidebar.caption(f"Runs from `{root}`")
     try:
-        run = open_run(path)
-        cards(*run.key)  # read (and cache) every card now, so a damaged one is reported here, once
+        run = open_run(path)   # a damaged card is reported here, once
     except (ckpt.CheckpointError, OSError) as err:
         st.sidebar.error(f"Run {path.name} cannot be read: {err}")
         return None
+    (st.sidebar.warning if run.unavailable else st.sidebar.caption)(health(run))
     return run
 
 
@@ -93,7 +119,7 @@ def watch_training(run: Run | None) -> None:
     folder = training_folder(run)
     if folder is None:
         return
-    landed = set(run.models) if run else set(ckpt.list_models(folder))
+    landed = run.listed if run else set(ckpt.list_models(folder))
 
     @st.fragment(run_every=3)
     def watcher():
@@ -120,10 +146,14 @@ def no_run_message() -> None:
 
 
 def require_run() -> Run:
-    """The selected run with at least one finished model, or the how-to-train message and a stop."""
+    """The selected run with at least one verified model, its unavailable ones shown apart; else the how-to-train
+    message (no finished model) or the unavailable ones alone, and a stop."""
     run = st.session_state.get("current_run")
-    if run is None or not run.models:
+    if run is None or not run.listed:
         no_run_message()
+        st.stop()
+    show_unavailable(run)
+    if not run.models:
         st.stop()
     return run
 

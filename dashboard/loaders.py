@@ -1,5 +1,5 @@
 """Cached loaders over a run folder (keyed by the folder and its files' newest mtime; models by weights
-sha256, once per process) and the small table helpers several pages share."""
+sha256, once per process) and the small table helpers several pages share. Only verified models' files are read."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from core.data.splits import read_manifest
 from core.families.base import Predictor
-from core.inference import load_predictor
+from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.imaging import Scan, ScanError, load_scan
 from core.metrics import binary as M
@@ -31,11 +31,26 @@ def cards(run_dir: str, stamp: float) -> dict[str, dict]:
     return {m: ckpt.load_card(Path(run_dir) / m) for m in ckpt.list_models(run_dir)}
 
 
+@st.cache_data(show_spinner="Verifying models…")
+def unavailable(run_dir: str, stamp: float) -> dict[str, str]:
+    """The models that cannot be trusted, with why: every weights file hashed once per stamp, which covers them."""
+    return unavailable_models(run_dir, cards(run_dir, stamp))
+
+
+def verified(run_dir: str, stamp: float) -> list[str]:
+    return [m for m in ckpt.list_models(run_dir) if m not in unavailable(run_dir, stamp)]
+
+
+# Loading a verified model can still fail: CheckpointError and a card naming an architecture the registry does not
+# know are ValueErrors, a card missing a key a KeyError, a file gone since verification an OSError.
+LOAD_ERRORS = (ValueError, KeyError, OSError)
+
+
 @st.cache_data(show_spinner=False)
 def predictions(run_dir: str, stamp: float) -> pd.DataFrame:
-    """Every model's val and test rows, with a model column."""
+    """Every verified model's val and test rows, with a model column."""
     frames = [pd.read_csv(Path(run_dir) / m / ckpt.PREDICTIONS, dtype={"id": str, "subtype": str}).assign(model=m)
-              for m in ckpt.list_models(run_dir)]
+              for m in verified(run_dir, stamp)]
     out = pd.concat(frames, ignore_index=True)
     if "subtype" in out:
         out["subtype"] = out["subtype"].fillna("")
@@ -45,7 +60,7 @@ def predictions(run_dir: str, stamp: float) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def histories(run_dir: str, stamp: float) -> pd.DataFrame:
     return pd.concat([pd.read_csv(Path(run_dir) / m / ckpt.HISTORY).assign(model=m)
-                      for m in ckpt.list_models(run_dir)], ignore_index=True)
+                      for m in verified(run_dir, stamp)], ignore_index=True)
 
 
 @st.cache_data(show_spinner=False)

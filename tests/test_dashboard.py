@@ -1,6 +1,8 @@
 """Dashboard tests: every page through streamlit's AppTest on a tiny run trained once for the module."""
 import io
 import json
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -266,6 +268,85 @@ def test_a_model_calling_every_case_one_class_is_flagged_not_shown_as_a_plain_ro
     at.radio(key="scan_source").set_value("phantom").run()
     flagged = {m.label for m in ok(at).metric if "for every test case" in m.delta}
     assert "ResNet-18" in flagged
+
+
+class _Planted:
+    """Unpickling it creates a folder: proof that a pickle was loaded."""
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.fixture
+def damaged_run(run_dir, tmp_path, monkeypatch):
+    """A copy of the run with mobilenet_v2's weights tampered (bytes flipped; its card unchanged), and a folder `svm`
+    holding only a card (knn's, vouching for the pickle by sha256) and a model.pkl that must never be unpickled."""
+    copy = tmp_path / "checkpoints" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    weights = copy / "mobilenet_v2" / ckpt.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-100:-90] = bytes(b ^ 0xFF for b in data[-100:-90])
+    weights.write_bytes(bytes(data))
+    (copy / "svm").mkdir()
+    (copy / "svm" / "model.pkl").write_bytes(pickle.dumps(_Planted(str(tmp_path / "unpickled"))))
+    card = {**ckpt.load_card(run_dir / "knn"), "model": "svm", "display_name": "Pickled SVM",
+            "weights_file": "model.pkl", "weights_sha256": ckpt.sha256_file(copy / "svm" / "model.pkl")}
+    (copy / "svm" / ckpt.CARD).write_text(json.dumps(card))
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(copy.parent))
+    yield copy
+    assert not (tmp_path / "unpickled").exists(), "the pickle was loaded"
+
+
+UNAVAILABLE = {"MobileNetV2": "weights do not match the card's sha256: tampered, truncated or replaced",
+               "Pickled SVM": "weights file model.skops is missing",
+               "Soft-voting ensemble": "member mobilenet_v2 is unavailable"}
+TRUSTED = ["ResNet-18", "CNN + BiGRU", "k-NN"]
+
+
+def test_a_damaged_model_is_unavailable_on_every_page_and_the_others_keep_working(damaged_run):
+    at = ok(page("scan"))
+    health = at.sidebar.warning[-1].value
+    assert health.startswith("3 of 6 models verified; 3 unavailable: ")
+    assert all(f"{name} ({why})" in health for name, why in UNAVAILABLE.items()), health
+    at.file_uploader(key="scan_upload").upload("slice.png", png_bytes(render(generate_slice(
+        np.random.default_rng(1), 96, "subdural", 0.2).hu)), "image/png").run()
+    assert sorted(m.label for m in ok(at).metric) == sorted(TRUSTED)
+    assert all(m.value.endswith("%") for m in at.metric) and not at.error
+    assert "of 3 models call hemorrhage" in at.subheader[0].value
+    rows = [w.value for w in at.main.warning if ": unavailable: " in w.value]
+    assert sorted(rows) == sorted(f"**{name}**: unavailable: {why}" for name, why in UNAVAILABLE.items())
+    assert len(at.image) == 1 + 2, "CAMs of the two loaded networks (ResNet-18, CNN + BiGRU)"
+    for name in PAGES:
+        at = ok(page(name))
+        banner = next(w.value for w in at.main.warning if w.value.startswith("Unavailable, so not ranked"))
+        assert all(f"**{n}**" in banner and why in banner for n, why in UNAVAILABLE.items()), (name, banner)
+
+
+def test_the_leaderboard_ranks_only_verified_models(damaged_run):
+    at = ok(page("leaderboard"))
+    assert sorted(at.dataframe[0].value["Model"]) == sorted(TRUSTED)
+    at = ok(page("compare"))
+    assert sorted(at.dataframe[0].value["Model"]) == sorted(TRUSTED)
+    assert sorted(at.multiselect[0].options) == sorted(TRUSTED)
+
+
+def test_a_verified_model_that_fails_to_load_is_one_scan_row(run_dir, tmp_path, monkeypatch):
+    """ResNet-18's weights in MobileNetV2's folder, its card's sha256 updated: it verifies, but cannot load."""
+    copy = tmp_path / "checkpoints" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    shutil.copy(copy / "resnet18" / ckpt.WEIGHTS, copy / "mobilenet_v2" / ckpt.WEIGHTS)
+    card = {**ckpt.load_card(copy / "mobilenet_v2"), "weights_sha256": ckpt.sha256_file(copy / "resnet18" / ckpt.WEIGHTS)}
+    (copy / "mobilenet_v2" / ckpt.CARD).write_text(json.dumps(card))
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(copy.parent))
+    at = ok(page("scan"))
+    assert at.sidebar.caption[-1].value == "5 of 5 models verified."
+    at.radio(key="scan_source").set_value("phantom").run()
+    assert sorted(m.label for m in ok(at).metric) == sorted(TRUSTED)
+    rows = sorted(w.value for w in at.main.warning if ": unavailable: " in w.value)
+    assert rows[0].startswith("**MobileNetV2**: unavailable: ") and "weights do not fit model mobilenet_v2" in rows[0]
+    assert rows[1] == "**Soft-voting ensemble**: unavailable: member mobilenet_v2 is unavailable"
 
 
 def test_sidebar_operating_point_changes_every_threshold(run_dir):

@@ -6,6 +6,7 @@ from core.families.classical import CLASSICAL
 from core.families.cnn import CNN
 from core.families.ensemble import ENSEMBLE
 from core.families.sequence import SEQUENCE
+from core.io.store import CheckpointError
 from core.registry import get_spec
 
 FAMILIES: dict[str, Family] = {f.key: f for f in (CNN, SEQUENCE, CLASSICAL, ENSEMBLE)}
@@ -18,4 +19,7 @@ def family_of(name: str) -> Family:
 
 def family_of_card(card: dict) -> Family:
     """The family of a saved model; cards written before families were recorded are CNNs."""
-    return FAMILIES[card.get("family", CNN.key)]
+    key = card.get("family", CNN.key)
+    if key not in FAMILIES:
+        raise CheckpointError(f"the card names an unknown family {key!r}")
+    return FAMILIES[key]

@@ -12,6 +12,7 @@ import torch
 
 from core.data.splits import Prepared
 from core.engine.config import TrainConfig
+from core.io.store import WEIGHTS
 
 
 class FitError(ValueError):
@@ -62,6 +63,8 @@ class Family(ABC):
     is_network: ClassVar[bool] = False         # a torch network: trained in epochs (budgets, resume, DDP)
     explained_by_cam: ClassVar[bool] = False   # Grad-CAM maps (otherwise importances or members)
     needs_images: ClassVar[bool] = True        # False: fitted on the run's saved predictions, after the others
+    # The model file `load` reads beside card.json: the family names it, never the card (which could name a pickle).
+    weights_file: ClassVar[str] = WEIGHTS
 
     @abstractmethod
     def fit(self, name: str, data: Prepared | None, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:

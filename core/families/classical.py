@@ -263,7 +263,7 @@ def load_classical(model_dir: str | Path) -> LoadedClassical:
         raise store.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not a classical model.")
     if not card.get("weights_sha256"):
         raise store.CheckpointError(f"{model_dir}/card.json has no sha256 for its model file; refusing to load it.")
-    path = store.verify_file(model_dir / card.get("weights_file", MODEL_FILE), card["weights_sha256"])
+    path = store.verify_file(model_dir / MODEL_FILE, card["weights_sha256"])
     if list(card.get("features", {}).get("names", [])) != list(FEATURE_NAMES):
         raise store.CheckpointError(f"{model_dir} was trained on other features than this version computes; "
                                    "retrain it.")
@@ -289,6 +289,7 @@ def load_classical(model_dir: str | Path) -> LoadedClassical:
 
 class ClassicalFamily(Family):
     key = "classical"
+    weights_file = MODEL_FILE
 
     def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
         return fit_classical(name, data, cfg, run_dir)

@@ -60,15 +60,31 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> str:
     return digest
 
 
-def verify_file(path: str | Path, expected_sha256: str | None) -> Path:
-    """The path of a model file that exists and, given a digest, matches it; else CheckpointError."""
+def file_problem(path: str | Path, expected_sha256: str | None) -> str:
+    """What is wrong with a model file, in a few words; '' when it exists and, given a digest, matches it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Weights file {path} is missing.")
+        return f"weights file {path.name} is missing"
     if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-        raise CheckpointError(f"Weights file {path} does not match the sha256 in its card "
-                              "(tampered, truncated or replaced); refusing to load it.")
-    return path
+        return "weights do not match the card's sha256: tampered, truncated or replaced"
+    return ""
+
+
+def verify_file(path: str | Path, expected_sha256: str | None) -> Path:
+    """The path of a model file that exists and, given a digest, matches it; else CheckpointError."""
+    if problem := file_problem(path, expected_sha256):
+        raise CheckpointError(f"{Path(path).parent}: {problem}; refusing to load it.")
+    return Path(path)
+
+
+def folder_problem(model_dir: str | Path, weights_name: str, expected_sha256: str | None) -> str:
+    """Why a completed model folder cannot be trusted, in a few words ('' when it can): the weights file exists and
+    matches the card's sha256, and the CSVs the pages read exist. It hashes; it loads nothing."""
+    model_dir = Path(model_dir)
+    problems = [file_problem(model_dir / weights_name, expected_sha256),
+                "" if expected_sha256 else "the card records no sha256 for its weights",
+                *(f"{name} is missing" for name in (HISTORY, PREDICTIONS) if not (model_dir / name).is_file())]
+    return next((p for p in problems if p), "")
 
 
 def load_weights(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:

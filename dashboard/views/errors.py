@@ -5,7 +5,8 @@ import streamlit as st
 from core.families import family_of_card
 from core.report import PRESETS
 from dashboard.frame import preset, require_run, threshold
-from dashboard.loaders import case_image, cam_for, explain_api, outline, test_probs, truth as truth_of
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, test_probs,
+                               truth as truth_of)
 
 run = require_run()
 st.title("Errors")
@@ -47,6 +48,11 @@ if image is None:
 explain = explain_api()
 tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), outline(image, mask))]
 for m in [m for m in run.models if family_of_card(run.cards[m]).explained_by_cam]:
+    try:
+        model_for(run, m)   # loaded first (cached), so a model that fails to load is one warning, not the page
+    except LOAD_ERRORS as err:
+        st.warning(f"**{run.display(m)}**: unavailable: {err}")
+        continue
     heat = cam_for(run, m, image, "gradcam")[0]
     tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}",
                   explain.overlay(image, heat, mask=mask)))

@@ -1,4 +1,4 @@
-"""Leaderboard: one row per model, test-split metrics with 95% intervals at the sidebar's operating point."""
+"""Leaderboard: one row per verified model, test-split metrics with 95% intervals at the sidebar's operating point."""
 import pandas as pd
 import streamlit as st
 
@@ -77,5 +77,5 @@ left, right = st.columns(2)
 left.plotly_chart(figures.metric_bars(mets, names, METRICS), width="stretch")
 right.plotly_chart(figures.radar(mets, names, METRICS), width="stretch")
 st.plotly_chart(figures.accuracy_vs_latency(board), width="stretch")
-latency_device = {c["latency"]["device"] for c in run.cards.values()}
+latency_device = {run.cards[m]["latency"]["device"] for m in run.models}
 st.caption(f"Latency: batch 1, median of 20 runs on {', '.join(sorted(latency_device))} where the run was trained.")

@@ -7,14 +7,16 @@ import streamlit as st
 from core.metrics import binary as M
 from core.metrics.published import PUBLISHED, confusion_check
 from core.report import PRESETS, card_markdown
-from dashboard.frame import no_run_message, preset, threshold
+from dashboard.frame import no_run_message, preset, show_unavailable, threshold
 from dashboard.loaders import predictions
 
 st.title("Model cards")
 run = st.session_state.get("current_run")
-if run is None or not run.models:
+if run is None or not run.listed:
     no_run_message()
 else:
+    show_unavailable(run)
+if run is not None and run.models:
     model = st.selectbox("Model", run.models, format_func=run.display, key="card_model")
     card = run.cards[model]
     st.markdown(card_markdown(card))

@@ -1,4 +1,5 @@
-"""Scan: one slice (upload, test-split example or fresh phantom) through every model, with CAM overlays."""
+"""Scan: one slice (upload, test-split example or fresh phantom) through every model that loads, with CAM overlays;
+the others are rows saying why they are unavailable."""
 import time
 
 import numpy as np
@@ -8,23 +9,37 @@ import streamlit as st
 from core.data.decode import resize_square
 from core.data.stacks import slice_order
 from core.families import family_of_card
-from core.inference import predict_all as predict
+from core.families.base import Predictor
+from core.inference import lost_members, predict_all as predict
 from core.io.imaging import WINDOWS, ScanError
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
-from dashboard.loaders import (case_image, cam_for, consensus, explain_api, model_for, outline, read_scan,
-                               test_metrics, test_probs, truth as truth_of, upload_side)
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, model_for, outline,
+                               read_scan, test_metrics, test_probs, truth as truth_of, upload_side)
+
+
+def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """The verified models that load (cached), and those that do not, with why; an ensemble needs every member."""
+    loaded, failed = {}, {}
+    for model in run.models:
+        try:
+            loaded[model] = model_for(run, model)
+        except LOAD_ERRORS as err:
+            failed[model] = str(err)
+    failed.update(lost := lost_members({m: p.members for m, p in loaded.items()}, loaded))
+    return {m: p for m, p in loaded.items() if m not in lost}, failed
 
 
 def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
-                centre: int = 0) -> tuple[pd.DataFrame, float]:
-    """Every model's probability and decision at its threshold for one uint8 (H, W) slice, and seconds. A sequence
-    model reads `series` around `centre` (image = series[centre]), else the slice alone; an ensemble its members."""
+                centre: int = 0) -> tuple[pd.DataFrame, float, dict[str, str]]:
+    """Every loaded model's probability and decision at its threshold for one uint8 (H, W) slice, seconds, and the
+    models that did not load, with why. A sequence model reads `series` around `centre` (image = series[centre]),
+    else the slice alone; an ensemble its members."""
     slices = series if series else [image]
     manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
-    loaded = {model: model_for(run, model) for model in run.models}  # cached: not part of the timing
+    loaded, failed = load_models(run)  # cached: not part of the timing
     start = time.perf_counter()
     probs = predict(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
     rows = []
@@ -35,7 +50,8 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
     seconds = time.perf_counter() - start
     # What the test split says of each decision rule (cached per threshold): not part of the timing.
     one_class = [one_class_call(test_metrics(*run.key, r["model"], r["threshold"])) for r in rows]
-    return pd.DataFrame(rows).assign(one_class=one_class), seconds
+    return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage"]).assign(
+        one_class=one_class), seconds, failed
 
 
 run = require_run()
@@ -114,7 +130,7 @@ else:
 left, right = st.columns([1, 2])
 left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
-calls, seconds = predict_all(run, image, series, centre)
+calls, seconds, failed = predict_all(run, image, series, centre)
 right.subheader(f"{consensus(calls['hemorrhage'])}")
 right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000:.0f} ms for "
               f"{len(calls)} models on this machine.")
@@ -127,6 +143,8 @@ for start in range(0, len(calls), 3):
                    help="At this threshold the model gives every test case the same call: its decision here "
                         "says nothing; read its probability, or pick another operating point." if r["one_class"]
                    else None)
+for model, why in {**run.unavailable, **failed}.items():
+    right.warning(f"**{run.display(model)}**: unavailable: {why}")
 
 
 @st.fragment
