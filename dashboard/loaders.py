@@ -133,7 +133,7 @@ def upload_side(run: Run) -> int:
     """The long side uploads are decoded to: the display's, or a verified model's input size should one be
     larger (never above 4x the display's: a card is text anyone can edit)."""
     sizes = (int(run.cards[m].get("input_size") or 0) for m in run.models)
-    return min(4 * DISPLAY_MAX_SIDE, max(DISPLAY_MAX_SIDE, *sizes))
+    return min(4 * DISPLAY_MAX_SIDE, max([DISPLAY_MAX_SIDE, *sizes]))
 
 
 def read_scan(data: bytes, window: str | None = None, frame: int = 0,
