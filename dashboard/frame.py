@@ -55,6 +55,14 @@ class Run:
         return self.cards[model].get("display_name", model)
 
 
+def _mtime(path: Path) -> float:
+    """0 for a file gone since it was listed: a trainer's temporary file renamed in the meantime."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def open_run(path: Path) -> Run:
     """A run's completed models in registry order (CNNs, sequence models, classical, ensembles), verified once per
     stamp and split into the verified and the unavailable; reads (and caches) every card."""
@@ -62,7 +70,7 @@ def open_run(path: Path) -> Run:
     models = sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m))
     # Model folders count as well as their files: deleting a weights file changes only its folder's mtime.
     files = [path / ckpt.SPLIT, *(path / m for m in models), *(f for m in models for f in (path / m).iterdir())]
-    stamp = max(f.stat().st_mtime for f in files)
+    stamp = max(_mtime(f) for f in files)
     bad = unavailable(str(path), stamp)
     return Run(path, tuple(m for m in models if m not in bad), stamp, {m: bad[m] for m in models if m in bad})
 
