@@ -106,7 +106,7 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Pat
         return Path(args.data)
     stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
     n = preset.phantoms if args.phantoms is None else args.phantoms
-    return phantom_root(n, args.seed, preset.difficulty, stack_size)
+    return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)
 
 
 def main(argv=None) -> int:

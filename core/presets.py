@@ -33,6 +33,7 @@ class Preset:
     per_model: dict = field(default_factory=dict)   # {model: {TrainConfig field: value}} for one model
     augment: bool = True              # the studies' rotation / zoom / flip / jitter of training batches
     epoch_size: int | None = None     # training images an epoch draws (None: the whole training split)
+    twins: bool = False               # every phantom head with and without its bleed (core.phantom.write_dataset)
 
 
 def demo_preset(device_type: str) -> Preset:
@@ -43,7 +44,7 @@ def demo_preset(device_type: str) -> Preset:
     return Preset(phantoms=1200, image_size=64, epochs=8, batch_size=16, difficulty=(0.0, 0.25),
                   models=(*CLASSICAL_NAMES, *CPU_NETWORK_ORDER, *ENSEMBLE_NAMES),
                   time_budget_s=CPU_BUDGET_S, run_budget_s=CPU_RUN_BUDGET_S, per_model=CPU_RECIPES,
-                  augment=False, epoch_size=448)
+                  augment=False, epoch_size=448, twins=True)
 
 
 # Per-network settings of the CPU demo (docs/NOTES.md, "Per-network CPU recipes").
@@ -53,16 +54,17 @@ CPU_RECIPES = {"vgg16": {"image_size": 32, "time_budget_s": 95, "warmup_epochs":
                "resnet18": {"time_budget_s": 30}}
 
 
-def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5) -> Path:
-    """The cached phantom set for (n, seed, difficulty, stack size), generated atomically on first use."""
+def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5,
+                 twins: bool = False) -> Path:
+    """The cached phantom set for (n, seed, difficulty, stack size, twins), generated atomically on first use."""
     lo, hi = difficulty
-    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}"
+    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}{'_twins' * twins}"
     PHANTOM_CACHE.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(PHANTOM_CACHE)   # the hidden folders of generators killed mid-set
     if root.is_dir():
         return root
     tmp = temp_dir(PHANTOM_CACHE, root.name)
-    write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty)
+    write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty, twins=twins)
     try:
         tmp.rename(root)
     except OSError:            # another worker finished first: its set is identical (same seed)
