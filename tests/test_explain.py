@@ -249,7 +249,7 @@ SIZE = 112
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
-    write_dataset(root / "data", 300, size=SIZE, seed=0, stack_size=1, difficulty=(0.0, 0.4))
+    write_dataset(root / "data", 300, size=SIZE, seed=0, stack_size=1, difficulty=(0.0, 0.4), twins=True)
     assert train.main(["--data", str(root / "data"), "--models", "resnet18", "--epochs", "7", "--image-size",
                        str(SIZE), "--batch-size", "8", "--device", "cpu", "--numerics", "fp32", "--seed", "0",
                        "--out", str(root / "run")]) == 0   # fp32: the same weights whatever numerics this machine times fastest
