@@ -14,6 +14,7 @@ _LOCKS_GUARD = threading.Lock()
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _FREE = threading.Condition()
 _free_cores = _CORES
+_waiting = 0   # callers queued for a core
 # Threads started during a share inherit its lowered count, so only the main thread (where scripts and tests
 # set torch's count) says what the configured count is; read here before any share can have lowered it.
 _configured = torch.get_num_threads()
@@ -34,15 +35,18 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
 def cpu_share():
     """Run this thread's torch ops on the cores no concurrent caller holds (at least one, waiting for it),
     never more than the configured count: OpenMP gives every calling thread a team of its own."""
-    global _free_cores, _configured
+    global _free_cores, _configured, _waiting
     if getattr(_held, "cores", 0):  # nested: this thread holds its cores already
         yield _held.cores
         return
     with _FREE:
         if threading.current_thread() is threading.main_thread():
             _configured = torch.get_num_threads()
+        _waiting += 1
         _FREE.wait_for(lambda: _free_cores > 0)
-        taken = _held.cores = min(_configured, _free_cores)
+        _waiting -= 1
+        # With others queued, one core each: two one-thread calls finish more work than one two-thread call.
+        taken = _held.cores = 1 if _waiting else min(_configured, _free_cores)
         _free_cores -= taken
     torch.set_num_threads(taken)  # this thread's team (and the default of threads started meanwhile)
     try:
