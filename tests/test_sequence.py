@@ -19,6 +19,7 @@ from core.run import train_run
 from core.data.decode import to_model_input
 from core.nets.build import create_model, load_network
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
+from core.nets.numerics import usable
 from core.nets.predict import predict_probs
 from core.data.stacks import stack_indices
 from core.explain.cam import sequence_cam
@@ -231,7 +232,10 @@ def test_loaded_sequence_model_reproduces_saved_predictions(gru_run):
     assert data.manifest["sha256"].tolist() == split["sha256"].tolist()
     test = np.flatnonzero(split["split"].to_numpy() == "test")
     rows = stack_indices(split, loaded.card["architecture"]["stack_size"])[test]
-    probs = predict_probs(loaded.model, data.images, loaded.card["mean"], loaded.card["std"], rows=rows)
+    # In the numerics it was trained and scored in: bf16 where the machine's timing chose it.
+    numerics = usable(loaded.card["training"]["numerics"]["choice"], torch.device("cpu"))
+    probs = predict_probs(numerics.model(loaded.model), data.images, loaded.card["mean"], loaded.card["std"],
+                          rows=rows, numerics=numerics)
     preds = pd.read_csv(out / "cnn_gru" / "predictions.csv")
     np.testing.assert_allclose(probs, preds.loc[preds["split"] == "test", "prob"].to_numpy(), atol=1e-5)
 
