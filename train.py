@@ -17,6 +17,7 @@ from core.cli import Parser, folder, name_list, non_negative_int, positive_float
 from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
+from core.io.framing import FRAMINGS
 from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
 from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, phantom_root
@@ -58,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="rotate, zoom, flip and jitter training batches (default: on; off on the CPU "
                                         "preset's phantoms)")
+    p.add_argument("--framing", choices=FRAMINGS,
+                   help="head: crop every slice to its head and blank the table and letters around it, in training, "
+                        "evaluation and upload alike (default: head with --data, none on the phantoms)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
@@ -89,6 +93,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         image_size=given(args.image_size, preset.image_size), batch_size=given(args.batch_size, preset.batch_size),
         lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
+        framing=given(args.framing, "none" if demo else "head"),
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
@@ -125,7 +130,7 @@ def main(argv=None) -> int:
     try:
         with lock:
             root = data_root(args, preset, names)
-            cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed), started=start)
+            cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing), started=start)
     except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from core.data.decode import decode_images
 from core.inference import load_predictor, predict_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest
+from core.io.framing import framing_of
 
 # Bleed area bands (mm2): triage sensitivity drops on small bleeds (docs/NOTES.md, "Evaluation").
 AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"), ">=400 mm2")]
@@ -23,30 +24,27 @@ AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"
 def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """(cases, images at `size`, facts about the set) for one image size."""
     manifest = read_manifest(run_dir / ckpt.SPLIT)
-    own_root = _run_data_root(run_dir)
+    facts = ckpt.read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    own_root = Path(facts["data_root"]).resolve() if "data_root" in facts else None
+    framing = framing_of(facts)   # the run's own: an external set is framed as the training data was
     if data is None or (own_root is not None and Path(data).resolve() == own_root):
         cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-        decoded = decode_images(cases["path"].tolist(), size)
+        decoded = decode_images(cases["path"].tolist(), size, framing=framing)
         if decoded.failed:
             raise DatasetError(f"{len(decoded.failed)} test images of {run_dir} can no longer be read "
                                f"(first: {next(iter(decoded.failed))}).")
         changed = [p for p, h, want in zip(decoded.paths, decoded.sha256, cases["sha256"]) if h != want]
         if changed:
             raise DatasetError(f"{len(changed)} test images changed since training (first: {changed[0]}).")
-        return cases, decoded.images, {"kind": "test split", "source": str(own_root or "run split")}
-    external = prepare(data, size)
+        facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing}
+        return cases, decoded.images, facts
+    external = prepare(data, size, framing=framing)
     seen = set(manifest.loc[manifest["split"] != "test", "sha256"])
     keep = ~external.manifest["sha256"].isin(seen).to_numpy()
     cases = external.manifest[keep].reset_index(drop=True).assign(split="external")
-    return cases, external.images[keep], {"kind": "external", "source": str(Path(data).resolve()),
-                                          "dropped_seen_in_training": int((~keep).sum()),
-                                          "skipped_unreadable": external.leakage["skipped_unreadable"]}
-
-
-def _run_data_root(run_dir: Path) -> Path | None:
-    """The dataset folder a run was trained on, as recorded in its run.json."""
-    path = run_dir / "run.json"
-    return Path(ckpt.read_json(path)["data_root"]).resolve() if path.is_file() else None
+    facts = {"kind": "external", "source": str(Path(data).resolve()), "dropped_seen_in_training": int((~keep).sum()),
+             "skipped_unreadable": external.leakage["skipped_unreadable"], "framing": framing}
+    return cases, external.images[keep], facts
 
 
 def subgroups(cases: pd.DataFrame, prob: np.ndarray, threshold: float) -> list[dict]:

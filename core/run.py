@@ -16,6 +16,7 @@ from core.engine.config import TrainConfig, agree, is_main, resolve_device, setu
 from core.families import family_of
 from core.families.base import FitError
 from core.io import store
+from core.io.framing import framing_of
 from core.io.progress import RunProgress
 from core.registry import get_spec
 
@@ -30,6 +31,10 @@ def _check_split(data: Prepared, run_dir: Path, resume: bool) -> None:
         if not same:
             raise SystemExit(f"hemolens: {run_dir} was split from different data; resume with the same --data "
                              "and --seed, or start a new --out.")
+        trained = framing_of(store.read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else "none"
+        if trained != data.framing:
+            raise SystemExit(f"hemolens: {run_dir} was trained with --framing {trained}; resume with it, "
+                             "or start a new --out.")
         return
     if is_main():
         write_manifest(data.manifest, path)
@@ -50,7 +55,8 @@ class _Datasets:
             _check_split(self.by_size[size], run_dir, resume=self.cfg.resume)
             if is_main():
                 store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
-                                                        "synthetic": self.cfg.data is None, "seed": self.cfg.seed})
+                                                        "synthetic": self.cfg.data is None, "seed": self.cfg.seed,
+                                                        "framing": self.by_size[size].framing})
             skipped = len(self.by_size[size].leakage["skipped_unreadable"])
             if first and skipped and is_main():   # every size skips the same files: say it once
                 print(f"hemolens: skipped {skipped} unreadable file(s); see {run_dir / 'leakage.json'}",

@@ -19,6 +19,7 @@ from core.data.splits import read_manifest
 from core.families.base import Predictor
 from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
+from core.io.framing import frame, framing_of
 from core.io.imaging import Scan, ScanError, load_scan
 from core.metrics import binary as M
 
@@ -207,14 +208,25 @@ def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> n
     return rgb
 
 
+def run_framing(run: Run) -> str:
+    """How the run's models saw every slice (core.io.framing): uploads and examples are framed the same way."""
+    return framing_of(run_json(*run.key, "run.json"))
+
+
+def framed(image: np.ndarray, mask: np.ndarray | None, framing: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A slice and its bleed mask (or None) framed together."""
+    out = frame(image, framing, *([] if mask is None else [mask]))
+    return out[0], (None if mask is None else out[1])
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
-def case_image(path: str) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(display image, phantom mask or None, error sentence) for a file named in split.csv."""
+def case_image(path: str, framing: str = "none") -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(display image, phantom mask or None, error sentence) for a file named in split.csv, framed as the run's
+    models saw it."""
     try:
         image = load_scan(path).image
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
     mask_path = Path(path).parents[1] / "masks" / Path(path).name  # phantom sets keep masks beside classes
     mask = load_scan(mask_path).image > 127 if mask_path.is_file() else None
-    mask = mask if mask is not None and mask.shape == image.shape else None
-    return image, mask, ""
+    return framed(image, mask if mask is not None and mask.shape == image.shape else None, framing) + ("",)

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.families import family_of_card
 from core.inference import load_predictor, predict_all
 from core.io import store
+from core.io.framing import frame, framing_of
 from core.io.imaging import load_scan
 from core.data.decode import resize_square
 
@@ -49,7 +50,8 @@ def test_an_earlier_run_folder_loads_predicts_and_shows(tiny_run, tmp_path, monk
     predictors = {m: load_predictor(old / m) for m in TINY_RUN_MODELS}
     test = pd.read_csv(old / "resnet18" / store.PREDICTIONS)
     test = test[test["split"] == "test"].head(4)
-    images = [load_scan(p).image for p in test["path"]]
+    framing = framing_of(json.loads((old / "run.json").read_text()))   # as the run saw its slices
+    images = [frame(load_scan(p).image, framing)[0] for p in test["path"]]
     probs = predict_all(predictors, lambda size: np.stack([resize_square(im, size) for im in images]))
     np.testing.assert_allclose(probs["resnet18"], test["prob"].to_numpy(), atol=1e-4)
     assert set(probs) == set(TINY_RUN_MODELS) and all(np.isfinite(p).all() for p in probs.values())

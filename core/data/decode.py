@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.io.framing import frame
 from core.io.imaging import ScanError, load_scan
 
 RESIZE_POLICY = "pad_to_square_then_resize_bilinear"
@@ -49,21 +50,22 @@ def _hash64(h: imagehash.ImageHash) -> np.uint64:
     return np.uint64(int("".join("1" if b else "0" for b in h.hash.flatten()), 2))
 
 
-def _decode_one(path: str, size: int):
+def _decode_one(path: str, size: int, framing: str):
     raw = open(path, "rb").read()
     scan = load_scan(raw)
-    square = Image.fromarray(pad_to_square(scan.image))
-    small = square.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
-    return (np.asarray(square.resize((size, size), Image.Resampling.BILINEAR)),
+    # Hashes come from the unframed slice: the split (near-duplicate groups) never depends on the framing.
+    small = Image.fromarray(pad_to_square(scan.image)).resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
+    return (resize_square(frame(scan.image, framing)[0], size),
             hashlib.sha256(raw).hexdigest(), _hash64(imagehash.phash(small)),
             _hash64(imagehash.dhash(small)), scan.series_uid, scan.slice_position, scan.instance_number)
 
 
-def decode_images(paths: list[str], size: int, workers: int | None = None) -> DecodedSet:
-    """Decode each file once on threads (decoders release the GIL); unreadable files go to `failed`."""
+def decode_images(paths: list[str], size: int, workers: int | None = None, framing: str = "none") -> DecodedSet:
+    """Decode each file once on threads (decoders release the GIL), framed (core.io.framing); unreadable files
+    go to `failed`."""
     def safe(path):
         try:
-            return _decode_one(path, size)
+            return _decode_one(path, size, framing)
         except (ScanError, OSError) as err:
             return str(err).splitlines()[0] if str(err) else type(err).__name__
 

@@ -24,6 +24,7 @@ class Prepared:
     leakage: dict               # near-duplicates, straddling groups, skipped files
     image_size: int
     resize_policy: str = RESIZE_POLICY
+    framing: str = "none"       # core.io.framing, applied before the resize
     derived: dict = field(default_factory=dict, repr=False, compare=False)  # shared within a run (features)
 
 
@@ -110,9 +111,9 @@ def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
     table.loc[ordered.index, "slice_index"] = ordered.groupby("uid").cumcount()
 
 
-def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None) -> Prepared:
+def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None, framing: str = "none") -> Prepared:
     table = discover(root)
-    decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers)
+    decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing)
     table = table[table["path"].isin(set(decoded.paths))].reset_index(drop=True)
     if table.empty:
         raise DatasetError(f"No image under {root} could be decoded; first error: "
@@ -138,7 +139,7 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
                                "add images or provide a balanced split.")
     extras = [c for c in table.columns if c not in MANIFEST_COLUMNS + ["given_split", "group_hint"]]
     manifest = table[MANIFEST_COLUMNS + extras]
-    return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size)
+    return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size, framing=framing)
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:

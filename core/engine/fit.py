@@ -236,7 +236,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     card = model_card(
         name, labels, probs, training, dataset_facts(cfg, man, part),
         input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        window="brain", channels="grey replicated to 3", resize_policy=data.resize_policy,
+        window="brain", channels="grey replicated to 3", resize_policy=data.resize_policy, framing=data.framing,
         **({"architecture": architecture} if architecture else {}),
         params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
         latency=measure_latency(model, data.image_size, device, numerics=session.numerics),

@@ -220,7 +220,7 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) ->
     card = model_card(
         name, y, probs, training, dataset_facts(cfg, man, part),
         input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",
-        resize_policy=data.resize_policy, weights_file=MODEL_FILE, params=params, params_detail=params_detail,
+        resize_policy=data.resize_policy, framing=data.framing, weights_file=MODEL_FILE, params=params, params_detail=params_detail,
         hyperparameters={k: v for k, v in pipeline["clf"].get_params().items()
                          if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
         features={"count": len(FEATURE_NAMES), "names": FEATURE_NAMES, "config": FEATURE_CONFIG},

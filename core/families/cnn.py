@@ -12,6 +12,7 @@ from core.data.stacks import stack_indices
 from core.engine.config import TrainConfig
 from core.engine.fit import fit_network
 from core.families.base import Cases, Family, Predictor
+from core.io.framing import framing_of
 from core.nets.build import load_network
 from core.nets.numerics import usable
 from core.nets.predict import predict_probs
@@ -59,7 +60,8 @@ class CNNFamily(Family):
 
     def input_line(self, card: dict) -> str:
         return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
-                f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}")
+                f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}"
+                + (", framed to the head first" if framing_of(card) == "head" else ""))
 
 
 CNN = CNNFamily()

@@ -3,6 +3,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.io.framing import framing_of
 from dashboard.frame import REPO, require_run
 from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
@@ -26,7 +27,9 @@ manifest = manifest.assign(**{"class": manifest["label"].map({0: "normal", 1: "h
 facts = run_json(*run.key, "run.json")
 st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
            + (f", from `{facts['data_root']}`" if "data_root" in facts else "")
-           + (" (synthetic phantoms)" if facts.get("synthetic") else "") + ".")
+           + (" (synthetic phantoms)" if facts.get("synthetic") else "") + "."
+           + (" Every slice was framed to its head (table and letters blanked) before resizing, in training, "
+              "evaluation and on the Scan page." if framing_of(facts) == "head" else ""))
 
 left, right = st.columns(2)
 counts = pd.crosstab(manifest["split"], manifest["class"], margins=True, margins_name="total")

@@ -5,8 +5,8 @@ import streamlit as st
 from core.families import family_of_card
 from core.report import PRESETS
 from dashboard.frame import preset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, test_probs,
-                               truth as truth_of)
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, run_framing,
+                               test_probs, truth as truth_of)
 
 run = require_run()
 st.title("Errors")
@@ -41,7 +41,7 @@ if not pool:
 case = st.selectbox("Case", pool, format_func=lambda i: f"{i} ({truth[i]})", key="err_case")
 if not st.toggle("Show the image and each model's Grad-CAM", key="err_show"):
     st.stop()
-image, mask, problem = case_image(cases.at[case, "path"])
+image, mask, problem = case_image(cases.at[case, "path"], run_framing(run))
 if image is None:
     st.error(problem)
     st.stop()

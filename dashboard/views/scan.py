@@ -16,8 +16,8 @@ from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, model_for, outline,
-                               read_scan, test_metrics, test_probs, truth as truth_of, upload_side)
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, model_for,
+                               outline, read_scan, run_framing, test_metrics, test_probs, truth as truth_of, upload_side)
 
 
 def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
@@ -112,7 +112,7 @@ elif source == "test":
     cases = test_probs(*run.key, run.models)
     truth = truth_of(cases)
     case = st.selectbox("Test case", cases.index, key="scan_case", format_func=lambda i: f"{i} ({truth[i]})")
-    image, mask, problem = case_image(cases.at[case, "path"])
+    image, mask, problem = case_image(cases.at[case, "path"], run_framing(run))
     if image is None:
         st.error(problem)
         st.stop()
@@ -127,6 +127,10 @@ else:
     image, mask = render(phantom.hu), phantom.mask
     facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
 
+if source != "test" and run_framing(run) != "none":   # test cases come framed from case_image
+    image, mask = framed(image, mask, run_framing(run))
+    series = [framed(s, None, run_framing(run))[0] for s in series] if series else series
+    facts += ", framed to the head as the models were trained"
 left, right = st.columns([1, 2])
 left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
