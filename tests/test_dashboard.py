@@ -159,7 +159,9 @@ def test_scan_page_uploads_png_dicom_and_garbage(run_dir):
 
     at.file_uploader(key="scan_upload").clear().upload("IM0001", ct_dicom(phantom.hu)).run()  # octet-stream
     assert len(ok(at).metric) == len(MODELS) and not at.error
-    assert at.image[0].captions == ["CT, 96 × 96 px, 0.90 × 0.90 mm pixels, brain window"]
+    # The run was trained on --data, framed to the head: the upload is framed as its slices were.
+    assert at.image[0].captions == ["CT, 96 × 96 px, 0.90 × 0.90 mm pixels, brain window, framed to the head as "
+                                    "the models were trained"]
     at.selectbox(key="scan_window").set_value("subdural").run()
     assert "subdural window" in " ".join(c for i in ok(at).image for c in i.captions)
     assert PATIENT not in str(at.main) + str(at.sidebar) and "ID-0042" not in str(at.main)
