@@ -24,7 +24,7 @@ AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"
 def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """(cases, images at `size`, facts about the set) for one image size."""
     manifest = read_manifest(run_dir / ckpt.SPLIT)
-    facts = ckpt.read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    facts = ckpt.run_facts(run_dir)
     own_root = Path(facts["data_root"]).resolve() if "data_root" in facts else None
     framing = framing_of(facts)   # the run's own: an external set is framed as the training data was
     if data is None or (own_root is not None and Path(data).resolve() == own_root):

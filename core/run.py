@@ -31,7 +31,7 @@ def _check_split(data: Prepared, run_dir: Path, resume: bool) -> None:
         if not same:
             raise SystemExit(f"hemolens: {run_dir} was split from different data; resume with the same --data "
                              "and --seed, or start a new --out.")
-        trained = framing_of(store.read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else "none"
+        trained = framing_of(store.run_facts(run_dir))
         if trained != data.framing:
             raise SystemExit(f"hemolens: {run_dir} was trained with --framing {trained}; resume with it, "
                              "or start a new --out.")

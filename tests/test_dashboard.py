@@ -14,6 +14,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.io import store as ckpt
+from core.io.framing import frame, framing_of
 from core.io.imaging import ScanError
 from core.metrics.binary import binary_metrics
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
@@ -190,8 +191,9 @@ def test_scan_page_series_upload_feeds_neighbours_to_sequence_models(run_dir, mo
     stack = generate_stack(np.random.default_rng(4), 96, 3, "intraparenchymal", 0.2)
     files = [(f"p1_0_{i + 1}.png", png_bytes(render(s.hu)), "image/png") for i, s in enumerate(stack)]
     size = ckpt.load_card(run_dir / "cnn_gru")["input_size"]
-    slices = [to_model_input(torch.tensor(resize_square(render(s.hu), size))[None, None], IMAGENET_MEAN,
-                             IMAGENET_STD)[0] for s in stack]
+    framing = framing_of(ckpt.load_card(run_dir / "cnn_gru"))   # each slice framed as the run's were
+    slices = [to_model_input(torch.tensor(resize_square(frame(render(s.hu), framing)[0], size))[None, None],
+                             IMAGENET_MEAN, IMAGENET_STD)[0] for s in stack]
     at = ok(page("scan"))
     at.radio(key="scan_source").set_value("series").run()
     at.file_uploader(key="scan_series").set_value([files[2], files[0], files[1]]).run()   # any order

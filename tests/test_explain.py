@@ -14,11 +14,13 @@ from torch import nn
 
 import train
 from core.io import store as ckpt
+from core.io.framing import framing_of
 from core.nets.build import LoadedModel, cam_layers, load_network
 from core.nets.cnn import CNNS, CNNBuild
 from core.explain.__main__ import main, run_difficulty
 from core.explain.cam import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
-                              faithfulness, localization_scores, overlay, phantom_cases, score_localization)
+                              faithfulness, localization_scores, overlay, phantom_cases, phantom_images,
+                              score_localization)
 from core.nets.build import create_model
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.registry import CNN_NAMES
@@ -260,7 +262,8 @@ def test_gradcam_points_at_phantom_bleeds_better_than_chance(trained_run):
     loaded = load_network(trained_run / "resnet18")
     assert loaded.card["metrics"]["test"]["roc_auc"] >= 0.75
     cases = phantom_cases(40, SIZE, seed=1, difficulty=(0.0, 0.4))
-    images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]
+    assert framing_of(loaded.card) == "head"   # --data frames by default: the phantoms are scored framed alike
+    images, masks = phantom_images(cases, framing_of(loaded.card))
     assert loaded.card["cam"] == {"layers": ["layer3"], "cells": 7, "input_size": SIZE}
     table = {m: score_localization(loaded, images, masks, m, tolerance=8)[0] for m in ("gradcam", "eigencam", "random")}
     exact = score_localization(loaded, images, masks, "gradcam")[0]

@@ -14,6 +14,7 @@ import torch
 
 import train
 from core.io import store as ckpt
+from core.io.framing import framing_of
 from core.nets.build import load_network
 from core.nets.numerics import usable
 from core.nets.predict import predict_probs
@@ -72,7 +73,8 @@ def test_loaded_model_reproduces_saved_predictions(run_dir):
     preds = pd.read_csv(run_dir / "resnet18" / "predictions.csv")
     from core.data.decode import decode_images
     test = preds[preds["split"] == "test"]
-    images = decode_images(test["path"].tolist(), size=loaded.card["input_size"]).images
+    images = decode_images(test["path"].tolist(), size=loaded.card["input_size"],
+                           framing=framing_of(loaded.card)).images   # framed as in training (--data: the head)
     # In the numerics it was trained and scored in (bf16 where the timing chose it: equal to float noise).
     numerics = usable(loaded.card["training"]["numerics"]["choice"], torch.device("cpu"))
     probs = predict_probs(numerics.model(loaded.model), images, loaded.card["mean"], loaded.card["std"],

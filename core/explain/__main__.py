@@ -9,11 +9,12 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from core.cli import Parser, folder, name_list, non_negative_float, non_negative_int, positive_int, unit_range
-from core.explain.cam import DEFAULT_TOLERANCE_PX, METHOD_NAMES, overlay, phantom_cases, score_localization
+from core.explain.cam import (DEFAULT_TOLERANCE_PX, METHOD_NAMES, overlay, phantom_cases, phantom_images,
+                              score_localization)
 from core.io import store as ckpt
 from core.io.atomic import atomic_path, atomic_write
 from core.nets.build import load_network
-from core.phantom.generate import render
+from core.io.framing import framing_of
 from core.registry import CNN_NAMES
 
 
@@ -37,7 +38,7 @@ def _gallery(path: Path, images, masks, subtypes, panels: dict, method: str, til
 
 def run_difficulty(run: Path, default=(0.2, 0.8)) -> tuple[float, float]:
     """The difficulty range of the phantoms a run was trained on (their labels.csv), else `default`."""
-    facts = ckpt.read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    facts = ckpt.run_facts(run)
     labels = Path(facts.get("data_root", "")) / "labels.csv"
     table = pd.read_csv(labels) if facts and labels.is_file() else pd.DataFrame()
     if "difficulty" not in table:   # not a phantom set
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     print(f"{args.phantoms} phantoms at difficulty {difficulty[0]:g}-{difficulty[1]:g}, "
           f"pointing-game tolerance {args.tolerance:g} px", flush=True)
     cases = phantom_cases(args.phantoms, args.size, args.seed, difficulty)
-    images, masks = [render(c.hu) for c in cases], [c.mask for c in cases]
+    images, masks = phantom_images(cases, framing_of(ckpt.run_facts(args.run)))
     k = min(args.gallery_columns, len(cases))
     rows, panels = [], {}
     with tqdm(total=len(models) * len(methods), desc="CAMs", unit="map set") as bar:

@@ -22,7 +22,8 @@ from core.data.decode import resize_square, to_model_input
 from core.nets.build import cam_layers
 from core.nets.sharing import exclusive
 from core.nets.sequence import SequenceClassifier
-from core.phantom.generate import SUBTYPES, generate_slice
+from core.io.framing import frame
+from core.phantom.generate import SUBTYPES, generate_slice, render
 
 METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
                             "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -217,6 +218,13 @@ def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8))
     rng = np.random.default_rng(seed)
     return [generate_slice(rng, size, SUBTYPES[i % len(SUBTYPES)], float(rng.uniform(*difficulty)))
             for i in range(n)]
+
+
+def phantom_images(cases: list, framing: str = "none") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Phantom cases rendered through the brain window, with their bleed masks, framed (core.io.framing) as the
+    run's own slices were, so a model is scored on slices like those it learned from."""
+    pairs = [frame(render(c.hu), framing, c.mask) for c in cases]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]
 
 
 def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray], method: str,

@@ -138,8 +138,7 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
     run_dir = Path(run_dir)
     members, cards = _members_of(name, run_dir, members)
     if seed is None:
-        run_json = run_dir / "run.json"
-        seed = int(store.read_json(run_json).get("seed", 0)) if run_json.is_file() else 0
+        seed = int(store.run_facts(run_dir).get("seed", 0))
     rows, p = member_predictions(run_dir, members)
     split, y = rows["split"].to_numpy(), rows["label"].to_numpy().astype(int)
     val, test = split == "val", split == "test"

@@ -99,6 +99,12 @@ def write_json(path: str | Path, data: dict) -> None:
     atomic_write(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
+def run_facts(run_dir: str | Path) -> dict:
+    """A run's run.json (data root, seed, framing, sizes), or {} for a folder written before it existed."""
+    path = Path(run_dir) / "run.json"
+    return read_json(path) if path.is_file() else {}
+
+
 def read_json(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
