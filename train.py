@@ -20,7 +20,7 @@ from core.engine.config import TrainConfig, resolve_device
 from core.io.framing import FRAMINGS
 from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
-from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, phantom_root
+from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, painted_root, phantom_root
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--framing", choices=FRAMINGS,
                    help="head: crop every slice to its head and blank the table and letters around it, in training, "
                         "evaluation and upload alike (default: head with --data, none on the phantoms)")
+    p.add_argument("--synthetic-bleeds", action="store_true",
+                   help="train on the normal slices of --data and copies of them with hemorrhages painted in "
+                        "(core.insert; cached): a normal and its copy differ only by the bleed")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
@@ -108,7 +111,7 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Pat
     """--data, or the cached phantom set. Phantom stacks only for sequence models: otherwise independent
     heads teach more per slice (docs/NOTES.md, "CPU demo preset")."""
     if args.data:
-        return Path(args.data)
+        return painted_root(args.data, args.seed) if args.synthetic_bleeds else Path(args.data)
     stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
     n = preset.phantoms if args.phantoms is None else args.phantoms
     return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)
@@ -118,6 +121,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()   # a run budget counts from here: generating the phantoms is part of the run
     try:
         args = parse_args(argv)
+        if args.synthetic_bleeds and not args.data:
+            raise SystemExit("hemolens: --synthetic-bleeds paints into the normal slices of --data; give --data")
         preset = demo_preset(resolve_device(args.device).type)
         names = model_names(args, preset)
     except SystemExit as stop:   # a bad flag: one line already printed, or in the exit's message

@@ -1,16 +1,22 @@
 """The embedded default: which synthetic data and how much training, per device."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.io.atomic import remove_stale_temp_dirs, temp_dir
+from core.insert.write import write_painted
 from core.phantom.generate import write_dataset
 from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_NAMES
 
-PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", Path(__file__).resolve().parents[1] / "data" / "phantoms"))
+DATA_CACHE = Path(__file__).resolve().parents[1] / "data"
+PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
+PAINTED_COPIES = 1                       # painted copies per real normal (docs/NOTES.md, "Painted bleeds")
+PAINTED_DIFFICULTY = (0.0, 0.6)
+PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise
 # Whole CPU demo incl. phantoms; networks shrink when the run falls behind (core.engine.budget).
@@ -58,13 +64,34 @@ def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8)
                  twins: bool = False) -> Path:
     """The cached phantom set for (n, seed, difficulty, stack size, twins), generated atomically on first use."""
     lo, hi = difficulty
-    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}{'_twins' * twins}"
-    PHANTOM_CACHE.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(PHANTOM_CACHE)   # the hidden folders of generators killed mid-set
+    name = f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}{'_twins' * twins}"
+    return cached_set(PHANTOM_CACHE / name, lambda tmp: write_dataset(
+        tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty, twins=twins))
+
+
+def painted_root(data: str | Path, seed: int, copies: int = PAINTED_COPIES,
+                 difficulty: tuple[float, float] = PAINTED_DIFFICULTY) -> Path:
+    """The cached painted set (core.insert) of a dataset folder's normals; keyed by the folder's files (paths,
+    sizes, times), so an edited folder is painted afresh."""
+    root = Path(data).expanduser().resolve()
+    listing = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in root.rglob("*") if f.is_file())
+    key = hashlib.sha256(repr((str(root), listing)).encode()).hexdigest()[:12]
+    lo, hi = difficulty
+    name = f"{root.name}-{key}_seed{seed}_c{copies}_d{lo:g}-{hi:g}"
+    return cached_set(PAINTED_CACHE / name, lambda tmp: write_painted(root, tmp, seed=seed, difficulty=difficulty,
+                                                                       copies=copies))
+
+
+def cached_set(root: Path, write) -> Path:
+    """`root`, written by write(temporary folder) and renamed into place on first use; stale temporary folders of
+    killed writers are removed first."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(root.parent)
     if root.is_dir():
         return root
-    tmp = temp_dir(PHANTOM_CACHE, root.name)
-    write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty, twins=twins)
+    tmp = temp_dir(root.parent, root.name)
+    write(tmp)
     try:
         tmp.rename(root)
     except OSError:            # another worker finished first: its set is identical (same seed)

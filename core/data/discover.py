@@ -101,8 +101,9 @@ def _read_labels_csv(root: Path) -> pd.DataFrame | None:
     return None
 
 
-def discover(root: str | Path) -> pd.DataFrame:
-    """One row per image (path, id, label, subtype, given_split, group, series, slice_index, CSV extras)."""
+def discover(root: str | Path, both_classes: bool = True) -> pd.DataFrame:
+    """One row per image (path, id, label, subtype, given_split, group, series, slice_index, CSV extras);
+    a folder of one class is refused unless `both_classes` is False (core.insert paints into normals only)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {root} does not exist or is not a folder.")
@@ -140,7 +141,7 @@ def discover(root: str | Path) -> pd.DataFrame:
                            "(hemorrhage/normal) or a labels CSV with an id and a hemorrhage column.")
     table = pd.DataFrame(rows)
     table["subtype"] = table["subtype"].fillna("").astype(str)
-    if table["label"].nunique() < 2:
+    if both_classes and table["label"].nunique() < 2:
         only = "hemorrhage" if table["label"].iloc[0] == 1 else "normal"
         raise DatasetError(f"Dataset {root} holds only one class ({only}, {len(table)} images); "
                            "comparing hemorrhage against normal needs both.")

@@ -1,0 +1,170 @@
+"""Lesion insertion (core.insert): anatomy read from the slice, bleeds where their subtype belongs, at acute-blood
+density, reproducible files, and a normal never split from its painted copy. Phantoms give the truth: their
+tissue map says where skull, brain and ventricles really are."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from core.data.splits import prepare
+from core.insert.__main__ import main
+from core.insert.anatomy import PARENCHYMA_HU, estimate_intensity, read_anatomy
+from core.insert.lesions import BLOOD_HU, SUBTYPES, paint_bleed
+from core.insert.write import copies_per_normal, write_painted
+from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, GREY, SKULL, VENTRICLE, WHITE
+from core.phantom.generate import render, write_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SIZE = 256
+
+
+def normal_phantoms(n: int = 6, seed: int = 3):
+    """Normal phantom slices (HU, tissue truth) from central slices of ventricle-bearing heads."""
+    from core.phantom.generate import generate_stack
+    rng = np.random.default_rng(seed)
+    return [generate_stack(rng, SIZE, 5, None, 0.3, i)[2] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return normal_phantoms()
+
+
+def truth(slice_):
+    t = slice_.tissue
+    inside = ~np.isin(t, [0, 1, SKULL, DIPLOE])   # air, scalp and bone are outside the intracranial space
+    inside = ndimage.binary_fill_holes(~np.isin(t, [0, 1])) & inside
+    return {"inside": inside, "ventricle": t == VENTRICLE, "brain": np.isin(t, [GREY, WHITE, EDEMA]),
+            "csf": np.isin(t, [CSF, VENTRICLE]), "bone": np.isin(t, [SKULL, DIPLOE, BONE])}
+
+
+def test_window_estimate_recovers_the_brain_window(phantoms):
+    """A phantom rendered through W80/L40: grey = 255 * HU / 80; the estimate from its histogram comes close."""
+    for s in phantoms:
+        grey = render(s.hu)
+        est = estimate_intensity(grey, truth(s)["inside"])
+        assert est.offset == pytest.approx(255 * PARENCHYMA_HU / 80, abs=15)
+        assert est.scale == pytest.approx(255 / 80, rel=0.35)
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_anatomy_masks_match_the_phantom_truth(phantoms, is_hu):
+    found = true = 0
+    for s in phantoms:
+        a = read_anatomy(s.hu if is_hu else render(s.hu), is_hu, FOV_MM_PX if is_hu else None)
+        t = truth(s)
+        overlap = (a.inside & t["inside"]).sum() / (a.inside | t["inside"]).sum()
+        assert overlap > 0.85, "intracranial space"
+        assert (a.inside & t["bone"]).sum() == 0
+        hits = (a.ventricles & ndimage.binary_dilation(t["csf"])).sum()
+        assert hits >= 0.6 * a.ventricles.sum(), "a hypodense patch may pass for a ventricle, never most of it"
+        found, true = found + a.ventricles.sum(), true + hits
+    assert true >= 0.85 * found > 0
+
+
+FOV_MM_PX = 230.0 / SIZE
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_each_bleed_lies_where_its_subtype_belongs(phantoms, subtype, is_hu):
+    painted_any = 0
+    for i, s in enumerate(phantoms):
+        values = s.hu if is_hu else render(s.hu)
+        a = read_anatomy(values, is_hu, FOV_MM_PX if is_hu else None)
+        p = paint_bleed(a, values, subtype, np.random.default_rng(i), 0.2)
+        if p is None:
+            continue
+        painted_any += 1
+        t, m = truth(s), p.mask
+        assert not (m & ~ndimage.binary_dilation(t["inside"], iterations=2)).any(), "blood beyond the inner table"
+        assert not (m & t["bone"]).any()
+        if subtype == "intraventricular":
+            assert (m & ndimage.binary_dilation(t["ventricle"], iterations=2)).sum() >= 0.9 * m.sum()
+        if subtype in ("subdural", "epidural"):
+            assert a.depth_mm[m].max() <= 25, "along the inner table"
+        if subtype == "intraparenchymal":
+            assert (m & (t["brain"] | t["csf"])).sum() >= 0.95 * m.sum() and a.depth_mm[m].min() > 2
+        if subtype == "subarachnoid":
+            assert a.depth_mm[m].max() <= 20 and (m & ndimage.binary_dilation(t["csf"], iterations=3)).sum() >= 0.7 * m.sum()
+        reach = 5 + (round(6 / a.spacing_mm) if subtype == "intraparenchymal" else 0)   # blurred edge, edema rim
+        changed = values != p.values
+        assert not (changed & ~ndimage.binary_dilation(m, iterations=reach)).any(), "pixels away keep their values"
+    assert painted_any >= len(phantoms) // 2
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_painted_density_is_acute_blood(phantoms, is_hu):
+    for i, s in enumerate(phantoms):
+        values = s.hu if is_hu else render(s.hu)
+        a = read_anatomy(values, is_hu, FOV_MM_PX if is_hu else None)
+        p = paint_bleed(a, values, "intraparenchymal", np.random.default_rng(i), 0.0)
+        core = ndimage.binary_erosion(p.mask, iterations=2) if p.mask.sum() > 60 else p.mask
+        inside = np.median(p.values[core].astype(float))
+        if is_hu:
+            assert BLOOD_HU[0] - 5 <= inside <= BLOOD_HU[1] + 5
+        else:   # the true window maps 50-90 HU to grey 159-255; the estimated one lands close
+            assert 255 * BLOOD_HU[0] / 80 - 25 <= inside <= 255
+
+
+def phantom_normals(root: Path, n: int = 12) -> Path:
+    """A folder of normal phantom slices only (as core.insert's input may be)."""
+    write_dataset(root, n, size=128, seed=5, stack_size=3, hemorrhage_fraction=0.0)
+    return root
+
+
+def files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_files_and_the_cli(tmp_path, capsys):
+    normals = phantom_normals(tmp_path / "normals")
+    assert main(["--normals", str(normals), "--out", str(tmp_path / "a"), "--n", "15", "--seed", "7"]) == 0
+    assert "15 painted copies" in capsys.readouterr().out
+    write_painted(normals, tmp_path / "b", n=15, seed=7)
+    write_painted(normals, tmp_path / "c", n=15, seed=8)
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert files(tmp_path / "a") != files(tmp_path / "c")
+    labels = pd.read_csv(tmp_path / "a" / "labels.csv")
+    painted = labels[labels["label"] == 1]
+    assert len(painted) == 15 and (labels["label"] == 0).sum() == 12
+    assert set(painted["subtype"]) <= set(SUBTYPES) and len(set(painted["subtype"])) >= 3
+    assert (painted["bleed_area_mm2"] > 0).all()
+    for _, row in painted.iterrows():   # every painted slice has its mask
+        assert (tmp_path / "a" / "masks" / f"{row['id']}.png").is_file()
+
+
+def test_cli_refuses_bad_values_with_one_line(tmp_path, capsys):
+    assert main(["--normals", str(tmp_path), "--out", str(tmp_path / "o")]) == 2   # no images
+    assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit) as stop:
+        main(["--normals", str(tmp_path), "--out", str(tmp_path / "o"), "--subtypes", "chronic"])
+    assert stop.value.code == 2
+
+
+def test_copies_spread_round_robin():
+    assert copies_per_normal(4, 6) == [2, 2, 1, 1] and sum(copies_per_normal(7, 30)) == 30
+
+
+def test_a_normal_and_its_painted_copies_share_one_split(tmp_path):
+    normals = phantom_normals(tmp_path / "normals", n=60)
+    labels = write_painted(normals, tmp_path / "painted", seed=0, copies=2)
+    prepared = prepare(tmp_path / "painted", 64, seed=0)
+    manifest = prepared.manifest.merge(labels[["id", "source"]].rename(columns={"id": "stem"}),
+                                       left_on=prepared.manifest["id"].map(lambda i: Path(i).name), right_on="stem")
+    assert manifest.groupby("source")["split"].nunique().max() == 1
+    assert manifest.groupby("source")["label"].agg(["min", "max"]).eq([0, 1]).all(axis=None)
+
+
+@pytest.mark.skipif(not (SHARED / "head_ct_kaggle").is_dir(), reason="../shared/data is absent")
+def test_real_normals_keep_their_series_and_splits(tmp_path):
+    """Darshil's normals come as split folders of whole series: the painted set keeps both."""
+    source = SHARED / "ct_series_darshil"
+    labels = write_painted(source, tmp_path / "d", n=12, seed=0)
+    assert {p.name for p in (tmp_path / "d").iterdir() if p.is_dir()} <= {"train", "val", "test"}
+    painted = labels[labels["label"] == 1]
+    assert len(painted) == 12 and painted["patient_id"].str.startswith("src:").all()
