@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from core.cli import Parser, folder, name_list, non_negative_int, positive_float, positive_int
@@ -20,7 +21,8 @@ from core.engine.config import TrainConfig, resolve_device
 from core.io.framing import FRAMINGS
 from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
-from core.presets import CPU_BUDGET_S, CPU_RUN_BUDGET_S, Preset, demo_preset, painted_root, phantom_root
+from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_RECIPE, Preset, demo_preset, painted_root,
+                          phantom_root)
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
@@ -90,6 +92,8 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
     network's epochs or seconds explicitly; its per-model recipe goes with any training flag."""
     demo = args.data is None
     given = lambda value, default: default if value is None else value   # None: the flag was not given
+    if args.synthetic_bleeds:
+        preset = replace(preset, **PAINTED_RECIPE)
     explicit_length = args.epochs is not None or args.time_budget is not None
     return TrainConfig(
         models=names, out=args.out, epochs=given(args.epochs, preset.epochs),

@@ -14,8 +14,11 @@ from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_N
 
 DATA_CACHE = Path(__file__).resolve().parents[1] / "data"
 PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
-PAINTED_COPIES = 1                       # painted copies per real normal (docs/NOTES.md, "Painted bleeds")
-PAINTED_DIFFICULTY = (0.0, 0.6)
+# --synthetic-bleeds (docs/NOTES.md, "Painted bleeds"): painted copies per real normal, their difficulty range,
+# and the training flags it defaults to (bleeds of a few mm need more pixels than the phantom demo's 64).
+PAINTED_COPIES = 1
+PAINTED_DIFFICULTY = (0.0, 0.5)
+PAINTED_RECIPE = {"image_size": 128, "epochs": 12}
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise

@@ -227,6 +227,7 @@ def case_image(path: str, framing: str = "none") -> tuple[np.ndarray | None, np.
         image = load_scan(path).image
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
-    mask_path = Path(path).parents[1] / "masks" / Path(path).name  # phantom sets keep masks beside classes
+    # Phantom and painted sets keep PNG masks beside the class folders (a painted DICOM's mask too).
+    mask_path = Path(path).parents[1] / "masks" / f"{Path(path).stem}.png"
     mask = load_scan(mask_path).image > 127 if mask_path.is_file() else None
     return framed(image, mask if mask is not None and mask.shape == image.shape else None, framing) + ("",)

@@ -168,3 +168,27 @@ def test_real_normals_keep_their_series_and_splits(tmp_path):
     assert {p.name for p in (tmp_path / "d").iterdir() if p.is_dir()} <= {"train", "val", "test"}
     painted = labels[labels["label"] == 1]
     assert len(painted) == 12 and painted["patient_id"].str.startswith("src:").all()
+
+
+def test_a_real_head_dicom_is_painted_in_hu_and_written_as_dicom(tmp_path):
+    """pydicom's own head CT slice (HU, 0.43 mm pixels): the painted copies are DICOM in HU with acute blood
+    inside their masks, the normal is unchanged in HU, and the look-test grid has a row per subtype."""
+    from pydicom.data import get_testdata_file
+    from core.insert.write import write_grid
+    from core.io.imaging import load_scan
+    (tmp_path / "in" / "normal").mkdir(parents=True)
+    source = get_testdata_file("J2K_pixelrep_mismatch.dcm")
+    (tmp_path / "in" / "normal" / "head.dcm").write_bytes(Path(source).read_bytes())
+    labels = write_painted(tmp_path / "in", tmp_path / "out", n=5, difficulty=(0.0, 0.3))
+    original = load_scan(source).pixels
+    assert np.abs(load_scan(tmp_path / "out" / "normal" / "normal_head.dcm").pixels - original).max() <= 0.5
+    for _, row in labels[labels["label"] == 1].iterrows():
+        scan = load_scan(tmp_path / "out" / "hemorrhage" / f"{row['id']}.dcm")
+        mask = load_scan(tmp_path / "out" / "masks" / f"{row['id']}.png").image > 127
+        assert scan.is_hu and scan.pixel_spacing == pytest.approx((0.431, 0.431))
+        assert BLOOD_HU[0] - 10 <= np.median(scan.pixels[mask]) <= BLOOD_HU[1] + 5
+        assert np.abs(scan.pixels - original)[~ndimage.binary_dilation(mask, iterations=12)].max() <= 0.5
+    write_grid(tmp_path / "out", tmp_path / "grid.png")
+    from PIL import Image
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (3 * 256, len(set(labels["subtype"]) - {""}) * 256)

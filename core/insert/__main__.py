@@ -7,7 +7,7 @@ import sys
 from core.cli import Parser, folder, name_list, non_negative_int, positive_int, unit_range
 from core.data.discover import DatasetError
 from core.insert.lesions import SUBTYPES
-from core.insert.write import write_painted
+from core.insert.write import write_grid, write_painted
 
 
 def main(argv=None) -> int:
@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     p.add_argument("--difficulty", type=unit_range, default=(0.0, 1.0),
                    help="lo,hi: higher is smaller and fainter (default 0,1)")
     p.add_argument("--subtypes", type=name_list, default=list(SUBTYPES), help=f"from {', '.join(SUBTYPES)}")
+    p.add_argument("--grid", help="also write a PNG: per subtype a normal, its painted copy and the outlined bleed")
     args = p.parse_args(argv)
     unknown = [s for s in args.subtypes if s not in SUBTYPES]
     if unknown:
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     except DatasetError as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
+    if args.grid:
+        write_grid(args.out, args.grid)
     painted = labels[labels["label"] == 1]
     print(f"{len(labels) - len(painted)} normal slices and {len(painted)} painted copies written to {args.out}: "
           + ", ".join(f"{s} {c}" for s, c in painted["subtype"].value_counts().items()))

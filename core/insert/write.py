@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import ndimage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from core.insert.anatomy import read_anatomy
 from core.insert.lesions import SUBTYPES, paint_bleed
 from core.io.atomic import atomic_write
 from core.io.imaging import ScanError, load_scan
+from core.phantom.generate import write_png
 
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "blood_hu", "source", "patient_id",
                  "pixel_spacing_mm"]
@@ -47,12 +49,6 @@ def source_normals(root: Path) -> pd.DataFrame:
 
 def _safe_id(source_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", source_id).strip("_") or "slice"
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    Image.fromarray(image).save(tmp, format="PNG", compress_level=3)   # no metadata: same bytes every run
-    os.replace(tmp, path)
 
 
 def _write_dicom(path: Path, hu: np.ndarray, spacing_mm: float, key: str) -> None:
@@ -136,9 +132,31 @@ def _write_slice(folder: Path, kind: str, slice_id: str, values, painted, is_hu:
     if is_hu:
         _write_dicom(folder / kind / f"{slice_id}.dcm", values, spacing, f"{source['sha256']}/{slice_id}")
     else:
-        _write_png(folder / kind / f"{slice_id}.png", values)
+        write_png(folder / kind / f"{slice_id}.png", values)
     if painted is not None:
-        _write_png(folder / "masks" / f"{slice_id}.png", painted.mask.astype(np.uint8) * 255)
+        write_png(folder / "masks" / f"{slice_id}.png", painted.mask.astype(np.uint8) * 255)
     return (slice_id, int(painted is not None), painted.subtype if painted else "",
             round(painted.area_mm2, 2) if painted else 0.0, round(difficulty, 4) if painted else "",
             round(painted.blood_hu, 1) if painted else "", source["id"], f"src:{source['group']}", round(spacing, 4))
+
+
+def write_grid(painted: str | Path, path: str | Path, tile: int = 256) -> None:
+    """A look test: one row per subtype, the real normal slice, its painted copy, and the copy with the bleed
+    outlined in green (the first painted slice of each subtype in labels.csv)."""
+    painted = Path(painted)
+    labels = pd.read_csv(painted / "labels.csv", dtype={"id": str})
+    rows = []
+    for subtype in SUBTYPES:
+        chosen = labels[labels["subtype"] == subtype].head(1)
+        if chosen.empty:
+            continue
+        slice_id = chosen["id"].iloc[0]
+        files = {kind: next(painted.rglob(f"{kind}/{name}.*")) for kind, name in
+                 (("normal", slice_id.rsplit("_b", 1)[0]), ("hemorrhage", slice_id), ("masks", slice_id))}
+        normal, bleed = (load_scan(files[k]).image for k in ("normal", "hemorrhage"))
+        mask = load_scan(files["masks"]).image > 127
+        outlined = np.repeat(bleed[..., None], 3, axis=2)
+        outlined[mask & ~ndimage.binary_erosion(mask)] = (0, 255, 0)
+        panels = [np.repeat(normal[..., None], 3, axis=2), np.repeat(bleed[..., None], 3, axis=2), outlined]
+        rows.append(np.concatenate([np.asarray(Image.fromarray(q).resize((tile, tile))) for q in panels], axis=1))
+    write_png(Path(path), np.concatenate(rows, axis=0))

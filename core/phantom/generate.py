@@ -90,7 +90,7 @@ def render(hu: np.ndarray) -> np.ndarray:
     return (apply_window(hu, *WINDOWS["brain"]) * 255 + 0.5).astype(np.uint8)
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
     # Temp then rename: no half PNGs. No fsync (docs/NOTES.md, "Phantom writer").
     tmp = path.with_name(f".{path.name}.partial")
     Image.fromarray(image).save(tmp, format="PNG", compress_level=3)  # no metadata: same bytes every run
@@ -125,8 +125,8 @@ def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size:
                 for s in stack:
                     slice_id = f"ph{sid:06d}_{tag}{s.slice_index:02d}"
                     folder = "hemorrhage" if s.label else "normal"
-                    _write_png(out / folder / f"{slice_id}.png", render(s.hu))
-                    _write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
+                    write_png(out / folder / f"{slice_id}.png", render(s.hu))
+                    write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
                     written |= {(folder, slice_id), ("masks", slice_id)}
                     rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
                                  s.slice_index, round(sp, 6)))
