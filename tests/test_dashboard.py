@@ -506,7 +506,8 @@ def test_compare_and_errors_read_the_chosen_evaluation(evaluated_run):
     assert ok(at).sidebar.selectbox(key="dataset").value == EXTERNAL
     at.selectbox(key="err_model").set_value("mobilenet_v2").run()
     rows = external_rows(evaluated_run, "mobilenet_v2")
-    met = binary_metrics(rows["label"], rows["prob"], ckpt.load_card(evaluated_run / "mobilenet_v2")["thresholds"]["youden"])
+    youden = ckpt.load_card(evaluated_run / "mobilenet_v2")["thresholds"]["youden"]
+    met = binary_metrics(rows["label"], rows["prob"], youden)
     assert (len(ok(at).dataframe[0].value), len(at.dataframe[1].value)) == (met["fn"], met["fp"])
 
 

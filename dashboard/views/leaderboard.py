@@ -21,7 +21,8 @@ def leaderboard(run: Run, models: tuple[str, ...], dataset: str | None) -> tuple
         card = run.cards[model]
         met = mets[model] = test_metrics(*run.key, model, threshold(card), BOOTSTRAP, dataset=dataset)
         call = M.one_class_call(met)
-        row = {"Model": run.display(model), "Family": family_of_card(card).key, "Source": "this run" if dataset is None else f"this run on {dataset}",
+        row = {"Model": run.display(model), "Family": family_of_card(card).key,
+               "Source": "this run" if dataset is None else f"this run on {dataset}",
                "Threshold": met["threshold"], "Calls": f"⚠ every case {call}" if call else "both classes"}
         for key, label in METRICS.items():
             row[label], row[f"{label} 95% CI"] = met[key], ci_text(met.get(f"{key}_ci"))
