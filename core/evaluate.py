@@ -127,22 +127,33 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
 
 
 def main(argv=None) -> int:
-    p = Parser(description="Evaluate every model of a run; writes predictions.csv, "
-                                            "report.json, leaderboard.csv and report.md.")
+    p = Parser(description="Evaluate every model of a run; writes predictions.csv, report.json, leaderboard.csv "
+                           "and report.md into --out, or without it stores them with the run in "
+                           "RUN/evaluations/NAME (NAME: the --data folder's name), where the dashboard lists them.")
     p.add_argument("--run", required=True, help="run folder, e.g. checkpoints/demo")
-    p.add_argument("--data", help="dataset folder (default: the run's own test split)")
-    p.add_argument("--out", required=True, type=folder, help="output folder")
+    p.add_argument("--data", help="dataset folder (default: the run's own test split; required without --out)")
+    p.add_argument("--out", type=folder, help="output folder (default: RUN/evaluations/NAME)")
     p.add_argument("--models", type=name_list, help="comma-separated subset of the run's models")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="resamples for F1/MCC/PR-AUC intervals (0: none)")
     args = p.parse_args(argv)
+    if args.out is None and args.data is None:
+        p.error("--data is required without --out: the evaluations stored with a run are of other datasets "
+                "(its own test split is in its model folders already)")
     try:
         report = evaluate_run(args.run, args.data, args.models, args.bootstrap)
+        if args.out is None and report["dataset"]["kind"] != "external":
+            raise DatasetError(f"{args.data} is the run's own dataset: its test split is in the model folders "
+                               "already; give --out to evaluate it again.")
     except (DatasetError, ckpt.CheckpointError) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
-    paths = write_report(report, Path(args.out))
-    print(Path(paths["report.md"]).read_text())
+    if args.out is None:
+        where = ckpt.store_evaluation(args.run, args.data, lambda tmp: write_report(report, tmp))
+    else:
+        where = write_report(report, Path(args.out))["report.md"].parent
+    print((where / "report.md").read_text())
+    print(f"Stored the evaluation in {where}.")
     return 0
 
 

@@ -13,7 +13,7 @@ from core.io import store as ckpt
 from core.io.progress import LOCK, live_progress, summary, trainer_alive
 from core.registry import REGISTRY
 from core.report import PRESETS
-from dashboard.loaders import cards, unavailable
+from dashboard.loaders import cards, evaluation_report, evaluation_stamp, scored, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
@@ -22,6 +22,7 @@ TRAIN_COMMAND = "python train.py"
 # The threshold that best separates the classes on validation (sensitivity + specificity - 1): what a
 # reader of a comparison expects, whatever the model's calibration; 0.5 stays one click away.
 DEFAULT_PRESET = "youden"
+TEST_SPLIT = ""   # the dataset selector's value for the run's own test split; the others are evaluations' names
 
 
 def checkpoints_root(argv: list[str] | None = None) -> Path:
@@ -38,6 +39,7 @@ class Run:
     models: tuple[str, ...]   # the verified models: the only ones a page ranks, scores or loads
     stamp: float  # newest mtime among the files the caches read: a new card or weights file invalidates them
     unavailable: dict[str, str] = field(default_factory=dict, hash=False)   # the others, with why
+    evaluations: tuple[str, ...] = ()   # stored external evaluations (RUN/evaluations/NAME), core.io.store
 
     @property
     def listed(self) -> set[str]:
@@ -72,7 +74,8 @@ def open_run(path: Path) -> Run:
     files = [path / ckpt.SPLIT, *(path / m for m in models), *(f for m in models for f in (path / m).iterdir())]
     stamp = max(_mtime(f) for f in files)
     bad = unavailable(str(path), stamp)
-    return Run(path, tuple(m for m in models if m not in bad), stamp, {m: bad[m] for m in models if m in bad})
+    return Run(path, tuple(m for m in models if m not in bad), stamp, {m: bad[m] for m in models if m in bad},
+               tuple(ckpt.list_evaluations(path)))
 
 
 def health(run: Run) -> str:
@@ -112,6 +115,11 @@ def sidebar() -> Run | None:
         st.sidebar.error(f"Run {path.name} cannot be read: {err}")
         return None
     (st.sidebar.warning if run.unavailable else st.sidebar.caption)(health(run))
+    if run.evaluations:
+        st.sidebar.selectbox("Dataset", [TEST_SPLIT, *run.evaluations], format_func=lambda n: dataset_label(run, n),
+                             key="dataset", help="What Leaderboard, Compare and Errors score: the run's own test "
+                             "split, or an evaluation stored with the run (`python -m core.evaluate --run RUN --data "
+                             "PATH`, or the Data page). Thresholds stay the cards', chosen on validation.")
     return run
 
 
@@ -164,6 +172,41 @@ def require_run() -> Run:
     if not run.models:
         st.stop()
     return run
+
+
+def dataset_label(run: Run, name: str) -> str:
+    if name == TEST_SPLIT:
+        return "Test split (this run)"
+    n = evaluation_report(str(run.path), name, evaluation_stamp(str(run.path), name)).get("n_cases", "?")
+    return f"External: {name} ({n} cases)"
+
+
+def dataset() -> str | None:
+    """The sidebar's dataset: None for the run's test split, else the name of a stored evaluation of the run."""
+    run, name = st.session_state.get("current_run"), st.session_state.get("dataset")
+    return name if run is not None and name in run.evaluations else None
+
+
+def dataset_text(name: str | None) -> str:
+    """For captions: 'test split' or 'external set **NAME**'."""
+    return "test split" if name is None else f"external set **{name}**"
+
+
+def require_dataset(run: Run) -> tuple[str | None, tuple[str, ...]]:
+    """(the sidebar's dataset, the verified models it scores): all of them on the test split, those a stored evaluation
+    holds; the others are named in a caption, and with none the page stops."""
+    name = dataset()
+    if name is None:
+        return None, run.models
+    held = set(scored(*run.key, name)["model"])
+    models = tuple(m for m in run.models if m in held)
+    if missing := [run.display(m) for m in run.models if m not in held]:
+        st.caption(f"Not in evaluation {name} (evaluated before they were trained, or with --models): "
+                   + ", ".join(missing) + ".")
+    if not models:
+        st.info(f"Evaluation {name} holds none of this run's verified models.")
+        st.stop()
+    return name, models
 
 
 def preset() -> str:

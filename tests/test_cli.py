@@ -70,6 +70,7 @@ def test_given_values_are_kept_and_absent_ones_are_none(tmp_path):
     (explain_main, ["--run", "RUN", "--out", "OUT", "--methods", ","]),
     (evaluate_main, ["--run", "RUN", "--out", "OUT", "--bootstrap", "-1"]),
     (evaluate_main, ["--run", "RUN", "--out", "OUT", "--models", ","]),
+    (evaluate_main, ["--run", "RUN"]),   # without --out the evaluation is stored with the run: of another --data
     (benchmark_main, ["--run", "RUN", "--models", ","]), (benchmark_main, ["--run", "RUN", "--variants", ","]),
 ])
 def test_the_other_command_lines_refuse_bad_counts_in_one_line(main, argv, tmp_path, capsys):

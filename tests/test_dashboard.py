@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
 from core.io import store as ckpt
@@ -442,3 +444,95 @@ def test_cam_cache_evicts_the_least_recently_used_beyond_its_byte_budget():
     assert lru.get("c") is None and lru.get("b") == "B" and len(lru) == 2 and lru.used == 80
     lru.put("huge", "H", 101)
     assert lru.get("huge") is None and lru.used <= 100
+
+
+EXTERNAL = "site_b"
+
+
+@pytest.fixture(scope="module")
+def evaluated_copy(run_dir, tmp_path_factory):
+    """A copy of the run (the shared one is never written) with one evaluation stored by core.evaluate: a phantom folder
+    of 20 slices named site_b, in RUN/evaluations/site_b."""
+    from core.evaluate import main as evaluate_main
+    from core.phantom.generate import write_dataset
+    root = tmp_path_factory.mktemp("evaluated")
+    copy = Path(shutil.copytree(run_dir, root / "checkpoints" / run_dir.name))
+    write_dataset(root / EXTERNAL, n=20, size=64, seed=11, stack_size=1)
+    assert evaluate_main(["--run", str(copy), "--data", str(root / EXTERNAL), "--bootstrap", "0"]) == 0
+    return copy
+
+
+@pytest.fixture
+def evaluated_run(evaluated_copy, monkeypatch):
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(evaluated_copy.parent))
+    return evaluated_copy
+
+
+def external_rows(run, model):
+    preds = pd.read_csv(run / ckpt.EVALUATIONS / EXTERNAL / "predictions.csv", dtype={"id": str})
+    return preds[preds["model"] == model]
+
+
+def test_the_leaderboard_scores_a_stored_evaluation_and_shows_the_generalization_gap(evaluated_run):
+    at = ok(page("leaderboard"))
+    assert at.sidebar.selectbox(key="dataset").options == ["Test split (this run)", f"External: {EXTERNAL} (20 cases)"]
+    internal = at.dataframe[0].value.set_index("Model")
+    at.sidebar.selectbox(key="dataset").set_value(EXTERNAL).run()
+    board = ok(at).dataframe[0].value.set_index("Model")
+    gaps = at.dataframe[1].value.set_index("Model")
+    assert {"Internal AUC", "Internal AUC 95% CI", f"{EXTERNAL}: AUC", f"{EXTERNAL}: AUC 95% CI",
+            f"{EXTERNAL}: gap"} <= set(gaps.columns)
+    for model in MODELS:
+        name, rows = ckpt.load_card(evaluated_run / model)["display_name"], external_rows(evaluated_run, model)
+        auc = roc_auc_score(rows["label"], rows["prob"])
+        assert board.loc[name, "AUC"] == pytest.approx(auc) and board.loc[name, "Test n"] == 20
+        youden = ckpt.load_card(evaluated_run / model)["thresholds"]["youden"]   # the card's, chosen on validation
+        assert board.loc[name, "Sensitivity"] == pytest.approx(
+            binary_metrics(rows["label"], rows["prob"], youden)["sensitivity"], nan_ok=True)
+        test = split_rows(evaluated_run, model)
+        assert gaps.loc[name, "Internal AUC"] == pytest.approx(roc_auc_score(test["label"], test["prob"]))
+        assert internal.loc[name, "AUC"] == pytest.approx(gaps.loc[name, "Internal AUC"])
+        assert gaps.loc[name, f"{EXTERNAL}: AUC"] == pytest.approx(auc)
+        assert gaps.loc[name, f"{EXTERNAL}: gap"] == pytest.approx(auc - gaps.loc[name, "Internal AUC"])
+    assert f"external set **{EXTERNAL}**" in texts(at)
+
+
+def test_compare_and_errors_read_the_chosen_evaluation(evaluated_run):
+    at = ok(page("compare"))
+    at.sidebar.selectbox(key="dataset").set_value(EXTERNAL).run()
+    table = ok(at).dataframe[0].value.set_index("Model")
+    assert (table[["TN", "FP", "FN", "TP"]].sum(axis=1) == 20).all()
+    at.switch_page("views/errors.py").run()   # the one sidebar selector keeps the choice across pages
+    assert ok(at).sidebar.selectbox(key="dataset").value == EXTERNAL
+    at.selectbox(key="err_model").set_value("mobilenet_v2").run()
+    rows = external_rows(evaluated_run, "mobilenet_v2")
+    youden = ckpt.load_card(evaluated_run / "mobilenet_v2")["thresholds"]["youden"]
+    met = binary_metrics(rows["label"], rows["prob"], youden)
+    assert (len(ok(at).dataframe[0].value), len(at.dataframe[1].value)) == (met["fn"], met["fp"])
+
+
+def test_a_run_without_evaluations_has_no_dataset_choice(run_dir):
+    at = ok(page("leaderboard"))
+    assert not [s for s in at.sidebar.selectbox if s.key == "dataset"]
+    assert "Internal vs external" not in texts(at)
+
+
+def test_the_data_page_evaluates_a_folder_in_a_subprocess(evaluated_copy, tmp_path, monkeypatch):
+    copy = Path(shutil.copytree(evaluated_copy, tmp_path / "checkpoints" / evaluated_copy.name))
+    shutil.rmtree(copy / ckpt.EVALUATIONS)
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(copy.parent))
+    at = ok(page("data"))
+    not_a_folder = tmp_path / "scan.png"
+    not_a_folder.write_bytes(b"not a folder")
+    at.text_input(key="eval_folder").input(str(not_a_folder))
+    at.button(key="eval_start").click().run()
+    assert [e.value for e in ok(at).error] == [f"`{not_a_folder}` is not a folder on the machine running this app."]
+    assert "evaluation" not in at.session_state and not (copy / ckpt.EVALUATIONS).exists()
+    at.text_input(key="eval_folder").input(str(evaluated_copy.parents[1] / EXTERNAL))
+    at.button(key="eval_start").click().run()
+    job = at.session_state["evaluation"]
+    assert job["proc"].args[:3] == [sys.executable, "-m", "core.evaluate"]
+    assert job["proc"].wait(timeout=600) == 0, open(job["log"]).read()
+    ok(at.run())
+    assert any(f"Stored the evaluation in {copy / ckpt.EVALUATIONS / EXTERNAL}." in s.value for s in at.success)
+    assert at.sidebar.selectbox(key="dataset").options[1] == f"External: {EXTERNAL} (20 cases)"

@@ -1,6 +1,8 @@
 """python -m core.evaluate on the suite's tiny run: its own test split and an external set."""
 import json
 import shutil
+import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,3 +67,57 @@ def test_missing_run_is_one_clear_line(tmp_path, capsys):
     assert evaluate_main(["--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hemolens:") and "\n" not in err
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the suite's run to store evaluations in (the shared one is never written)."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "checkpoints" / tiny_run.name))
+
+
+def test_without_out_the_evaluation_is_stored_with_the_run(run_copy, tmp_path, capsys):
+    external = tmp_path / "Head CT (site B)"
+    write_dataset(external, n=20, size=64, seed=7, stack_size=1)   # >= 7 a class: prepare splits it
+    names = ["Head-CT-site-B", "Head-CT-site-B-2"]   # the folder's name made safe, then made unique
+    for name in names:
+        assert evaluate_main(["--run", str(run_copy), "--data", str(external), "--bootstrap", "0"]) == 0
+        stored = run_copy / ckpt.EVALUATIONS / name
+        assert {"predictions.csv", "report.json", "report.md"} <= {p.name for p in stored.iterdir()}
+        assert capsys.readouterr().out.splitlines()[-1] == f"Stored the evaluation in {stored}."
+    assert ckpt.list_evaluations(run_copy) == names
+    assert sorted(p.name for p in (run_copy / ckpt.EVALUATIONS).iterdir()) == names, "no temporary folder left"
+    report = json.loads((run_copy / ckpt.EVALUATIONS / names[0] / "report.json").read_text())
+    assert report["dataset"]["kind"] == "external" and report["n_cases"] == 20
+    preds = pd.read_csv(run_copy / ckpt.EVALUATIONS / names[0] / "predictions.csv")
+    assert set(preds["model"]) == set(TINY_RUN_MODELS) and set(preds["split"]) == {"external"}
+
+
+def test_without_out_data_is_required_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["--run", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemolens: --data is required without --out") and "\n" not in err
+    assert not (tmp_path / ckpt.EVALUATIONS).exists()
+
+
+def test_a_failed_or_killed_evaluation_leaves_no_folder_a_reader_lists(tmp_path):
+    def fails(folder):
+        (folder / "predictions.csv").write_text("model,prob\n")
+        raise RuntimeError("killed while writing")
+
+    with pytest.raises(RuntimeError):
+        ckpt.store_evaluation(tmp_path, tmp_path / "ext", fails)
+    assert list((tmp_path / ckpt.EVALUATIONS).iterdir()) == []
+    # A killed process's temporary folder (hidden, its writer gone) is never listed, and the next store removes it.
+    left = tmp_path / ckpt.EVALUATIONS / f".ext.999999999@{socket.gethostname()}.abc"
+    left.mkdir()
+    (left / "report.json").write_text("{}")
+    (left / "predictions.csv").write_text("model,prob\n")
+    (tmp_path / ckpt.EVALUATIONS / "half").mkdir()   # neither file: not an evaluation
+    assert ckpt.list_evaluations(tmp_path) == []
+    stored = ckpt.store_evaluation(tmp_path, tmp_path / "ext", lambda f: [(f / n).write_text("x") for n in
+                                                                          ckpt.EVALUATION_FILES])
+    assert stored == tmp_path / ckpt.EVALUATIONS / "ext" and ckpt.list_evaluations(tmp_path) == ["ext"]
+    assert not left.exists()
+    assert ckpt.evaluation_name("/data/CQ500 ü/") == "CQ500" and ckpt.evaluation_name("/") == "dataset"

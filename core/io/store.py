@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -12,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.io.atomic import atomic_path, atomic_write
+from core.io.atomic import atomic_path, atomic_write, remove_stale_temp_dirs, temp_dir
 
 SCHEMA_VERSION = 1
 WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
@@ -20,6 +23,9 @@ WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "img_per_s", "data_wait_s", "compute_s"]
 PREDICTION_COLUMNS = ["split", "id", "path", "label", "prob"]
+# RUN/evaluations/NAME: `python -m core.evaluate` without --out; complete once it holds these (core.report writes
+# leaderboard.csv and report.md beside them).
+EVALUATIONS, EVALUATION_FILES = "evaluations", ("report.json", "predictions.csv")
 
 
 class CheckpointError(ValueError):
@@ -188,3 +194,42 @@ def list_runs(root: str | Path = "checkpoints") -> list[Path]:
 def list_models(run_dir: str | Path) -> list[str]:
     """Completed models of a run (a model counts once its card is written)."""
     return sorted(p.parent.name for p in Path(run_dir).glob(f"*/{CARD}"))
+
+
+def list_evaluations(run_dir: str | Path) -> list[str]:
+    """Names of the evaluations stored with a run: folders under RUN/evaluations holding report.json and
+    predictions.csv, sorted. A hidden folder (one being written, or left by a killed evaluation) is never one."""
+    root = Path(run_dir) / EVALUATIONS
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    return sorted(p.name for p in found if all((p / name).is_file() for name in EVALUATION_FILES))
+
+
+def evaluation_name(source: str | Path) -> str:
+    """A safe folder name from a dataset folder's name: letters, digits, '.', '_' and '-' (at most 64)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).resolve().name).strip(".-_")[:64].rstrip(".-_")
+    return name or "dataset"
+
+
+def store_evaluation(run_dir: str | Path, source: str | Path, write: Callable[[Path], object]) -> Path:
+    """RUN/evaluations/NAME (NAME from `source`, or NAME-2, NAME-3 ... when taken), written by `write(folder)` into
+    a temporary folder renamed into place: a killed evaluation never leaves a folder a reader would list."""
+    root = Path(run_dir) / EVALUATIONS
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(root)   # every hidden folder here is a temp_dir of an evaluation
+    base = evaluation_name(source)
+    tmp = temp_dir(root, base)
+    try:
+        write(tmp)
+        for n in range(1, 10_000):
+            target = root / (base if n == 1 else f"{base}-{n}")
+            if target.exists():
+                continue
+            try:
+                tmp.rename(target)   # refused when another evaluation has just taken the name: try the next
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        raise CheckpointError(f"{root} holds too many evaluations named {base}.")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,20 +1,23 @@
-"""Compare: ROC/PR curves, a live threshold and prevalence, calibration and DeLong tests (test split)."""
+"""Compare: ROC/PR curves, a live threshold and prevalence, calibration and DeLong tests (test split or a stored
+external evaluation, chosen in the sidebar)."""
 import pandas as pd
 import streamlit as st
 
 from core.metrics import binary as M
 from core.report import PRESETS
 from dashboard import figures
-from dashboard.frame import require_run, threshold
+from dashboard.frame import dataset_text, require_dataset, require_run, threshold
 from dashboard.loaders import delong_matrix, test_metrics, test_probs
 
 run = require_run()
 st.title("Compare models")
-models = st.multiselect("Models", run.models, default=list(run.models), format_func=run.display)
+dataset, scored_models = require_dataset(run)
+st.caption(f"Run **{run.path.name}**, {dataset_text(dataset)} (change it in the sidebar).")
+models = st.multiselect("Models", scored_models, default=list(scored_models), format_func=run.display)
 if not models:
     st.info("Pick at least one model.")
     st.stop()
-probs = test_probs(*run.key, run.models)
+probs = test_probs(*run.key, scored_models, dataset)
 y = probs["label"].to_numpy()
 names = {m: run.display(m) for m in models}
 
@@ -29,17 +32,17 @@ def operating_point():
     slider = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="cmp_threshold", disabled=mode != "slider")
     prevalence = st.slider("Prevalence for PPV / NPV (%)", 0.5, 95.0, round(200 * y.mean()) / 2, 0.5,
                            key="cmp_prevalence", help="PPV and NPV depend on how common hemorrhage is where the "
-                                                      "model is used; the test split's share is the default.") / 100
-    rows, roc_at, pr_at = [], {}, {}
+                                                      "model is used; the share in these cases is the default.") / 100
+    rows, roc_at, pr_at, source = [], {}, {}, "test" if dataset is None else "external"
     for m in models:
         thr = slider if mode == "slider" else threshold(run.cards[m], mode)
-        met = test_metrics(*run.key, m, thr)
+        met = test_metrics(*run.key, m, thr, dataset=dataset)
         ppv, npv = M.ppv_npv_at_prevalence(met["sensitivity"], met["specificity"], prevalence)
         roc_at[names[m]] = (1 - met["specificity"], met["sensitivity"])
         pr_at[names[m]] = (met["sensitivity"], met["precision"])
         rows.append({"Model": names[m], "Threshold": thr, "TN": met["tn"], "FP": met["fp"], "FN": met["fn"],
                      "TP": met["tp"], "Sensitivity": met["sensitivity"], "Specificity": met["specificity"],
-                     "Accuracy": met["accuracy"], "F1": met["f1"], "PPV (test)": met["precision"],
+                     "Accuracy": met["accuracy"], "F1": met["f1"], f"PPV ({source})": met["precision"],
                      f"PPV at {prevalence:.1%}": ppv, f"NPV at {prevalence:.1%}": npv})
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True, width="stretch",
@@ -60,12 +63,12 @@ operating_point()
 st.subheader("Calibration and paired tests")
 left, right = st.columns(2)
 bins = {names[m]: M.reliability_bins(y, probs[m]) for m in models}
-ece = {names[m]: test_metrics(*run.key, m, 0.5)["ece"] for m in models}
+ece = {names[m]: test_metrics(*run.key, m, 0.5, dataset=dataset)["ece"] for m in models}
 left.plotly_chart(figures.reliability(bins, ece), width="stretch")
 if len(models) > 1:
-    p = delong_matrix(*run.key, tuple(models)).rename(index=names, columns=names)
+    p = delong_matrix(*run.key, tuple(models), dataset).rename(index=names, columns=names)
     right.plotly_chart(figures.pvalue_matrix(p), width="stretch")
-    right.caption("Small p: the two AUCs differ by more than chance on these test cases would explain. "
+    right.caption("Small p: the two AUCs differ by more than chance on these cases would explain. "
                   "With few test cases nearly nothing is significant; that is a finding too.")
 else:
     right.info("Select two or more models for the DeLong matrix.")

@@ -1,10 +1,18 @@
-"""Data: split counts, class and subtype balance, the leakage report, a sample gallery, the phantom subtypes."""
+"""Data: split counts, class and subtype balance, the leakage report, a sample gallery, the phantom subtypes, and
+evaluating the run on another folder (`python -m core.evaluate` in a subprocess, stored with the run)."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from core.io.framing import framing_of
-from dashboard.frame import REPO, require_run
+from dashboard.frame import REPO, Run, require_run
 from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
 SUBTYPE_TEXT = {
@@ -19,6 +27,69 @@ SUBTYPE_TEXT = {
     "intraventricular": "Blood inside the ventricles (the brain's fluid chambers); it settles and layers in the "
                         "dependent part of a ventricle.",
 }
+
+
+def start_evaluation(run: Run, folder: Path) -> None:
+    """`python -m core.evaluate --run RUN --data FOLDER` in its own process (never in the app's), its output in a log
+    file; the handle and the log's path live in the session, which the progress fragment polls."""
+    fd, log = tempfile.mkstemp(prefix="hemolens-evaluate-", suffix=".log")
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "core.evaluate", "--run", str(run.path), "--data", str(folder)],
+                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    st.session_state["evaluation"] = {"proc": proc, "log": log, "run": run.path.name, "folder": str(folder)}
+
+
+def log_lines(path: str, last: int = 12) -> list[str]:
+    """The last lines of an evaluation's output; progress bars redraw with \\r, so each redraw counts as a line."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+        text = f.read().decode(errors="replace")
+    return [line for line in re.split(r"[\r\n]+", text) if line.strip()][-last:]
+
+
+@st.fragment(run_every=2)
+def evaluation_progress() -> None:
+    """While the evaluation runs: its output's tail, every 2 s; once it exits, the whole app again (the sidebar then
+    lists the stored evaluation)."""
+    job = st.session_state["evaluation"]
+    if job["proc"].poll() is not None:
+        st.rerun()
+    st.info(f"Evaluating run **{job['run']}** on `{job['folder']}`…", icon=":material/hourglass_top:")
+    st.code("\n".join(log_lines(job["log"])) or "starting…", language=None)
+
+
+def evaluation_form(run: Run) -> None:
+    """Evaluate this run on another folder, then say where it is stored, or the one-line error."""
+    st.subheader("Evaluate this run on another folder")
+    job = st.session_state.get("evaluation")
+    running = job is not None and job["proc"].poll() is None
+    with st.form("evaluate"):
+        text = st.text_input("Dataset folder", key="eval_folder", placeholder="/data/another_hospital",
+                             help="Any layout the training reads (class folders, a labels CSV, DICOM series). Files "
+                                  "also in this run's train or validation split are dropped.")
+        submitted = st.form_submit_button("Evaluate", key="eval_start", disabled=running)
+    folder = Path(text.strip()).expanduser()
+    if submitted and not text.strip():
+        st.error("Enter the path of a dataset folder first.")
+    elif submitted and not folder.is_dir():
+        st.error(f"`{text}` is not a folder on the machine running this app.")
+    elif submitted:
+        start_evaluation(run, folder.resolve())
+        running = True
+    if running:
+        evaluation_progress()
+    elif job is not None:
+        lines = log_lines(job["log"])
+        if job["proc"].returncode == 0:
+            st.success(f"{lines[-1] if lines else 'Stored.'} It is now selectable under **Dataset** in the sidebar "
+                       f"(run {job['run']}): Leaderboard, Compare and Errors then score it.",
+                       icon=":material/check_circle:")
+        else:
+            st.error(lines[-1] if lines else f"The evaluation ended with exit status {job['proc'].returncode}.")
+    st.caption("Runs `python -m core.evaluate --run RUN --data FOLDER` beside the app; the evaluation is stored in "
+               "RUN/evaluations/NAME, NAME after the folder.")
+
 
 run = require_run()
 st.title("Data")
@@ -44,6 +115,8 @@ if bleeds.empty:
 else:
     right.dataframe(pd.crosstab(bleeds["subtype"], bleeds["split"], margins=True, margins_name="total"),
                     width="stretch")
+
+evaluation_form(run)
 
 st.subheader("Leakage report")
 leak = run_json(*run.key, "leakage.json")

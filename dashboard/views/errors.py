@@ -4,21 +4,22 @@ import streamlit as st
 
 from core.families import family_of_card
 from core.report import PRESETS
-from dashboard.frame import preset, require_run, threshold
+from dashboard.frame import dataset_text, preset, require_dataset, require_run, threshold
 from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, run_framing,
                                test_probs, truth as truth_of)
 
 run = require_run()
 st.title("Errors")
-st.caption(f"Test split, each model at its **{PRESETS[preset()]}** threshold (sidebar). "
-           "Pick a case below to see it with each model's CAM.")
-cases = test_probs(*run.key, run.models)
+dataset, models = require_dataset(run)
+st.caption(f"Run **{run.path.name}**, {dataset_text(dataset)}, each model at its **{PRESETS[preset()]}** threshold "
+           "(sidebar). Pick a case below to see it with each model's CAM.")
+cases = test_probs(*run.key, models, dataset)
 truth = truth_of(cases)
 # True where a model calls hemorrhage at its sidebar-preset threshold.
-calls = pd.DataFrame({m: cases[m] >= threshold(run.cards[m]) for m in run.models}, index=cases.index)
+calls = pd.DataFrame({m: cases[m] >= threshold(run.cards[m]) for m in models}, index=cases.index)
 columns = [c for c in ("subtype", "bleed_area_mm2") if c in cases]
 
-model = st.selectbox("Model", run.models, format_func=run.display, key="err_model")
+model = st.selectbox("Model", models, format_func=run.display, key="err_model")
 missed = cases[(cases["label"] == 1) & ~calls[model]]
 false_alarms = cases[(cases["label"] == 0) & calls[model]]
 for col, title, rows in zip(st.columns(2), ("False negatives (missed hemorrhage)",
@@ -29,9 +30,9 @@ for col, title, rows in zip(st.columns(2), ("False negatives (missed hemorrhage)
 
 split = calls.any(axis=1) & ~calls.all(axis=1)
 st.markdown(f"**Cases the models disagree on: {int(split.sum())}** (of {len(cases)})")
-disagree = cases.loc[split, ["label", *columns, *run.models]].assign(
-    calls=calls[split].sum(axis=1).astype(str) + f" of {len(run.models)}")
-st.dataframe(disagree.rename(columns={m: run.display(m) for m in run.models}), width="stretch")
+disagree = cases.loc[split, ["label", *columns, *models]].assign(
+    calls=calls[split].sum(axis=1).astype(str) + f" of {len(models)}")
+st.dataframe(disagree.rename(columns={m: run.display(m) for m in models}), width="stretch")
 
 st.subheader("Look closer")
 pool = list(dict.fromkeys([*missed.index, *false_alarms.index, *disagree.index]))
@@ -47,7 +48,7 @@ if image is None:
     st.stop()
 explain = explain_api()
 tiles = [("Input" + (" (green: true bleed)" if mask is not None else ""), outline(image, mask))]
-for m in [m for m in run.models if family_of_card(run.cards[m]).explained_by_cam]:
+for m in [m for m in models if family_of_card(run.cards[m]).explained_by_cam]:
     try:
         model_for(run, m)   # loaded first (cached), so a model that fails to load is one warning, not the page
     except LOAD_ERRORS as err:
