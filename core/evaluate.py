@@ -38,10 +38,10 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
             raise DatasetError(f"{len(changed)} test images changed since training (first: {changed[0]}).")
         facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing}
         return cases, decoded.images, facts
-    external = prepare(data, size, framing=framing)
+    external = prepare(data, size, framing=framing, split=False)
     seen = set(manifest.loc[manifest["split"] != "test", "sha256"])
     keep = ~external.manifest["sha256"].isin(seen).to_numpy()
-    cases = external.manifest[keep].reset_index(drop=True).assign(split="external")
+    cases = external.manifest[keep].reset_index(drop=True)
     facts = {"kind": "external", "source": str(Path(data).resolve()), "dropped_seen_in_training": int((~keep).sum()),
              "skipped_unreadable": external.leakage["skipped_unreadable"], "framing": framing}
     return cases, external.images[keep], facts

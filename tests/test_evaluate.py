@@ -77,7 +77,7 @@ def run_copy(tiny_run, tmp_path):
 
 def test_without_out_the_evaluation_is_stored_with_the_run(run_copy, tmp_path, capsys):
     external = tmp_path / "Head CT (site B)"
-    write_dataset(external, n=20, size=64, seed=7, stack_size=1)   # >= 7 a class: prepare splits it
+    write_dataset(external, n=20, size=64, seed=7, stack_size=1)
     names = ["Head-CT-site-B", "Head-CT-site-B-2"]   # the folder's name made safe, then made unique
     for name in names:
         assert evaluate_main(["--run", str(run_copy), "--data", str(external), "--bootstrap", "0"]) == 0
@@ -121,3 +121,12 @@ def test_a_failed_or_killed_evaluation_leaves_no_folder_a_reader_lists(tmp_path)
     assert stored == tmp_path / ckpt.EVALUATIONS / "ext" and ckpt.list_evaluations(tmp_path) == ["ext"]
     assert not left.exists()
     assert ckpt.evaluation_name("/data/CQ500 ü/") == "CQ500" and ckpt.evaluation_name("/") == "dataset"
+
+
+def test_a_tiny_external_set_is_evaluated_whole(tiny_run, tmp_path):
+    """Four slices, two per class, no groups to split: all four are cases, nothing is held out."""
+    from core.evaluate import evaluation_cases
+    write_dataset(tmp_path / "tiny", 4, size=96, seed=11, stack_size=1)
+    cases, images, facts = evaluation_cases(tiny_run, str(tmp_path / "tiny"), 64)
+    assert len(cases) == len(images) == 4 and set(cases["split"]) == {"external"}
+    assert facts["kind"] == "external" and sorted(cases["label"]) == [0, 0, 1, 1]

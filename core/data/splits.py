@@ -111,7 +111,10 @@ def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
     table.loc[ordered.index, "slice_index"] = ordered.groupby("uid").cumcount()
 
 
-def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None, framing: str = "none") -> Prepared:
+def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None, framing: str = "none",
+            split: bool = True) -> Prepared:
+    """The decoded, grouped and split dataset; `split=False` (an external set, all of it evaluated): every case
+    in split "external", however few or unbalanced its groups."""
     table = discover(root)
     decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing)
     table = table[table["path"].isin(set(decoded.paths))].reset_index(drop=True)
@@ -124,7 +127,9 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
     _order_dicom_series(table, decoded)
     pairs = near_duplicate_pairs(decoded.phash, decoded.dhash)
     table["group"] = assign_groups(table, pairs)
-    if table["given_split"].notna().all():
+    if not split:
+        table["split"] = "external"
+    elif table["given_split"].notna().all():
         table["split"] = table["given_split"]
         if not (table["split"] == "val").any():   # train/test only: carve validation out of train
             train = table["split"] == "train"
@@ -132,10 +137,10 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
                                                      table.loc[train, "group"].to_numpy(), seed, parts=("val",))
     else:
         table["split"] = split_groups(table["label"].to_numpy(), table["group"].to_numpy(), seed)
-    for split in ("train", "val", "test"):
-        labels = table.loc[table["split"] == split, "label"]
+    for part in ("train", "val", "test") if split else ():
+        labels = table.loc[table["split"] == part, "label"]
         if labels.nunique() < 2:
-            raise DatasetError(f"The {split} split has {len(labels)} images of one class only; "
+            raise DatasetError(f"The {part} split has {len(labels)} images of one class only; "
                                "add images or provide a balanced split.")
     extras = [c for c in table.columns if c not in MANIFEST_COLUMNS + ["given_split", "group_hint"]]
     manifest = table[MANIFEST_COLUMNS + extras]
