@@ -21,8 +21,8 @@ from core.engine.config import TrainConfig, resolve_device
 from core.io.framing import FRAMINGS
 from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
-from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_RECIPE, Preset, demo_preset, painted_root,
-                          phantom_root)
+from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, Preset, demo_preset,
+                          painted_root, phantom_root)
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synthetic-bleeds", action="store_true",
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
                         "(core.insert; cached): a normal and its copy differ only by the bleed")
+    p.add_argument("--synthetic-copies", type=positive_int,
+                   help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
@@ -115,7 +117,9 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Pat
     """--data, or the cached phantom set. Phantom stacks only for sequence models: otherwise independent
     heads teach more per slice (docs/NOTES.md, "CPU demo preset")."""
     if args.data:
-        return painted_root(args.data, args.seed) if args.synthetic_bleeds else Path(args.data)
+        if not args.synthetic_bleeds:
+            return Path(args.data)
+        return painted_root(args.data, args.seed, args.synthetic_copies or PAINTED_COPIES)
     stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
     n = preset.phantoms if args.phantoms is None else args.phantoms
     return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)

@@ -48,10 +48,23 @@ def intraparenchymal(a: Anatomy, rng, difficulty: float) -> np.ndarray | None:
     return (q < 1) & a.inside & ~a.ventricles
 
 
+def _convexity_angle(a: Anatomy, angles: np.ndarray, rng, bins: int = 72) -> float:
+    """An angle where the intracranial space reaches at least 85 % of its widest: the convexity, not the flat
+    skull base or a fossa's edge, where extra-axial blood collects."""
+    cy, cx = a.centre
+    rows, cols = np.nonzero(a.inside)
+    index = ((angles[rows, cols] + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    reach = np.zeros(bins)
+    np.maximum.at(reach, index, np.hypot(rows - cy, cols - cx))
+    wide = np.flatnonzero(reach >= 0.85 * reach.max())
+    return float((rng.choice(wide) + rng.uniform()) / bins * 2 * np.pi - np.pi)
+
+
 def _along_table(a: Anatomy, rng, difficulty: float, span: tuple, thick: tuple, lens: bool) -> np.ndarray | None:
     """Blood between brain and inner table over an arc: a crescent (subdural) or a biconvex lens (epidural)."""
-    centre, half = rng.uniform(-np.pi, np.pi), rng.uniform(*span)
-    t = _wrap(a.angles() - centre) / half
+    angles = a.angles()
+    centre, half = _convexity_angle(a, angles, rng), rng.uniform(*span)
+    t = _wrap(angles - centre) / half
     profile = np.sqrt(np.clip(1 - t ** 2, 0, None)) if lens else np.clip(1 - t ** 4, 0, None)
     thickness = max(_size(rng, *thick, difficulty), 2.0) * profile
     return a.inside & (np.abs(t) < 1) & (a.depth_mm < thickness)
