@@ -54,9 +54,12 @@ class _Datasets:
             run_dir = Path(self.cfg.out)
             _check_split(self.by_size[size], run_dir, resume=self.cfg.resume)
             if is_main():
+                painted = bool(self.cfg.args.get("synthetic_bleeds"))   # data_root: the painted set of cfg.data
                 store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
                                                         "synthetic": self.cfg.data is None, "seed": self.cfg.seed,
-                                                        "framing": self.by_size[size].framing})
+                                                        "framing": self.by_size[size].framing,
+                                                        "painted_from": str(Path(self.cfg.data).resolve())
+                                                        if painted else None})
             skipped = len(self.by_size[size].leakage["skipped_unreadable"])
             if first and skipped and is_main():   # every size skips the same files: say it once
                 print(f"hemolens: skipped {skipped} unreadable file(s); see {run_dir / 'leakage.json'}",

@@ -192,3 +192,21 @@ def test_a_real_head_dicom_is_painted_in_hu_and_written_as_dicom(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (3 * 256, len(set(labels["subtype"]) - {""}) * 256)
+
+
+def test_train_with_synthetic_bleeds_trains_on_a_cached_painted_set(tmp_path, monkeypatch, capsys):
+    import json
+    import train
+    monkeypatch.setattr("core.presets.PAINTED_CACHE", tmp_path / "cache")
+    normals = phantom_normals(tmp_path / "normals", n=48)
+    args = ["--data", str(normals), "--synthetic-bleeds", "--models", "resnet18", "--epochs", "1", "--image-size",
+            "64", "--device", "cpu", "--numerics", "fp32", "--out", str(tmp_path / "run")]
+    assert train.main(args) == 0
+    facts = json.loads((tmp_path / "run" / "run.json").read_text())
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1 and facts["data_root"] == str(cached[0]) and facts["painted_from"] == str(normals.resolve())
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert (split["label"] == 0).sum() == 48 and (split["label"] == 1).sum() == 48   # one painted copy each
+    assert split.groupby("group")["split"].nunique().max() == 1
+    assert train.main(["--synthetic-bleeds", "--models", "resnet18"]) == 2   # nothing to paint into
+    assert "give --data" in capsys.readouterr().err

@@ -98,7 +98,9 @@ manifest = manifest.assign(**{"class": manifest["label"].map({0: "normal", 1: "h
 facts = run_json(*run.key, "run.json")
 st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
            + (f", from `{facts['data_root']}`" if "data_root" in facts else "")
-           + (" (synthetic phantoms)" if facts.get("synthetic") else "") + "."
+           + (" (synthetic phantoms)" if facts.get("synthetic") else "")
+           + (f": the normal slices of `{facts['painted_from']}` beside copies with hemorrhages painted in "
+              "(core.insert), each pair in one split" if facts.get("painted_from") else "") + "."
            + (" Every slice was framed to its head (table and letters blanked) before resizing, in training, "
               "evaluation and on the Scan page." if framing_of(facts) == "head" else ""))
 
