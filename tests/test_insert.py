@@ -124,7 +124,7 @@ def files(root: Path) -> dict:
 def test_same_seed_same_files_and_the_cli(tmp_path, capsys):
     normals = phantom_normals(tmp_path / "normals")
     assert main(["--normals", str(normals), "--out", str(tmp_path / "a"), "--n", "15", "--seed", "7"]) == 0
-    assert "15 painted copies" in capsys.readouterr().out
+    assert "12 normal slices, 15 painted copies and 0 real" in capsys.readouterr().out
     write_painted(normals, tmp_path / "b", n=15, seed=7)
     write_painted(normals, tmp_path / "c", n=15, seed=8)
     assert files(tmp_path / "a") == files(tmp_path / "b")
@@ -210,3 +210,12 @@ def test_train_with_synthetic_bleeds_trains_on_a_cached_painted_set(tmp_path, mo
     assert split.groupby("group")["split"].nunique().max() == 1
     assert train.main(["--synthetic-bleeds", "--models", "resnet18"]) == 2   # nothing to paint into
     assert "give --data" in capsys.readouterr().err
+
+
+def test_real_bleeds_keep_the_source_hemorrhage_slices(tmp_path):
+    write_dataset(tmp_path / "mixed", 12, size=96, seed=2, stack_size=1)   # 6 normal, 6 hemorrhagic phantoms
+    labels = write_painted(tmp_path / "mixed", tmp_path / "out", seed=0, real_bleeds=True)
+    real = labels[(labels["label"] == 1) & (labels["bleed_area_mm2"] == 0)]
+    assert len(real) == 6 and set(real["subtype"]) <= set(SUBTYPES)
+    assert (labels["label"] == 0).sum() == 6 and (labels["bleed_area_mm2"] > 0).sum() == 6
+    assert not list((tmp_path / "out" / "masks").glob("mixed*"))   # masks only for what was painted here

@@ -19,21 +19,25 @@ def main(argv=None) -> int:
     p.add_argument("--difficulty", type=unit_range, default=(0.0, 1.0),
                    help="lo,hi: higher is smaller and fainter (default 0,1)")
     p.add_argument("--subtypes", type=name_list, default=list(SUBTYPES), help=f"from {', '.join(SUBTYPES)}")
+    p.add_argument("--copies", type=positive_int, default=1, help="painted copies of each normal (without --n)")
+    p.add_argument("--real-bleeds", action="store_true", help="also write the folder's own hemorrhage slices")
     p.add_argument("--grid", help="also write a PNG: per subtype a normal, its painted copy and the outlined bleed")
     args = p.parse_args(argv)
     unknown = [s for s in args.subtypes if s not in SUBTYPES]
     if unknown:
         p.error(f"unknown subtype(s) {', '.join(unknown)}; choose from {', '.join(SUBTYPES)}")
     try:
-        labels = write_painted(args.normals, args.out, args.n, args.seed, args.difficulty, args.subtypes)
+        labels = write_painted(args.normals, args.out, args.n, args.seed, args.difficulty, args.subtypes,
+                               args.copies, args.real_bleeds)
     except DatasetError as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
     if args.grid:
         write_grid(args.out, args.grid)
-    painted = labels[labels["label"] == 1]
-    print(f"{len(labels) - len(painted)} normal slices and {len(painted)} painted copies written to {args.out}: "
-          + ", ".join(f"{s} {c}" for s, c in painted["subtype"].value_counts().items()))
+    painted, normal = labels[labels["bleed_area_mm2"] > 0], labels[labels["label"] == 0]
+    real = len(labels) - len(painted) - len(normal)
+    print(f"{len(normal)} normal slices, {len(painted)} painted copies and {real} real hemorrhage slices written to "
+          f"{args.out}: " + ", ".join(f"{s} {c}" for s, c in painted["subtype"].value_counts().items()))
     return 0
 
 

@@ -33,12 +33,12 @@ LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "bloo
 SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "test"}
 
 
-def source_normals(root: Path) -> pd.DataFrame:
-    """The normal slices of a dataset folder with their groups: the folder's own (series) merged with
-    near-duplicates, as core.data.splits groups them."""
+def source_slices(root: Path, real_bleeds: bool = False) -> pd.DataFrame:
+    """The normal slices of a dataset folder (and its hemorrhage slices with `real_bleeds`) with their groups: the
+    folder's own (series) merged with near-duplicates, as core.data.splits groups them."""
     table = discover(root, both_classes=False)
-    table = table[table["label"] == 0].reset_index(drop=True)
-    if table.empty:
+    table = table[(table["label"] == 0) | real_bleeds].reset_index(drop=True)
+    if not (table["label"] == 0).any():
         raise DatasetError(f"{root} holds no normal slice to paint into.")
     decoded = decode_images(table["path"].tolist(), 64)
     table = table[table["path"].isin(set(decoded.paths))].reset_index(drop=True)
@@ -100,11 +100,14 @@ def copies_per_normal(n_normals: int, n: int) -> list[int]:
 
 
 def write_painted(normals: str | Path, out: str | Path, n: int | None = None, seed: int = 0,
-                  difficulty=(0.0, 1.0), subtypes=SUBTYPES, copies: int = 1) -> pd.DataFrame:
+                  difficulty=(0.0, 1.0), subtypes=SUBTYPES, copies: int = 1, real_bleeds: bool = False) -> pd.DataFrame:
     """Write the painted dataset (module docstring) from the normal slices under `normals`; n painted slices
-    (default: `copies` per normal). Each slice draws from its own seed, so the files do not depend on the order."""
-    table, out = source_normals(Path(normals)), Path(out)
-    counts = copies_per_normal(len(table), copies * len(table) if n is None else n)
+    (default: `copies` per normal); with `real_bleeds`, the folder's own hemorrhage slices too. Each slice draws
+    from its own seed, so the files do not depend on the order."""
+    table, out = source_slices(Path(normals), real_bleeds), Path(out)
+    normal = (table["label"] == 0).to_numpy()
+    counts = np.zeros(len(table), int)
+    counts[normal] = copies_per_normal(int(normal.sum()), copies * int(normal.sum()) if n is None else n)
     rows = []
     for i, row in tqdm(list(table.iterrows()), desc="painting", unit="slice", leave=False):
         try:
@@ -114,9 +117,10 @@ def write_painted(normals: str | Path, out: str | Path, n: int | None = None, se
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         folder = out / SPLIT_FOLDERS.get(row["given_split"], "") if isinstance(row["given_split"], str) else out
         base = _safe_id(row["id"])
-        copies = _paint_copies(values, is_hu, spacing, counts[i], rng, difficulty, tuple(subtypes), i)
-        rows.append(_write_slice(folder, "normal", base, values, None, is_hu, spacing or 0.0, row))
-        for c, (painted, d, sp) in enumerate(copies):
+        painted_copies = _paint_copies(values, is_hu, spacing, counts[i], rng, difficulty, tuple(subtypes), i)
+        kind = "normal" if normal[i] else "hemorrhage"
+        rows.append(_write_slice(folder, kind, base, values, None, is_hu, spacing or 0.0, row))
+        for c, (painted, d, sp) in enumerate(painted_copies):
             rows.append(_write_slice(folder, "hemorrhage", f"{base}_b{c}", painted.values, painted, is_hu, sp,
                                      row, d))
     labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)
@@ -135,7 +139,8 @@ def _write_slice(folder: Path, kind: str, slice_id: str, values, painted, is_hu:
         write_png(folder / kind / f"{slice_id}.png", values)
     if painted is not None:
         write_png(folder / "masks" / f"{slice_id}.png", painted.mask.astype(np.uint8) * 255)
-    return (slice_id, int(painted is not None), painted.subtype if painted else "",
+    real = "" if kind == "normal" else (source.get("subtype") or "real")   # the source's own bleed, unpainted
+    return (slice_id, int(kind == "hemorrhage"), painted.subtype if painted else real,
             round(painted.area_mm2, 2) if painted else 0.0, round(difficulty, 4) if painted else "",
             round(painted.blood_hu, 1) if painted else "", source["id"], f"src:{source['group']}", round(spacing, 4))
 
