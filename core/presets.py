@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.io.atomic import remove_stale_temp_dirs, temp_dir
+from core.insert.lesions import PAINTER_VERSION
 from core.insert.write import write_painted
 from core.phantom.generate import write_dataset
 from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_NAMES
@@ -81,7 +82,7 @@ def painted_root(data: str | Path, seed: int, copies: int = PAINTED_COPIES,
                      for f in root.rglob("*") if f.is_file())
     key = hashlib.sha256(repr((str(root), listing)).encode()).hexdigest()[:12]
     lo, hi = difficulty
-    name = f"{root.name}-{key}_seed{seed}_c{copies}_d{lo:g}-{hi:g}"
+    name = f"{root.name}-{key}_v{PAINTER_VERSION}_seed{seed}_c{copies}_d{lo:g}-{hi:g}"
     return cached_set(PAINTED_CACHE / name, lambda tmp: write_painted(root, tmp, seed=seed, difficulty=difficulty,
                                                                        copies=copies))
 
