@@ -289,3 +289,19 @@ def test_bhx_boxes_become_the_union_mask(tmp_path):
     expected[1:3, 2:6] = True    # x 2.4..5.4 touches columns 2-5, y 1..3 rows 1-2
     expected[2:5, 4:6] = True
     assert mask.tolist() == expected.tolist()
+
+
+def test_ct_ich_test_split_evaluates_and_shows_with_its_masks(ct_ich):
+    """core.evaluate decodes the run's volume slices again (their digests unchanged); the dashboard's case reader
+    shows one with the bleed mask of the same slice."""
+    from core.evaluate import evaluate_run
+    from dashboard.loaders import case_image
+
+    root, stacks, out, split = ct_ich
+    report = evaluate_run(out, bootstrap=10)
+    assert report["n_cases"] == (split["split"] == "test").sum() and "resnet18" in report["models"]
+    bleed = next(row for row in discover(root).itertuples() if stacks[int(parse_slice_path(row.path)[0].stem)]
+                 [row.slice_index].mask.any())
+    image, mask, problem = case_image(bleed.path)
+    truth = stacks[int(parse_slice_path(bleed.path)[0].stem)][bleed.slice_index].mask
+    assert not problem and image.shape == (64, 64) and mask.tolist() == truth.tolist()
