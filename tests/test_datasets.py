@@ -148,6 +148,20 @@ def test_rsna_id_uids_and_padded_multivalued_windows_decode_quietly(rsna, caplog
     assert b"00040\\00040" in path.read_bytes()              # the windows really are multi-valued and padded
 
 
+def test_rsna_images_in_stage_2_train_images_and_other_folders_are_not_rsna(tmp_path):
+    for p, sop in enumerate(("ID_aa", "ID_bb")):
+        uids = {"sop": sop, "series": f"ID_se{p}", "study": f"ID_st{p}", "patient": f"ID_pat{p}"}
+        _dicom(tmp_path / "stage_2_train_images" / f"{sop}.dcm", _stack(p, 1)[0].hu, uids, 0)
+    (tmp_path / "stage_2_train.csv").write_text(
+        "ID,Label\n" + "\n".join(f"{sop}_{f},{int(sop == 'ID_bb' and f in ('any', 'subdural'))}"
+                                  for sop in ("ID_aa", "ID_bb") for f in RSNA_FINDINGS) + "\n")
+    table = discover(tmp_path).set_index("id")
+    assert table["label"].to_dict() == {"stage_2_train_images/ID_aa": 0, "stage_2_train_images/ID_bb": 1}
+    assert table.loc["stage_2_train_images/ID_bb", "subtype"] == "subdural"
+    (tmp_path / "stage_2_train.csv").write_text("id,hemorrhage\nID_aa,0\nID_bb,1\n")   # a plain labels CSV
+    assert detect(tmp_path) is None and "sub_subdural" not in discover(tmp_path).columns
+
+
 # --- CQ500 ---------------------------------------------------------------------------------------------------------
 
 CQ500_SERIES = {"CT PLAIN THIN": 2, "CT Plain": 3, "CT BONE": 1, "CT POST CONTRAST": 1, "CT PRE CONTRAST BONE": 1}
