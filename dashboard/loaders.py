@@ -21,6 +21,7 @@ from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import Scan, ScanError, load_scan
+from core.io.volume import mask_slice_path
 from core.metrics import binary as M
 
 if TYPE_CHECKING:
@@ -273,13 +274,23 @@ def framed(image: np.ndarray, mask: np.ndarray | None, framing: str) -> tuple[np
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def case_image(path: str, framing: str = "none") -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(display image, phantom mask or None, error sentence) for a file named in split.csv, framed as the run's
-    models saw it."""
+    """(display image, bleed mask or None, error sentence) for a file (or volume slice) named in split.csv, framed
+    as the run's models saw it."""
     try:
         image = load_scan(path).image
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
-    # Phantom and painted sets keep PNG masks beside the class folders (a painted DICOM's mask too).
-    mask_path = Path(path).parents[1] / "masks" / f"{Path(path).stem}.png"
-    mask = load_scan(mask_path).image > 127 if mask_path.is_file() else None
-    return framed(image, mask if mask is not None and mask.shape == image.shape else None, framing) + ("",)
+    return framed(image, bleed_mask(path, image.shape), framing) + ("",)
+
+
+def bleed_mask(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A case's bleed mask when its dataset has one of that shape: the phantom and painted sets' PNG beside the class
+    folders (a painted DICOM's too), or the same slice of a NIfTI mask volume (PhysioNet CT-ICH's masks/)."""
+    volume_mask, png = mask_slice_path(path), Path(path).parents[1] / "masks" / f"{Path(path).stem}.png"
+    if volume_mask is not None:
+        mask = load_scan(volume_mask).pixels > 0.5
+    elif png.is_file():
+        mask = load_scan(png).image > 127
+    else:
+        return None
+    return mask if mask.shape == shape else None

@@ -1,7 +1,6 @@
 """Decode every image once into a uint8 cache (pad to square, then resize), and the Dataset + augmentation."""
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.io.framing import frame
-from core.io.imaging import ScanError, load_scan
+from core.io.imaging import ScanError, load_scan_with_digest
 
 RESIZE_POLICY = "pad_to_square_then_resize_bilinear"
 HASH_SIZE = 64  # near-duplicate hashes come from this fixed size, so the split never depends on --image-size
@@ -30,6 +29,7 @@ class DecodedSet:
     series_uid: list[str | None]
     slice_position: list[float | None]   # DICOM: mm along the slice normal (orders a series)
     instance_number: list[int | None]
+    patient_key: list[str | None]        # DICOM: one-way key of the patient (core.io.imaging.Scan.patient_key)
     failed: dict[str, str] = field(default_factory=dict)   # path -> one-line reason
 
 
@@ -51,13 +51,12 @@ def _hash64(h: imagehash.ImageHash) -> np.uint64:
 
 
 def _decode_one(path: str, size: int, framing: str):
-    raw = open(path, "rb").read()
-    scan = load_scan(raw)
+    scan, digest = load_scan_with_digest(path)
     # Hashes come from the unframed slice: the split (near-duplicate groups) never depends on the framing.
     small = Image.fromarray(pad_to_square(scan.image)).resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
     return (resize_square(frame(scan.image, framing)[0], size),
-            hashlib.sha256(raw).hexdigest(), _hash64(imagehash.phash(small)),
-            _hash64(imagehash.dhash(small)), scan.series_uid, scan.slice_position, scan.instance_number)
+            digest, _hash64(imagehash.phash(small)), _hash64(imagehash.dhash(small)),
+            scan.series_uid, scan.slice_position, scan.instance_number, scan.patient_key)
 
 
 def decode_images(paths: list[str], size: int, workers: int | None = None, framing: str = "none") -> DecodedSet:
@@ -80,6 +79,7 @@ def decode_images(paths: list[str], size: int, workers: int | None = None, frami
         series_uid=[r[4] for _, r in ok],
         slice_position=[r[5] for _, r in ok],
         instance_number=[r[6] for _, r in ok],
+        patient_key=[r[7] for _, r in ok],
         failed={p: r for p, r in zip(paths, results) if isinstance(r, str)})
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data.layouts import NAMES, read_layout
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 # Synonyms are matched after lower-casing and turning "_"/"-" into spaces.
@@ -101,15 +103,8 @@ def _read_labels_csv(root: Path) -> pd.DataFrame | None:
     return None
 
 
-def discover(root: str | Path, both_classes: bool = True) -> pd.DataFrame:
-    """One row per image (path, id, label, subtype, given_split, group, series, slice_index, CSV extras);
-    a folder of one class is refused unless `both_classes` is False (core.insert paints into normals only)."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DatasetError(f"Dataset folder {root} does not exist or is not a folder.")
-    files = _image_files(root)
-    if not files:
-        raise DatasetError(f"No images (PNG, JPEG, TIFF, BMP or DICOM) were found under {root}.")
+def _folder_rows(root: Path, files: list[Path]) -> list[dict]:
+    """Rows for class folders, split folders and a labels CSV; files without a label are left out."""
     labels_csv = _read_labels_csv(root)
     rows = []
     for path in files:
@@ -136,10 +131,37 @@ def discover(root: str | Path, both_classes: bool = True) -> pd.DataFrame:
                      "given_split": split, "group": f"series:{group}" if group else None, "series": stack or None,
                      "slice_index": extras.get("slice_index", slice_index),
                      **{k: v for k, v in extras.items() if k in ("bleed_area_mm2", "difficulty")}})
+    return rows
+
+
+def _rows(root: Path) -> pd.DataFrame:
+    """The rows of a published layout (core.data.layouts) or of class folders / a labels CSV."""
+    published = read_layout(root)
+    if published is not None:
+        layout, table = published
+        if table.empty:
+            raise DatasetError(f"{root} has the {NAMES[layout]} label files, but none of the images they name "
+                               "was found beside them (README: the field's published datasets).")
+        return table
+    files = _image_files(root)
+    if not files:
+        raise DatasetError(f"No images (PNG, JPEG, TIFF, BMP or DICOM) were found under {root}.")
+    rows = _folder_rows(root, files)
     if not rows:
         raise DatasetError(f"None of the {len(files)} images under {root} has a label: use class folders "
                            "(hemorrhage/normal) or a labels CSV with an id and a hemorrhage column.")
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def discover(root: str | Path, both_classes: bool = True) -> pd.DataFrame:
+    """One row per image (path, id, label, subtype, given_split, group, series, slice_index, CSV extras); the
+    field's published layouts (RSNA 2019, CQ500, PhysioNet CT-ICH: core.data.layouts) as they come, with a 0/1
+    column per subtype; a folder of one class is refused unless `both_classes` is False (core.insert paints into
+    normals only)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"Dataset folder {root} does not exist or is not a folder.")
+    table = _rows(root)
     table["subtype"] = table["subtype"].fillna("").astype(str)
     if both_classes and table["label"].nunique() < 2:
         only = "hemorrhage" if table["label"].iloc[0] == 1 else "normal"

@@ -122,8 +122,10 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
         raise DatasetError(f"No image under {root} could be decoded; first error: "
                            f"{next(iter(decoded.failed.values()), 'none')}")
     table["sha256"] = decoded.sha256
-    # A DICOM series UID is the strongest grouping evidence; file-name series come next.
-    table["group_hint"] = [f"series:{uid}" if uid else g for uid, g in zip(decoded.series_uid, table["group"])]
+    # The DICOM patient (PatientID, else study, hashed) is the strongest grouping evidence: RSNA 2019 names no patient
+    # in its labels, and a patient's several series must share a split. The series UID next, the dataset's own last.
+    table["group_hint"] = [f"patient:{key}" if key else f"series:{uid}" if uid else g
+                           for key, uid, g in zip(decoded.patient_key, decoded.series_uid, table["group"])]
     _order_dicom_series(table, decoded)
     pairs = near_duplicate_pairs(decoded.phash, decoded.dhash)
     table["group"] = assign_groups(table, pairs)

@@ -1,6 +1,7 @@
 """Scan decoding: DICOM (Hounsfield units) and raster images, windowing, display images."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -13,6 +14,8 @@ import pydicom
 from PIL import ExifTags, Image, ImageOps
 from pydicom.pixels import apply_color_lut, get_decoder, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from core.io.volume import parse_slice_path, read_volume_slice
 
 
 class ScanError(ValueError):
@@ -51,6 +54,9 @@ class Scan:
     instance_number: int | None
     slice_position: float | None  # mm along the slice normal, for ordering slices of a series
     n_frames: int = 1
+    # A one-way key (sha256) of the DICOM PatientID, else of the StudyInstanceUID: slices sharing it come from one
+    # patient (study) and must share a split. Never the ID itself.
+    patient_key: str | None = None
     stored_shape: tuple[int, int] | None = None  # (rows, cols) as stored, before load_scan's max_side
 
 
@@ -68,10 +74,14 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
 
 def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None = None,
               frame: int | None = None, max_side: int | None = None) -> Scan:
-    """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file; `window`: HU window; raises ScanError.
+    """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file, or one slice of a NIfTI volume
+    (`ct_scans/049.nii#z=12`, core.io.volume); `window`: HU window; raises ScanError.
     `max_side`: area-average a larger slice down to this long side while decoding, before any float copy."""
     if window not in (None, "stack", *WINDOWS):
         raise ValueError(f"unknown window {window!r}; choose one of {sorted(WINDOWS)} or 'stack'")
+    address = parse_slice_path(source)
+    if address is not None:
+        return _volume_scan(*address, window, frame, max_side)
     data = _read_source(source)
     if not data:
         raise ScanError("The file is empty.")
@@ -89,6 +99,35 @@ def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None =
         raise
     except Exception as err:  # every decoder failure reaches the user as one sentence
         raise ScanError(f"The scan could not be decoded ({_one_line(err)}).") from err
+
+
+def load_scan_with_digest(path: str | os.PathLike) -> tuple[Scan, str]:
+    """(the scan, the sha256 of what it was read from): the file's bytes, or a volume slice's stored values
+    (hashing a whole volume per slice would read it once per slice)."""
+    if parse_slice_path(path) is not None:
+        scan = load_scan(path)
+        return scan, hashlib.sha256(scan.pixels.tobytes()).hexdigest()
+    data = _read_source(path)
+    return load_scan(data), hashlib.sha256(data).hexdigest()
+
+
+def _volume_scan(volume: Path, z: int, window: str | None, frame: int | None, max_side: int | None) -> Scan:
+    """Slice z of a NIfTI volume, read as CT in HU (the published NIfTI head CT sets store HU)."""
+    _frame_index(1, frame)
+    try:
+        hu, spacing, position = read_volume_slice(volume, z)
+    except OSError as err:
+        raise ScanError(f"Cannot read '{volume.name}': {err.strerror or 'unreadable path'}.") from err
+    except Exception as err:
+        raise ScanError(f"The volume slice could not be decoded ({_one_line(err)}).") from err
+    _check_size(hu.shape[1], hu.shape[0])
+    _check_finite(hu)
+    stored_shape = hu.shape
+    hu, kr, kc = _block_mean(hu, max_side)
+    image, applied = _render(hu, True, window)
+    return Scan(pixels=hu.astype(np.float32, copy=False), modality="CT", is_hu=True,
+                pixel_spacing=(spacing[0] * kr, spacing[1] * kc), image=image, window=applied, series_uid=None,
+                instance_number=None, slice_position=position, stored_shape=stored_shape)
 
 
 def _one_line(err: BaseException, limit: int = 160) -> str:
@@ -280,6 +319,39 @@ def _optional(ds: pydicom.Dataset, keyword: str, convert):
         return None
 
 
+def _raw_text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    """A text element as stored, without pydicom's value validation: RSNA 2019 writes UIDs as 'ID_<hex>', which
+    pydicom warns about (and logs) on every conversion; here they only group and order slices."""
+    try:
+        value = ds.get_item(keyword).value
+    except Exception:   # absent (get_item gives None) or unreadable
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    text = str(value).strip(" \0") if value is not None else ""
+    return text or None
+
+
+def _patient_key(ds: pydicom.Dataset) -> str | None:
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = _raw_text(ds, keyword)
+        if value:
+            return hashlib.sha256(f"hemolens {keyword} {value}".encode()).hexdigest()[:20]
+    return None
+
+
+def _repair_wrapped_intercept(ds: pydicom.Dataset, values: np.ndarray, modality: str) -> tuple[np.ndarray, float]:
+    """(stored values, intercept), repaired where RSNA 2019's known fault shows: a CT with 12-bit unsigned pixels and
+    an intercept above -100 (air cannot be -1000 HU then). The published fix: add 1000 to the stored values, wrap
+    at 4096, use intercept -1000."""
+    intercept = float(ds.get("RescaleIntercept") or 0.0)
+    if (modality != "CT" or int(ds.get("BitsStored") or 0) != 12 or int(ds.get("PixelRepresentation") or 0) != 0
+            or intercept <= -100):
+        return values, intercept
+    shifted = values.astype(np.int32) + 1000
+    return np.where(shifted >= 4096, shifted - 4096, shifted), -1000.0
+
+
 def _along_normal(ds: pydicom.Dataset, position) -> float:
     """ImagePositionPatient projected on the slice normal: slice order for tilted and non-axial series too."""
     orientation = _optional(ds, "ImageOrientationPatient", lambda v: np.asarray(v, dtype=np.float64))
@@ -313,12 +385,12 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None, max_
     if photometric == "PALETTE COLOR":
         values = apply_color_lut(values, ds)
     stored_shape = values.shape[:2]
-    values, kr, kc = _block_mean(values, max_side)
     modality = str(ds.get("Modality") or "OT").upper()
+    values, intercept = _repair_wrapped_intercept(ds, values, modality)
+    values, kr, kc = _block_mean(values, max_side)
     is_colour = values.ndim == 3
     values = values.astype(np.float32) @ LUMA if is_colour else values.astype(np.float32)
     slope = float(ds.get("RescaleSlope") or 1.0)
-    intercept = float(ds.get("RescaleIntercept") or 0.0)
     values = values * slope + intercept
     _check_finite(values)
     is_hu = not is_colour and (modality == "CT" or str(ds.get("RescaleType", "")).upper() == "HU")
@@ -336,8 +408,8 @@ def _dicom_scan(ds: pydicom.Dataset, window: str | None, frame: int | None, max_
         pixels=pixels, modality=modality, is_hu=is_hu,
         pixel_spacing=_optional(ds, "PixelSpacing", lambda v: (float(v[0]) * kr, float(v[1]) * kc)),
         image=image, window=applied,
-        series_uid=_optional(ds, "SeriesInstanceUID", str),
+        series_uid=_raw_text(ds, "SeriesInstanceUID"),
         instance_number=_optional(ds, "InstanceNumber", int),
         slice_position=_optional(ds, "ImagePositionPatient", lambda v: _along_normal(ds, v)),
-        n_frames=n_frames, stored_shape=stored_shape,
+        n_frames=n_frames, stored_shape=stored_shape, patient_key=_patient_key(ds),
     )
