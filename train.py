@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "evaluation and upload alike (default: head with --data, none on the phantoms)")
     p.add_argument("--synthetic-bleeds", action="store_true",
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
-                        "(core.insert; cached): a normal and its copy differ only by the bleed")
+                        "(core.insert; cached): a normal and its copy differ only by the bleed; defaults then "
+                        f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs")
     p.add_argument("--synthetic-copies", type=positive_int,
                    help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")

@@ -19,7 +19,7 @@ PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
 # and the training flags it defaults to (bleeds of a few mm need more pixels than the phantom demo's 64).
 PAINTED_COPIES = 1
 PAINTED_DIFFICULTY = (0.0, 0.5)
-PAINTED_RECIPE = {"image_size": 128, "epochs": 12}
+PAINTED_RECIPE = {"image_size": 128, "epochs": 24}
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise
