@@ -6,9 +6,11 @@ the server by its PID. A second test opens the Leaderboard while a real trainer 
 waits for a model that was not on it at first to appear by itself. Skipped where /usr/bin/chromium is absent
 (.ci/run installs it).
 """
+import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,17 +52,53 @@ def wait_healthy(proc: subprocess.Popen, port: int) -> str:
             time.sleep(0.3)
 
 
-@pytest.fixture
-def server(tiny_run):
-    checkpoints = Path(os.environ.get("E2E_CHECKPOINTS", tiny_run.parent))
+@contextlib.contextmanager
+def streamlit_on(checkpoints: Path):
+    """(URL, first run folder) of a dashboard serving `checkpoints`, stopped by its PID afterwards."""
     port = _free_port()
     env = {**os.environ, "CHECKPOINTS_DIR": str(checkpoints), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield wait_healthy(proc, port), next(iter(ckpt.list_runs(checkpoints)))
-    os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    try:
+        yield wait_healthy(proc, port), next(iter(ckpt.list_runs(checkpoints)))
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server(tiny_run):
+    with streamlit_on(Path(os.environ.get("E2E_CHECKPOINTS", tiny_run.parent))) as served:
+        yield served
+
+
+def chromium(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+
+
+def test_a_stored_evaluation_is_a_dataset_with_its_generalization_gap(tiny_run, tmp_path):
+    """core.evaluate without --out stores an external evaluation in the run; in the browser the sidebar offers
+    it, and the Leaderboard then scores it and sets each model's internal AUC beside the external one."""
+    from playwright.sync_api import expect, sync_playwright
+    from core.evaluate import main as evaluate_main
+    run = Path(shutil.copytree(tiny_run, tmp_path / "checkpoints" / tiny_run.name))
+    write_dataset(tmp_path / "site_b", 20, size=64, seed=99, stack_size=1)
+    assert evaluate_main(["--run", str(run), "--data", str(tmp_path / "site_b"), "--bootstrap", "0"]) == 0
+    with streamlit_on(tmp_path / "checkpoints") as (url, _), sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1400})
+        page.goto(url)
+        expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Internal vs external")).to_be_visible(timeout=60_000)
+        page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").filter(has_text="Dataset").click()
+        page.get_by_role("option", name="External: site_b (20 cases)").click()
+        expect(page.get_by_text("external set").first).to_be_visible(timeout=60_000)
+        # st.dataframe draws on a canvas; its column headers live on in the DOM for assistive technology.
+        expect(page.locator("[role=columnheader]", has_text="site_b: gap").first).to_be_attached(timeout=60_000)
+        expect(page.locator("[role=columnheader]", has_text="Internal AUC").first).to_be_attached()
+        browser.close()
 
 
 def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
@@ -76,8 +114,7 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
     scan = tmp_path / "intraparenchymal.png"
     Image.fromarray(render(phantom.hu)).save(scan)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        browser = chromium(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(url)
         expect(page.get_by_text("not for clinical use").first).to_be_visible(timeout=60_000)
@@ -155,8 +192,7 @@ def test_a_model_landing_during_training_appears_on_the_open_leaderboard(live_ru
     started = time.time()
     names = {m: get_spec(m).display_name for m in LIVE_MODELS}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
+        browser = chromium(p)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(url)
         expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
