@@ -30,7 +30,6 @@ from core.phantom.generate import write_png
 
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "blood_hu", "source", "patient_id",
                  "pixel_spacing_mm"]
-SPLIT_FOLDERS = {"train": "train", "val": "val", "test": "test"}
 
 
 def source_slices(root: Path, real_bleeds: bool = False) -> pd.DataFrame:
@@ -115,7 +114,7 @@ def write_painted(normals: str | Path, out: str | Path, n: int | None = None, se
         except ScanError:
             continue
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
-        folder = out / SPLIT_FOLDERS.get(row["given_split"], "") if isinstance(row["given_split"], str) else out
+        folder = out / row["given_split"] if isinstance(row["given_split"], str) else out   # train / val / test
         base = _safe_id(row["id"])
         painted_copies = _paint_copies(values, is_hu, spacing, counts[i], rng, difficulty, tuple(subtypes), i)
         kind = "normal" if normal[i] else "hemorrhage"
