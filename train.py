@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epoch-size", type=positive_int,
                    help="training images per epoch, drawn afresh each epoch (default: the whole training split; "
                         "448 on the CPU preset's phantoms)")
+    p.add_argument("--patience", type=positive_int,
+                   help=f"epochs without a better validation AUC before a network stops (default {TrainConfig.patience})")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="rotate, zoom, flip and jitter training batches (default: on; off on the CPU "
                                         "preset's phantoms)")
@@ -107,6 +109,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
+        patience=given(args.patience, TrainConfig.patience),
         time_budget_s=given(args.time_budget, preset.time_budget_s if demo and args.epochs is None else None),
         run_budget_s=given(args.run_budget, preset.run_budget_s if demo and not explicit_length else None),
         per_model=(preset.per_model if demo and not explicit_length and args.image_size is None and args.lr is None

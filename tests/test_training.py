@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,8 @@ import pytest
 import torch
 
 import train
+from core.engine import fit
+from core.engine.config import TrainConfig
 from core.io import store as ckpt
 from core.io.framing import framing_of
 from core.nets.build import load_network
@@ -338,3 +341,23 @@ def test_cudnn_autotuning_only_for_runs_long_enough_to_pay_it_back(phantoms, mon
         _session(data, epochs)
         seen.append(torch.backends.cudnn.benchmark)
     assert seen == [False, True]
+
+
+def test_a_network_stops_after_patience_epochs_without_a_better_validation_auc(monkeypatch):
+    aucs = iter([0.6, 0.7, 0.65, 0.7, 0.69, 0.9, 0.9])   # best at epoch 2; epochs 3-5 are not better
+
+    def epoch(session, *_):
+        return {"epoch": len(progress.history) + 1, "val_auc": next(aucs), "wall_s": 1.0, "train_loss": 0.5,
+                "img_per_s": 1.0, "data_wait_s": 0.0, "seconds": 1.0}
+
+    monkeypatch.setattr(fit, "train_epoch", epoch)
+    cfg = train.resolve_config(train.parse_args(["--data", "x", "--epochs", "7", "--patience", "3"]),
+                               train.demo_preset("cpu"), ["resnet18"])
+    assert cfg.patience == 3 and TrainConfig(models=[]).patience == 4
+    session = SimpleNamespace(cfg=cfg, plan=[7], device=torch.device("cpu"), name="resnet18",
+                              model=torch.nn.Linear(1, 1))
+    progress = fit.Progress()
+    saver = SimpleNamespace(after_epoch=lambda *a, **k: None)
+    fit.run_epochs(session, progress, None, None, None, saver)
+    assert [row["epoch"] for row in progress.history] == [1, 2, 3, 4, 5]
+    assert progress.best_auc == 0.7 and progress.stale == 3
