@@ -15,13 +15,17 @@ from streamlit.testing.v1 import AppTest
 import train
 from core.data.decode import decode_images, to_model_input
 from core.data.discover import discover
+from core.data.splits import prepare
 from core.evaluate import evaluate_run, main as evaluate_main
+from core.explain.cam import phantom_cases, phantom_images, score_localization
 from core.io import store
 from core.io.framing import frame, head_region
 from core.io.imaging import load_scan
 from core.io.volume import slice_path
+from core.nets.build import load_network
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.phantom.generate import generate_slice, render
+from core.run import _check_split
 from test_datasets import CT_ICH_AFFINE, _train, write_ct_ich
 from test_imaging import make_dicom
 
@@ -97,6 +101,13 @@ def test_the_run_and_every_card_record_the_windows(rsna3_run):
     assert knn["latency"]["input_size"] == 64
 
 
+def test_a_run_resumes_only_with_the_windows_it_was_trained_with(rsna3_run):
+    root, out = rsna3_run
+    _check_split(prepare(root, 16, framing="head", windows="rsna3"), out, resume=True)
+    with pytest.raises(SystemExit, match="--windows rsna3"):
+        _check_split(prepare(root, 16, framing="head"), out, resume=True)
+
+
 def test_training_slices_are_three_windows_framed_and_split_as_the_brain_alone(rsna3_run):
     root, _ = rsna3_run
     paths = discover(root)["path"].tolist()[:12]
@@ -116,6 +127,15 @@ def test_evaluate_decodes_the_runs_three_windows(rsna3_run):
         saved = saved[saved["split"] == "test"].set_index("path")["prob"]
         mine = report["predictions"].query("model == @model").set_index("path")["prob"]
         np.testing.assert_allclose(mine.loc[saved.index], saved, atol=1e-5)
+
+
+def test_core_explain_renders_phantoms_through_the_runs_windows(rsna3_run):
+    cases = phantom_cases(2, 64, seed=1)
+    images, masks = phantom_images(cases, "head", "rsna3")
+    assert all(i.ndim == 3 and i.shape[2] == 3 and i.shape[:2] == m.shape for i, m in zip(images, masks))
+    np.testing.assert_array_equal(images[0][..., 0], phantom_images(cases, "head")[0][0])
+    scores, probs, maps = score_localization(load_network(rsna3_run[1] / "resnet18"), images, masks, "gradcam")
+    assert scores["n"] == 2 and [m.shape for m in maps] == [m.shape for m in masks]
 
 
 def png_set(root: Path) -> str:
