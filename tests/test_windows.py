@@ -185,3 +185,14 @@ def test_the_scan_page_scores_an_uploaded_dicom_through_the_runs_three_windows(r
     at.file_uploader(key="scan_upload").clear().upload("slice.png", png.getvalue()).run()
     assert not at.exception and len(at.metric) == 2
     assert any("no Hounsfield units" in w.value for w in at.main.warning)
+
+    # A test-split slice decoded on the page scores as at training; a fresh phantom is rendered through the windows.
+    at.radio(key="scan_source").set_value("test").run()
+    case = at.selectbox(key="scan_case").value
+    saved = pd.read_csv(out / "resnet18" / store.PREDICTIONS, dtype={"id": str}).set_index("id")
+    shown = next(m.value for m in at.metric if m.label == "ResNet-18")
+    assert float(shown.rstrip("%")) / 100 == pytest.approx(saved.at[case, "prob"], abs=0.0005 + 1e-6)
+    at.radio(key="scan_source").set_value("phantom").run()
+    assert not at.exception and len(at.metric) == 2 and len(at.image) == 2   # the slice and ResNet-18's CAM
+    at.switch_page("views/data.py").run()
+    assert "subdural, soft_tissue HU windows" in at.caption[0].value
