@@ -19,6 +19,7 @@ from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
 from core.io.framing import FRAMINGS
+from core.io.imaging import WINDOW_SETS
 from core.io.progress import RunBusy, trainer_lock
 from core.nets.numerics import NAMES as NUMERICS
 from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, Preset, demo_preset,
@@ -66,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--framing", choices=FRAMINGS,
                    help="head: crop every slice to its head and blank the table and letters around it, in training, "
                         "evaluation and upload alike (default: head with --data, none on the phantoms)")
+    p.add_argument("--windows", choices=list(WINDOW_SETS), default="brain",
+                   help="rsna3: three HU windows as the channels (brain 40/80, subdural 80/200, soft tissue 40/380, "
+                        "centre/width, as the RSNA 2019 winners), in training, evaluation and upload alike; needs CT "
+                        "in HU (DICOM, NIfTI): a set with an 8-bit image is refused (default: brain, grey)")
     p.add_argument("--synthetic-bleeds", action="store_true",
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
                         "(core.insert; cached): a normal and its copy differ only by the bleed; defaults then "
@@ -105,7 +110,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         image_size=given(args.image_size, preset.image_size), batch_size=given(args.batch_size, preset.batch_size),
         lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
-        framing=given(args.framing, "none" if demo else "head"),
+        framing=given(args.framing, "none" if demo else "head"), windows=args.windows,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
@@ -147,7 +152,8 @@ def main(argv=None) -> int:
     try:
         with lock:
             root = data_root(args, preset, names)
-            cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing), started=start)
+            cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing,
+                                                              windows=cfg.windows), started=start)
     except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2

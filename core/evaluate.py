@@ -16,6 +16,7 @@ from core.inference import load_predictor, predict_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest
 from core.io.framing import framing_of
+from core.io.imaging import windows_of
 
 # Bleed area bands (mm2): triage sensitivity drops on small bleeds (docs/NOTES.md, "Evaluation").
 AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"), ">=400 mm2")]
@@ -26,24 +27,25 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
     manifest = read_manifest(run_dir / ckpt.SPLIT)
     facts = ckpt.run_facts(run_dir)
     own_root = Path(facts["data_root"]).resolve() if "data_root" in facts else None
-    framing = framing_of(facts)   # the run's own: an external set is framed as the training data was
+    # The run's own: an external set is framed and windowed as the training data was.
+    framing, windows = framing_of(facts), windows_of(facts)
     if data is None or (own_root is not None and Path(data).resolve() == own_root):
         cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
-        decoded = decode_images(cases["path"].tolist(), size, framing=framing)
+        decoded = decode_images(cases["path"].tolist(), size, framing=framing, windows=windows)
         if decoded.failed:
             raise DatasetError(f"{len(decoded.failed)} test images of {run_dir} can no longer be read "
                                f"(first: {next(iter(decoded.failed))}).")
         changed = [p for p, h, want in zip(decoded.paths, decoded.sha256, cases["sha256"]) if h != want]
         if changed:
             raise DatasetError(f"{len(changed)} test images changed since training (first: {changed[0]}).")
-        facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing}
+        facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing, "windows": windows}
         return cases, decoded.images, facts
-    external = prepare(data, size, framing=framing, split=False)
+    external = prepare(data, size, framing=framing, split=False, windows=windows)
     seen = set(manifest.loc[manifest["split"] != "test", "sha256"])
     keep = ~external.manifest["sha256"].isin(seen).to_numpy()
     cases = external.manifest[keep].reset_index(drop=True)
     facts = {"kind": "external", "source": str(Path(data).resolve()), "dropped_seen_in_training": int((~keep).sum()),
-             "skipped_unreadable": external.leakage["skipped_unreadable"], "framing": framing}
+             "skipped_unreadable": external.leakage["skipped_unreadable"], "framing": framing, "windows": windows}
     return cases, external.images[keep], facts
 
 

@@ -45,7 +45,7 @@ def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") ->
 
 def predict_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
                 manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """P(hemorrhage) per case per predictor (ensembles after members); images_at(size) -> (N, S, S) uint8."""
+    """P(hemorrhage) per case per predictor (ensembles after members); images_at(size) -> (N, S, S[, C]) uint8."""
     cases = Cases(images_at, manifest)
     for name, p in sorted(predictors.items(), key=lambda item: bool(item[1].members)):
         cases.probs[name] = p.predict(cases)

@@ -17,6 +17,7 @@ from core.families import family_of
 from core.families.base import FitError
 from core.io import store
 from core.io.framing import framing_of
+from core.io.imaging import windows_of
 from core.io.progress import RunProgress
 from core.registry import get_spec
 
@@ -31,10 +32,12 @@ def _check_split(data: Prepared, run_dir: Path, resume: bool) -> None:
         if not same:
             raise SystemExit(f"hemolens: {run_dir} was split from different data; resume with the same --data "
                              "and --seed, or start a new --out.")
-        trained = framing_of(store.run_facts(run_dir))
-        if trained != data.framing:
-            raise SystemExit(f"hemolens: {run_dir} was trained with --framing {trained}; resume with it, "
-                             "or start a new --out.")
+        facts = store.run_facts(run_dir)
+        for flag, trained, now in (("framing", framing_of(facts), data.framing),
+                                   ("windows", windows_of(facts), data.windows)):
+            if trained != now:
+                raise SystemExit(f"hemolens: {run_dir} was trained with --{flag} {trained}; resume with it, "
+                                 "or start a new --out.")
         return
     if is_main():
         write_manifest(data.manifest, path)
@@ -58,6 +61,7 @@ class _Datasets:
                 store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
                                                         "synthetic": self.cfg.data is None, "seed": self.cfg.seed,
                                                         "framing": self.by_size[size].framing,
+                                                        "windows": self.by_size[size].windows,
                                                         "painted_from": str(Path(self.cfg.data).resolve())
                                                         if painted else None})
             skipped = len(self.by_size[size].leakage["skipped_unreadable"])

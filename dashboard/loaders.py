@@ -20,7 +20,7 @@ from core.families.base import Predictor
 from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
-from core.io.imaging import Scan, ScanError, load_scan
+from core.io.imaging import Scan, ScanError, display_grey, load_scan, windows_of
 from core.io.volume import mask_slice_path
 from core.metrics import binary as M
 
@@ -254,8 +254,9 @@ def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.nd
 
 
 def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> np.ndarray:
-    """RGB copy of a grey uint8 image with the mask border drawn in colour (green, as in core.explain.cam.overlay)."""
-    rgb = np.repeat(image[..., None], 3, axis=2)
+    """RGB copy of a grey uint8 image (a window set's brain window) with the mask border drawn in colour (green, as in
+    core.explain.cam.overlay)."""
+    rgb = np.repeat(display_grey(image)[..., None], 3, axis=2)
     if mask is not None and mask.any():
         rgb[mask & ~ndimage.binary_erosion(mask)] = colour
     return rgb
@@ -266,6 +267,11 @@ def run_framing(run: Run) -> str:
     return framing_of(run_json(*run.key, "run.json"))
 
 
+def run_windows(run: Run) -> str:
+    """The HU windows the run's models read (core.io.imaging.WINDOW_SETS): uploads and examples are decoded alike."""
+    return windows_of(run_json(*run.key, "run.json"))
+
+
 def framed(image: np.ndarray, mask: np.ndarray | None, framing: str) -> tuple[np.ndarray, np.ndarray | None]:
     """A slice and its bleed mask (or None) framed together."""
     out = frame(image, framing, *([] if mask is None else [mask]))
@@ -273,14 +279,15 @@ def framed(image: np.ndarray, mask: np.ndarray | None, framing: str) -> tuple[np
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def case_image(path: str, framing: str = "none") -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """(display image, bleed mask or None, error sentence) for a file (or volume slice) named in split.csv, framed
-    as the run's models saw it."""
+def case_image(path: str, framing: str = "none",
+               windows: str = "brain") -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(image, bleed mask or None, error sentence) for a file (or volume slice) named in split.csv, windowed and
+    framed as the run's models saw it."""
     try:
-        image = load_scan(path).image
+        image = load_scan(path, windows).image
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
-    return framed(image, bleed_mask(path, image.shape), framing) + ("",)
+    return framed(image, bleed_mask(path, image.shape[:2]), framing) + ("",)
 
 
 def bleed_mask(path: str, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -65,9 +65,9 @@ def _dicom_bytes(hu: np.ndarray, uids: dict, z: int, bad_intercept: bool, corrup
     return buf.getvalue()
 
 
-def _train(root: Path, out: Path) -> pd.DataFrame:
+def _train(root: Path, out: Path, *flags: str) -> pd.DataFrame:
     assert train.main(["--data", str(root), "--models", "resnet18", "--epochs", "1", "--image-size", "64",
-                       "--device", "cpu", "--numerics", "fp32", "--out", str(out)]) == 0
+                       "--device", "cpu", "--numerics", "fp32", "--out", str(out), *flags]) == 0
     return pd.read_csv(out / "split.csv", dtype=str)
 
 
@@ -230,9 +230,8 @@ CT_ICH_HEADER = ("PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Su
 CT_ICH_AFFINE = np.diag([-0.9, -0.9, 5.0, 1.0])
 
 
-@pytest.fixture(scope="module")
-def ct_ich(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ct_ich")
+def write_ct_ich(root: Path) -> dict:
+    """ct_scans/NNN.nii volumes in HU, masks/NNN.nii and the diagnosis CSV; returns each volume's phantom slices."""
     (root / "ct_scans").mkdir()
     (root / "masks").mkdir()
     rows, stacks = [CT_ICH_HEADER], {}
@@ -248,6 +247,13 @@ def ct_ich(tmp_path_factory):
                                                     "epidural", "subdural")]
             rows.append(",".join(map(str, [number, z + 1, *flags, 1 - s.label, 0])))
     (root / "hemorrhage_diagnosis_raw_ct.csv").write_text("\n".join(rows) + "\n")
+    return stacks
+
+
+@pytest.fixture(scope="module")
+def ct_ich(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct_ich")
+    stacks = write_ct_ich(root)
     out = root.parent / "ct_ich_run"
     return root, stacks, out, _train(root, out)
 

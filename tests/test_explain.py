@@ -172,8 +172,10 @@ def test_explain_image_of_a_registry_model_on_a_non_square_slice():
         explanation = explain_image(loaded, image, method)
         assert explanation.cam.shape == (80, 120) and np.isfinite(explanation.cam).all()
         assert 0 <= explanation.prob <= 1
-    with pytest.raises(ValueError, match="grey uint8"):
-        explain_image(loaded, np.zeros((80, 120, 3), np.uint8))
+    windows = explain_image(loaded, np.repeat(image[..., None], 3, axis=2))   # a window set: (H, W, C)
+    assert windows.cam.shape == (80, 120) and windows.prob == pytest.approx(explanation.prob, abs=1e-5)
+    with pytest.raises(ValueError, match="windowed uint8"):
+        explain_image(loaded, image.astype(np.float32))
 
 
 def test_overlay_draws_the_mask_contour():

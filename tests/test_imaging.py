@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MPEG2MPML
 
-from core.io.imaging import STACK_WINDOWS, WINDOWS, Scan, ScanError, apply_window, load_scan, to_uint8
+from core.io.imaging import WINDOW_SETS, WINDOWS, Scan, ScanError, apply_window, load_scan, to_uint8
 
 PATIENT = "Doe^Jane^Secretname"
 STORED = np.array([[0, 1024, 1064, 3000]] * 4, dtype=np.int16)  # -> HU -1024, 0, 40, 1976
@@ -220,11 +220,11 @@ def test_monochrome1_inverts_intensity_but_not_hu():
     np.testing.assert_array_equal(ct1.pixels[0], [-1024, 0, 40, 1976])
 
 
-def test_stack_window_gives_three_distinct_channels():
+def test_rsna3_window_set_gives_three_distinct_channels():
     stored = (np.arange(64, dtype=np.int16).reshape(8, 8) * 8 + 900)  # HU -124 .. 380
-    scan = load_scan(make_dicom(stored), window="stack")
-    assert scan.image.shape == (8, 8, 3) and scan.image.dtype == np.uint8 and scan.window == "stack"
-    for k, name in enumerate(STACK_WINDOWS):
+    scan = load_scan(make_dicom(stored), window="rsna3")
+    assert scan.image.shape == (8, 8, 3) and scan.image.dtype == np.uint8 and scan.window == "rsna3"
+    for k, name in enumerate(WINDOW_SETS["rsna3"]):
         np.testing.assert_array_equal(scan.image[..., k], to_uint8(apply_window(scan.pixels, *WINDOWS[name])))
     channels = [scan.image[..., k] for k in range(3)]
     assert not np.array_equal(channels[0], channels[1]) and not np.array_equal(channels[1], channels[2])
@@ -314,9 +314,9 @@ def test_32bit_int_and_float_tiff_ranges():
                                [[0, 1], [0.5, 0.25]], atol=1e-6)
 
 
-def test_raster_stack_replicates_grey():
+def test_raster_through_a_window_set_replicates_grey():
     grey = np.array([[0, 128], [200, 255]], np.uint8)
-    scan = load_scan(raster_bytes(Image.fromarray(grey), "PNG"), window="stack")
+    scan = load_scan(raster_bytes(Image.fromarray(grey), "PNG"), window="rsna3")
     assert scan.image.shape == (2, 2, 3) and scan.window is None
     for k in range(3):
         np.testing.assert_array_equal(scan.image[..., k], grey)

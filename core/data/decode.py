@@ -1,4 +1,5 @@
-"""Decode every image once into a uint8 cache (pad to square, then resize), and the Dataset + augmentation."""
+"""Decode every image once into a uint8 cache (pad to square, then resize), and the Dataset + augmentation.
+Slices are (S, S) grey or (S, S, C) window sets (core.io.imaging.WINDOW_SETS); networks read them channels first."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.data.discover import DatasetError
 from core.io.framing import frame
-from core.io.imaging import ScanError, load_scan_with_digest
+from core.io.imaging import WINDOW_SETS, ScanError, display_grey, load_scan_with_digest
 
 RESIZE_POLICY = "pad_to_square_then_resize_bilinear"
 HASH_SIZE = 64  # near-duplicate hashes come from this fixed size, so the split never depends on --image-size
@@ -21,7 +23,7 @@ HASH_SIZE = 64  # near-duplicate hashes come from this fixed size, so the split 
 
 @dataclass
 class DecodedSet:
-    images: np.ndarray                 # (N, S, S) uint8, rows aligned with `paths` minus failures
+    images: np.ndarray                 # (N, S, S) or (N, S, S, C) uint8, rows aligned with `paths` minus failures
     paths: list[str]
     sha256: list[str]
     phash: np.ndarray                  # (N,) uint64 perceptual hashes
@@ -50,28 +52,38 @@ def _hash64(h: imagehash.ImageHash) -> np.uint64:
     return np.uint64(int("".join("1" if b else "0" for b in h.hash.flatten()), 2))
 
 
-def _decode_one(path: str, size: int, framing: str):
-    scan, digest = load_scan_with_digest(path)
-    # Hashes come from the unframed slice: the split (near-duplicate groups) never depends on the framing.
-    small = Image.fromarray(pad_to_square(scan.image)).resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR)
+def _decode_one(path: str, size: int, framing: str, windows: str):
+    scan, digest = load_scan_with_digest(path, windows)
+    # Hashes come from the unframed brain window: the split (near-duplicate groups) depends on neither the framing
+    # nor the windows.
+    small = Image.fromarray(pad_to_square(display_grey(scan.image))).resize((HASH_SIZE, HASH_SIZE),
+                                                                            Image.Resampling.BILINEAR)
     return (resize_square(frame(scan.image, framing)[0], size),
             digest, _hash64(imagehash.phash(small)), _hash64(imagehash.dhash(small)),
-            scan.series_uid, scan.slice_position, scan.instance_number, scan.patient_key)
+            scan.series_uid, scan.slice_position, scan.instance_number, scan.patient_key, scan.is_hu)
 
 
-def decode_images(paths: list[str], size: int, workers: int | None = None, framing: str = "none") -> DecodedSet:
-    """Decode each file once on threads (decoders release the GIL), framed (core.io.framing); unreadable files
-    go to `failed`."""
+def decode_images(paths: list[str], size: int, workers: int | None = None, framing: str = "none",
+                  windows: str = "brain") -> DecodedSet:
+    """Decode each file once on threads (decoders release the GIL), through the `windows` set, framed
+    (core.io.framing); unreadable files go to `failed`. Several windows need HU: a readable file without them
+    (an 8-bit PNG, a non-CT DICOM) stops the whole set with DatasetError, never a silent grey copy."""
     def safe(path):
         try:
-            return _decode_one(path, size, framing)
+            return _decode_one(path, size, framing, windows)
         except (ScanError, OSError) as err:
             return str(err).splitlines()[0] if str(err) else type(err).__name__
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(safe, paths))
     ok = [(p, r) for p, r in zip(paths, results) if not isinstance(r, str)]
-    images = np.stack([r[0] for _, r in ok]) if ok else np.zeros((0, size, size), np.uint8)
+    channels = len(WINDOW_SETS[windows])
+    no_hu = next((p for p, r in ok if not r[8]), None) if channels > 1 else None
+    if no_hu is not None:
+        raise DatasetError(f"windows {windows} need CT in Hounsfield units (DICOM or NIfTI), and {no_hu} holds "
+                           "none; train such data with --windows brain.")
+    empty = np.zeros((0, size, size) + ((channels,) if channels > 1 else ()), np.uint8)
+    images = np.stack([r[0] for _, r in ok]) if ok else empty
     return DecodedSet(
         images=images, paths=[p for p, _ in ok], sha256=[r[1] for _, r in ok],
         phash=np.array([r[2] for _, r in ok], dtype=np.uint64),
@@ -83,12 +95,18 @@ def decode_images(paths: list[str], size: int, workers: int | None = None, frami
         failed={p: r for p, r in zip(paths, results) if isinstance(r, str)})
 
 
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """A view (no copy) of cached slices with the channel axis where networks read it: (N, S, S) grey ->
+    (N, 1, S, S), (N, S, S, C) windows -> (N, C, S, S)."""
+    return images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+
+
 class SliceDataset(torch.utils.data.Dataset):
-    """uint8 slices (1, S, S) or `rows` stacks (K, 1, S, S) with float labels; augmented per batch on the device."""
+    """uint8 slices (C, S, S) or `rows` stacks (K, C, S, S) with float labels; augmented per batch on the device."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu",
                  rows: np.ndarray | None = None):
-        self.images = torch.as_tensor(images).to(device)
+        self.images = channels_first(torch.as_tensor(images).to(device))
         # Host-side indices: an integer picks a view, no gather kernel per item on a GPU-resident cache.
         self.rows = np.arange(len(self.images)) if rows is None else np.asarray(rows)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device)
@@ -99,12 +117,12 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[self.rows[i]].unsqueeze(-3), self.labels[i]
+        return self.images[self.rows[i]], self.labels[i]
 
     def __getitems__(self, indices: list[int]):
         """A whole batch in one gather (one kernel on a GPU cache); pair with `collate_fn=SliceDataset.collate`."""
         rows = torch.as_tensor(self.rows[np.asarray(indices)], device=self.images.device)
-        return self.images[rows].unsqueeze(-3), self.labels[torch.as_tensor(indices, device=self.labels.device)]
+        return self.images[rows], self.labels[torch.as_tensor(indices, device=self.labels.device)]
 
     @staticmethod
     def collate(batch):
@@ -112,7 +130,8 @@ class SliceDataset(torch.utils.data.Dataset):
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B,[K,]1,S,S) -> normalised float (B,[K,]3,S,S); augmented first given a generator."""
+    """uint8 (B,[K,]C,S,S) -> normalised float (B,[K,]3,S,S), grey (C = 1) repeated; augmented first given a
+    generator (every channel of an image alike)."""
     x = batch_uint8.float().div_(255.0)
     if generator is not None:
         x = augment_batch(x.flatten(1, -3), generator).view_as(x)

@@ -1,10 +1,13 @@
-"""Hand-crafted features of brain-window slices for the classical baselines (docs/NOTES.md, "Hand-crafted features")."""
+"""Hand-crafted features of brain-window slices for the classical baselines (docs/NOTES.md, "Hand-crafted features").
+A slice of several windows (S, S, C) is read through its first, the brain window (core.io.imaging.display_grey)."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from skimage.feature import graycomatrix, graycoprops, hog, local_binary_pattern
+
+from core.io.imaging import display_grey
 
 HIST_BINS = 32
 ZONE_EDGES = (0.0, 0.1, 0.2, 0.35, 1.0)      # depth below the head's surface / the deepest point's depth
@@ -82,17 +85,18 @@ def hog_descriptor(image: np.ndarray) -> np.ndarray:
 
 
 def slice_features(image: np.ndarray) -> np.ndarray:
-    """Every feature of one (S, S) uint8 slice, in FEATURE_NAMES order."""
-    if image.ndim != 2 or image.dtype != np.uint8:
+    """Every feature of one (S, S) uint8 slice (or its brain window), in FEATURE_NAMES order."""
+    if image.ndim not in (2, 3) or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 slice, got {image.dtype} of shape {image.shape}")
+    image = display_grey(image)
     return np.concatenate([intensity_histogram(image), depth_zone_histograms(image), glcm_texture(image),
                            lbp_histogram(image), hog_descriptor(image)]).astype(np.float32)
 
 
 def extract_features(images: np.ndarray) -> np.ndarray:
-    """(N, S, S) uint8 -> (N, len(FEATURE_NAMES)) float32 (docs/NOTES.md, "Hand-crafted features")."""
+    """(N, S, S) or (N, S, S, C) uint8 -> (N, len(FEATURE_NAMES)) float32 (docs/NOTES.md, "Hand-crafted features")."""
     images = np.asarray(images)
-    if images.ndim != 3:
+    if images.ndim not in (3, 4):
         raise ValueError(f"expected (N, S, S) slices, got shape {images.shape}")
     if len(images) == 0:
         return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)

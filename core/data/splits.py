@@ -20,11 +20,12 @@ MANIFEST_COLUMNS = ["path", "sha256", "label", "subtype", "group", "split"]
 @dataclass
 class Prepared:
     manifest: pd.DataFrame      # one row per usable image, MANIFEST_COLUMNS first
-    images: np.ndarray          # (N, S, S) uint8 aligned with manifest rows
+    images: np.ndarray          # (N, S, S) uint8, or (N, S, S, C) for C windows, aligned with manifest rows
     leakage: dict               # near-duplicates, straddling groups, skipped files
     image_size: int
     resize_policy: str = RESIZE_POLICY
     framing: str = "none"       # core.io.framing, applied before the resize
+    windows: str = "brain"      # core.io.imaging.WINDOW_SETS: the HU windows, one per channel
     derived: dict = field(default_factory=dict, repr=False, compare=False)  # shared within a run (features)
 
 
@@ -112,11 +113,11 @@ def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
 
 
 def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None, framing: str = "none",
-            split: bool = True) -> Prepared:
+            split: bool = True, windows: str = "brain") -> Prepared:
     """The decoded, grouped and split dataset; `split=False` (an external set, all of it evaluated): every case
     in split "external", however few or unbalanced its groups."""
     table = discover(root)
-    decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing)
+    decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing, windows)
     table = table[table["path"].isin(set(decoded.paths))].reset_index(drop=True)
     if table.empty:
         raise DatasetError(f"No image under {root} could be decoded; first error: "
@@ -146,7 +147,8 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
                                "add images or provide a balanced split.")
     extras = [c for c in table.columns if c not in MANIFEST_COLUMNS + ["given_split", "group_hint"]]
     manifest = table[MANIFEST_COLUMNS + extras]
-    return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size, framing=framing)
+    return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size, framing=framing,
+                    windows=windows)
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:

@@ -14,6 +14,7 @@ from sklearn.metrics import log_loss
 
 from core.engine.config import TrainConfig
 from core.io import store
+from core.io.imaging import WINDOW_SETS
 from core.metrics.binary import CLASSES, auc_or_nan, card_metrics
 from core.registry import get_spec
 
@@ -31,6 +32,13 @@ def dataset_facts(cfg: TrainConfig, manifest: pd.DataFrame, part: dict[str, np.n
     labels = manifest["label"].to_numpy()
     return {"source": cfg.data or "synthetic phantoms",
             "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(labels[part[s]].sum())} for s in SPLITS}}
+
+
+def input_windows(windows: str) -> dict:
+    """A network card's window fields: the run's window set (core.io.imaging.WINDOW_SETS), one per channel."""
+    names = WINDOW_SETS[windows]
+    return {"window": ", ".join(names), "windows": windows,
+            "channels": "grey replicated to 3" if len(names) == 1 else "one HU window per channel"}
 
 
 def versions() -> dict:

@@ -32,6 +32,7 @@ class TrainConfig:
     resume: bool = False
     data: str | None = None
     framing: str = "none"               # core.io.framing: "head" crops every slice to its head before resizing
+    windows: str = "brain"              # core.io.imaging.WINDOW_SETS: the HU windows a slice becomes, one per channel
     sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
     per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model

@@ -15,6 +15,7 @@ from core.io import store as ckpt
 from core.io.atomic import atomic_path, atomic_write
 from core.nets.build import load_network
 from core.io.framing import framing_of
+from core.io.imaging import windows_of
 from core.registry import CNN_NAMES
 
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     print(f"{args.phantoms} phantoms at difficulty {difficulty[0]:g}-{difficulty[1]:g}, "
           f"pointing-game tolerance {args.tolerance:g} px", flush=True)
     cases = phantom_cases(args.phantoms, args.size, args.seed, difficulty)
-    images, masks = phantom_images(cases, framing_of(ckpt.run_facts(args.run)))
+    facts = ckpt.run_facts(args.run)
+    images, masks = phantom_images(cases, framing_of(facts), windows_of(facts))
     k = min(args.gallery_columns, len(cases))
     rows, panels = [], {}
     with tqdm(total=len(models) * len(methods), desc="CAMs", unit="map set") as bar:

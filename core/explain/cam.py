@@ -18,11 +18,12 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
-from core.data.decode import resize_square, to_model_input
+from core.data.decode import channels_first, resize_square, to_model_input
 from core.nets.build import cam_layers
 from core.nets.sharing import exclusive
 from core.nets.sequence import SequenceClassifier
 from core.io.framing import frame
+from core.io.imaging import display_grey
 from core.phantom.generate import SUBTYPES, generate_slice, render
 
 METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
@@ -133,9 +134,9 @@ class Explanation:
 
 
 def _model_input(loaded, images: list[np.ndarray]) -> torch.Tensor:
-    """Exactly the training preprocessing: pad to square, resize, grey to 3 normalised channels."""
+    """Exactly the training preprocessing: pad to square, resize, grey (or windows) to 3 normalised channels."""
     size, card = loaded.card["input_size"], loaded.card
-    batch = torch.from_numpy(np.stack([resize_square(im, size) for im in images]))[:, None]
+    batch = channels_first(torch.from_numpy(np.stack([resize_square(im, size) for im in images])))
     return to_model_input(batch, card["mean"], card["std"])
 
 
@@ -149,21 +150,21 @@ def to_original(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def explain_image(loaded, image: np.ndarray, method: str = "gradcam", target: int = 1) -> Explanation:
-    """Probability and CAM for one windowed grey uint8 (H, W) slice, the CAM at the slice's own size."""
+    """Probability and CAM for one windowed uint8 (H, W) or (H, W, C) slice, the CAM at the slice's own size."""
     image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"explain_image needs a grey uint8 (H, W) slice, got {image.dtype} {image.shape}")
+    if image.ndim not in (2, 3) or image.dtype != np.uint8:
+        raise ValueError(f"explain_image needs a windowed uint8 (H, W[, C]) slice, got {image.dtype} {image.shape}")
     start = time.perf_counter()
     maps, logits = _cams_and_logits(loaded.model, loaded.card["model"], _model_input(loaded, [image]),
                                     method, target)
     prob = float(1 / (1 + np.exp(-logits[0])))
-    return Explanation(prob, to_original(maps[0], image.shape), method, time.perf_counter() - start, maps[0])
+    return Explanation(prob, to_original(maps[0], image.shape[:2]), method, time.perf_counter() - start, maps[0])
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the jet CAM at opacity alpha over the slice, plus the mask outline when given."""
-    grey = np.asarray(image)
-    rgb = np.repeat(grey[..., None], 3, axis=2) if grey.ndim == 2 else grey[..., :3]
+    """RGB uint8 (H, W, 3): the jet CAM at opacity alpha over the slice (a window set's brain window), plus the
+    mask outline when given."""
+    rgb = np.repeat(display_grey(np.asarray(image))[..., None], 3, axis=2)
     if cam.shape != rgb.shape[:2]:
         raise ValueError(f"CAM shape {cam.shape} does not match the image {rgb.shape[:2]}")
     out = show_cam_on_image(rgb.astype(np.float32) / 255, np.clip(cam, 0, 1), use_rgb=True,
@@ -220,10 +221,11 @@ def phantom_cases(n: int, size: int = 256, seed: int = 0, difficulty=(0.2, 0.8))
             for i in range(n)]
 
 
-def phantom_images(cases: list, framing: str = "none") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Phantom cases rendered through the brain window, with their bleed masks, framed (core.io.framing) as the
+def phantom_images(cases: list, framing: str = "none",
+                   windows: str = "brain") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Phantom cases rendered through the run's windows, with their bleed masks, framed (core.io.framing) as the
     run's own slices were, so a model is scored on slices like those it learned from."""
-    pairs = [frame(render(c.hu), framing, c.mask) for c in cases]
+    pairs = [frame(render(c.hu, windows), framing, c.mask) for c in cases]
     return [image for image, _ in pairs], [mask for _, mask in pairs]
 
 
@@ -236,7 +238,7 @@ def score_localization(loaded, images: list[np.ndarray], masks: list[np.ndarray]
         cams, logits = _cams_and_logits(loaded.model, name, x, method, 1)
         probs += list(1 / (1 + np.exp(-logits)))
         for cam, image, mask in zip(cams, images[i:i + batch_size], masks[i:i + batch_size]):
-            maps.append(to_original(cam, image.shape))
+            maps.append(to_original(cam, image.shape[:2]))
             rows.append({**localization_scores(maps[-1], mask, tolerance=tolerance), "tolerance_px": tolerance})
         if with_faithfulness:
             scores = faithfulness(loaded.model, name, x, cams, method)

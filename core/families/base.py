@@ -22,7 +22,7 @@ class FitError(ValueError):
 @dataclass
 class Cases:
     """The cases every predictor of a run scores together."""
-    images_at: Callable[[int], np.ndarray]       # (N, S, S) uint8 slices at one size
+    images_at: Callable[[int], np.ndarray]       # (N, S, S) uint8 slices at one size, (N, S, S, C) for C windows
     manifest: pd.DataFrame | None = None         # `series` / `slice_index`: neighbours for sequence models
     probs: dict[str, np.ndarray] = field(default_factory=dict)   # predictions made so far (ensemble members)
     _sized: dict[int, np.ndarray] = field(default_factory=dict, repr=False)

@@ -29,6 +29,7 @@ from core.engine.config import TrainConfig, is_main
 from core.families.base import Cases, Family, Predictor
 from core.io import store
 from core.io.atomic import atomic_path
+from core.io.imaging import display_grey
 from core.registry import CLASSICAL_NAMES, get_spec
 
 MODEL_FILE = "model.skops"
@@ -96,12 +97,14 @@ def _positive_probs(pipeline: Pipeline, features: np.ndarray) -> np.ndarray:
 
 
 def _to_input_size(images, size: int) -> np.ndarray:
-    """(N, S, S) uint8 at the model's input size, resized as in training; raises ValueError if not 2-D uint8."""
+    """(N, S, S) uint8 brain windows (of window sets too) at the model's input size, resized as in training;
+    raises ValueError for anything but uint8 windowed slices."""
     out = []
     for image in images:
         image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 2:
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"expected 2-D uint8 brain-window slices, got {image.dtype} of shape {image.shape}")
+        image = display_grey(image)
         out.append(image if image.shape == (size, size) else resize_square(image, size))
     return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
 
@@ -118,7 +121,7 @@ def measure_pipeline_latency(pipeline: Pipeline, images: np.ndarray, warmup: int
             times.append((time.perf_counter() - start) * 1000)
     start = time.perf_counter()
     _positive_probs(pipeline, extract_features(many))
-    return {"device": "cpu", "input_size": int(images.shape[-1]),
+    return {"device": "cpu", "input_size": int(images.shape[1]),
             "batch1_ms_p50": float(np.percentile(times, 50)), "batch1_ms_p95": float(np.percentile(times, 95)),
             "throughput_img_s": float(batch / (time.perf_counter() - start)), "batch": batch}
 
@@ -220,7 +223,8 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) ->
     card = model_card(
         name, y, probs, training, dataset_facts(cfg, man, part),
         input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",
-        resize_policy=data.resize_policy, framing=data.framing, weights_file=MODEL_FILE, params=params, params_detail=params_detail,
+        windows=data.windows, resize_policy=data.resize_policy, framing=data.framing, weights_file=MODEL_FILE,
+        params=params, params_detail=params_detail,
         hyperparameters={k: v for k, v in pipeline["clf"].get_params().items()
                          if v is None or isinstance(v, (bool, int, float, str, tuple, list))},
         features={"count": len(FEATURE_NAMES), "names": FEATURE_NAMES, "config": FEATURE_CONFIG},

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from core.io.imaging import display_grey
+
 FRAMINGS = ("none", "head")
 _THRESHOLD = 0.1 * 255
 _MIN_AREA = 0.02
@@ -43,17 +45,18 @@ def head_region(image: np.ndarray) -> np.ndarray | None:
 
 def frame(image: np.ndarray, framing: str, *aligned: np.ndarray) -> tuple[np.ndarray, ...]:
     """(image, *aligned) framed: "none" returns them as they are; "head" blanks the image outside its head and
-    crops it and every aligned array (masks of the same shape) to the head's box."""
+    crops it and every aligned array (masks of the same shape) to the head's box. An (H, W, C) window set is framed
+    by its brain window, every channel alike."""
     if framing not in FRAMINGS:
         raise ValueError(f"framing {framing!r} is not one of {', '.join(FRAMINGS)}")
-    head = head_region(image) if framing == "head" else None
+    head = head_region(display_grey(image)) if framing == "head" else None
     if head is None:
         return (image, *aligned)
     rows, cols = np.flatnonzero(head.any(axis=1)), np.flatnonzero(head.any(axis=0))
     margin = round(_MARGIN * max(image.shape[:2]))
     top, bottom = max(0, rows[0] - margin), min(image.shape[0], rows[-1] + 1 + margin)
     left, right = max(0, cols[0] - margin), min(image.shape[1], cols[-1] + 1 + margin)
-    blanked = np.where(head, image, np.zeros((), image.dtype))
+    blanked = np.where(head.reshape(head.shape + (1,) * (image.ndim - 2)), image, np.zeros((), image.dtype))
     return tuple(a[top:bottom, left:right] for a in (blanked, *aligned))
 
 

@@ -30,7 +30,9 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (600.0, 2800.0),
     "soft_tissue": (40.0, 380.0),
 }
-STACK_WINDOWS = ("brain", "subdural", "soft_tissue")
+# A run's input windows (train.py --windows), one channel each; the first is always the brain window, the grey every
+# page shows and the classical features read. "rsna3": the RSNA 2019 winners' three channels.
+WINDOW_SETS: dict[str, tuple[str, ...]] = {"brain": ("brain",), "rsna3": ("brain", "subdural", "soft_tissue")}
 
 # Checked against the declared header size, before any pixel is decoded or allocated.
 MAX_PIXELS = 60_000_000
@@ -48,8 +50,8 @@ class Scan:
     modality: str  # "CT", "MR", other DICOM modality ("OT" when absent), or "raster"
     is_hu: bool
     pixel_spacing: tuple[float, float] | None  # mm (row, col)
-    image: np.ndarray  # uint8 (H, W) grey, or (H, W, 3) for window="stack"
-    window: str | None  # window preset used to make `image`; None when pixels were not HU
+    image: np.ndarray  # uint8 (H, W) grey, or (H, W, C) for a window set of C windows ("rsna3")
+    window: str | None  # window preset or set used to make `image`; None when pixels were not HU
     series_uid: str | None
     instance_number: int | None
     slice_position: float | None  # mm along the slice normal, for ordering slices of a series
@@ -72,13 +74,25 @@ def to_uint8(x01: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(x01, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def display_grey(image: np.ndarray) -> np.ndarray:
+    """The grey a windowed slice is shown (and framed, hashed, featured) as: an (H, W) slice itself, the first
+    channel, the brain window, of an (H, W, C) window set."""
+    return image if image.ndim == 2 else image[..., 0]
+
+
+def windows_of(card_or_run: dict) -> str:
+    """The window set a card or run.json records; folders written before window sets existed read brain alone."""
+    return card_or_run.get("windows", "brain")
+
+
 def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None = None,
               frame: int | None = None, max_side: int | None = None) -> Scan:
     """Decode DICOM/PNG/JPEG/TIFF/BMP (by content) from a path, bytes or file, or one slice of a NIfTI volume
     (`ct_scans/049.nii#z=12`, core.io.volume); `window`: HU window; raises ScanError.
-    `max_side`: area-average a larger slice down to this long side while decoding, before any float copy."""
-    if window not in (None, "stack", *WINDOWS):
-        raise ValueError(f"unknown window {window!r}; choose one of {sorted(WINDOWS)} or 'stack'")
+    `max_side`: area-average a larger slice down to this long side while decoding, before any float copy.
+    A window set (WINDOW_SETS) gives an (H, W, C) image; a slice without HU then repeats its grey C times."""
+    if window not in (None, *WINDOW_SETS, *WINDOWS):
+        raise ValueError(f"unknown window {window!r}; choose one of {sorted(WINDOWS)} or a set {sorted(WINDOW_SETS)}")
     address = parse_slice_path(source)
     if address is not None:
         return _volume_scan(*address, window, frame, max_side)
@@ -101,14 +115,14 @@ def load_scan(source: str | os.PathLike | bytes | BinaryIO, window: str | None =
         raise ScanError(f"The scan could not be decoded ({_one_line(err)}).") from err
 
 
-def load_scan_with_digest(path: str | os.PathLike) -> tuple[Scan, str]:
-    """(the scan, the sha256 of what it was read from): the file's bytes, or a volume slice's stored values
-    (hashing a whole volume per slice would read it once per slice)."""
+def load_scan_with_digest(path: str | os.PathLike, window: str | None = None) -> tuple[Scan, str]:
+    """(the scan through `window`, the sha256 of what it was read from): the file's bytes, or a volume slice's
+    stored values (hashing a whole volume per slice would read it once per slice)."""
     if parse_slice_path(path) is not None:
-        scan = load_scan(path)
+        scan = load_scan(path, window)
         return scan, hashlib.sha256(scan.pixels.tobytes()).hexdigest()
     data = _read_source(path)
-    return load_scan(data), hashlib.sha256(data).hexdigest()
+    return load_scan(data, window), hashlib.sha256(data).hexdigest()
 
 
 def _volume_scan(volume: Path, z: int, window: str | None, frame: int | None, max_side: int | None) -> Scan:
@@ -191,13 +205,13 @@ def _unit_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _render(pixels: np.ndarray, is_hu: bool, window: str | None) -> tuple[np.ndarray, str | None]:
+    window = window or "brain"
+    names = WINDOW_SETS.get(window, (window,))
     if not is_hu:  # already an intensity; HU windows do not apply
         grey = to_uint8(pixels)
-        return (np.repeat(grey[..., None], 3, axis=-1) if window == "stack" else grey), None
-    window = window or "brain"
-    if window == "stack":
-        return np.stack([to_uint8(apply_window(pixels, *WINDOWS[w])) for w in STACK_WINDOWS], -1), window
-    return to_uint8(apply_window(pixels, *WINDOWS[window])), window
+        return (np.repeat(grey[..., None], len(names), axis=-1) if len(names) > 1 else grey), None
+    images = [to_uint8(apply_window(pixels, *WINDOWS[w])) for w in names]
+    return (np.stack(images, -1) if len(images) > 1 else images[0]), window
 
 
 def _open_raster(data: bytes) -> Image.Image | None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from core.cli import Parser, folder, int_at_least, non_negative_int, positive_int, unit_float
 from core.io.atomic import atomic_write
-from core.io.imaging import WINDOWS, apply_window
+from core.io.imaging import WINDOW_SETS, WINDOWS, apply_window
 from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
                                   sample_patient)
 
@@ -85,9 +85,11 @@ def generate_slice(rng: np.random.Generator, size: int = 256, subtype: str | Non
     return generate_stack(rng, size, 1, subtype, difficulty, hard_negatives=hard_negatives)[0]
 
 
-def render(hu: np.ndarray) -> np.ndarray:
-    """uint8 display image through the brain window, as real scans are rendered."""
-    return (apply_window(hu, *WINDOWS["brain"]) * 255 + 0.5).astype(np.uint8)
+def render(hu: np.ndarray, windows: str = "brain") -> np.ndarray:
+    """uint8 display image through the brain window, as real scans are rendered; (H, W, C) through a run's window
+    set (core.io.imaging.WINDOW_SETS)."""
+    images = [(apply_window(hu, *WINDOWS[w]) * 255 + 0.5).astype(np.uint8) for w in WINDOW_SETS[windows]]
+    return images[0] if len(images) == 1 else np.stack(images, -1)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

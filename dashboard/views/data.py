@@ -12,6 +12,7 @@ import plotly.express as px
 import streamlit as st
 
 from core.io.framing import framing_of
+from core.io.imaging import WINDOW_SETS, windows_of
 from dashboard.frame import REPO, Run, require_run
 from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
@@ -102,7 +103,9 @@ st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{
            + (f": the normal slices of `{facts['painted_from']}` beside copies with hemorrhages painted in "
               "(core.insert), each pair in one split" if facts.get("painted_from") else "") + "."
            + (" Every slice was framed to its head (table and letters blanked) before resizing, in training, "
-              "evaluation and on the Scan page." if framing_of(facts) == "head" else ""))
+              "evaluation and on the Scan page." if framing_of(facts) == "head" else "")
+           + (f" Every slice became the {', '.join(WINDOW_SETS[windows_of(facts)])} HU windows, one channel each; "
+              "pages show the brain window." if windows_of(facts) != "brain" else ""))
 
 left, right = st.columns(2)
 counts = pd.crosstab(manifest["split"], manifest["class"], margins=True, margins_name="total")

@@ -6,7 +6,7 @@ from core.families import family_of_card
 from core.report import PRESETS
 from dashboard.frame import dataset_text, preset, require_dataset, require_run, threshold
 from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, run_framing,
-                               test_probs, truth as truth_of)
+                               run_windows, test_probs, truth as truth_of)
 
 run = require_run()
 st.title("Errors")
@@ -42,7 +42,7 @@ if not pool:
 case = st.selectbox("Case", pool, format_func=lambda i: f"{i} ({truth[i]})", key="err_case")
 if not st.toggle("Show the image and each model's Grad-CAM", key="err_show"):
     st.stop()
-image, mask, problem = case_image(cases.at[case, "path"], run_framing(run))
+image, mask, problem = case_image(cases.at[case, "path"], run_framing(run), run_windows(run))
 if image is None:
     st.error(problem)
     st.stop()

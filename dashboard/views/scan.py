@@ -11,13 +11,14 @@ from core.data.stacks import slice_order
 from core.families import family_of_card
 from core.families.base import Predictor
 from core.inference import lost_members, predict_all as predict
-from core.io.imaging import WINDOWS, ScanError
+from core.io.imaging import WINDOW_SETS, WINDOWS, ScanError
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
 from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, model_for,
-                               outline, read_scan, run_framing, test_metrics, test_probs, truth as truth_of, upload_side)
+                               outline, read_scan, run_framing, run_windows, test_metrics, test_probs, truth as truth_of,
+                               upload_side)
 
 
 def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
@@ -34,7 +35,7 @@ def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
 
 def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
                 centre: int = 0) -> tuple[pd.DataFrame, float, dict[str, str]]:
-    """Every loaded model's probability and decision at its threshold for one uint8 (H, W) slice, seconds, and the
+    """Every loaded model's probability and decision at its threshold for one uint8 (H, W[, C]) slice, seconds, and the
     models that did not load, with why. A sequence model reads `series` around `centre` (image = series[centre]),
     else the slice alone; an ensemble its members."""
     slices = series if series else [image]
@@ -59,7 +60,8 @@ st.title("Scan")
 SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
            "phantom": "Fresh phantom"}
 source = st.radio("Scan", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="scan_source")
-mask, facts, series, centre = None, "", None, 0
+mask, facts, series, centre, no_hu = None, "", None, 0, False
+windows = run_windows(run)   # a set of several: decoded through them, shown in the first (brain); no window choice
 
 if source == "upload":
     # No `type=` filter: DICOM files often have no extension and arrive as application/octet-stream;
@@ -69,13 +71,13 @@ if source == "upload":
         st.info("Upload a slice, or pick an example above. Patient tags in DICOM files are never shown or kept.")
         st.stop()
     try:
-        scan = read_scan(upload.getvalue(), st.session_state.get("scan_window"),
+        scan = read_scan(upload.getvalue(), st.session_state.get("scan_window") if windows == "brain" else windows,
                          st.session_state.get("scan_frame", 0), upload_side(run))
     except ScanError as err:
         st.error(str(err))
         st.stop()
-    image = scan.image
-    if scan.is_hu:
+    image, no_hu = scan.image, not scan.is_hu
+    if scan.is_hu and windows == "brain":
         st.selectbox("CT window", list(WINDOWS), key="scan_window", format_func=lambda w: (
             f"{w.replace('_', ' ')} (centre {WINDOWS[w][0]:.0f}, width {WINDOWS[w][1]:.0f} HU)"))
     if scan.n_frames > 1:
@@ -83,7 +85,7 @@ if source == "upload":
     spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
     shrunk = f", shown and scored at {image.shape[1]} × {image.shape[0]}" if scan.stored_shape != image.shape[:2] else ""
     facts = f"{scan.modality}, {scan.stored_shape[1]} × {scan.stored_shape[0]} px{shrunk}{spacing}" + (
-        f", {scan.window} window" if scan.window else "") + (
+        f", {scan.window} window" if scan.window in WINDOWS else "") + (
         f", frame {st.session_state.get('scan_frame', 0) + 1} of {scan.n_frames}" if scan.n_frames > 1 else "")
     if scan.modality not in ("CT", "raster"):
         st.warning(f"This is a {scan.modality} image, not CT: the models were trained on head CT slices in the "
@@ -96,7 +98,7 @@ elif source == "series":
                 "around the one you pick; every other model reads that slice alone.")
         st.stop()
     try:
-        scans = [read_scan(u.getvalue(), max_side=upload_side(run)) for u in uploads]
+        scans = [read_scan(u.getvalue(), windows, max_side=upload_side(run)) for u in uploads]
     except ScanError as err:
         st.error(str(err))
         st.stop()
@@ -104,7 +106,7 @@ elif source == "series":
         st.error("The slices differ in size; upload slices of one series.")
         st.stop()
     order = slice_order(scans, [u.name for u in uploads])
-    series = [scans[i].image for i in order]
+    series, no_hu = [scans[i].image for i in order], not all(sc.is_hu for sc in scans)
     centre = st.slider("Slice", 1, len(series), (len(series) + 1) // 2, key="series_slice") - 1
     image = series[centre]
     facts = f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file name)"
@@ -112,7 +114,7 @@ elif source == "test":
     cases = test_probs(*run.key, run.models)
     truth = truth_of(cases)
     case = st.selectbox("Test case", cases.index, key="scan_case", format_func=lambda i: f"{i} ({truth[i]})")
-    image, mask, problem = case_image(cases.at[case, "path"], run_framing(run))
+    image, mask, problem = case_image(cases.at[case, "path"], run_framing(run), windows)
     if image is None:
         st.error(problem)
         st.stop()
@@ -124,13 +126,19 @@ else:
                            help="Higher: smaller bleeds, closer to brain density.")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="ph_seed")
     phantom = generate_slice(np.random.default_rng(int(seed)), 256, subtype or None, difficulty)
-    image, mask = render(phantom.hu), phantom.mask
+    image, mask = render(phantom.hu, windows), phantom.mask
     facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
 
 if source != "test" and run_framing(run) != "none":   # test cases come framed from case_image
     image, mask = framed(image, mask, run_framing(run))
     series = [framed(s, None, run_framing(run))[0] for s in series] if series else series
     facts += ", framed to the head as the models were trained"
+if windows != "brain":
+    facts += f", shown in the brain window of the {', '.join(WINDOW_SETS[windows])} windows the models read"
+if no_hu and windows != "brain":
+    st.warning("This image holds no Hounsfield units, so it cannot be seen through the models' three CT windows: "
+               "each channel is given its grey instead, unlike anything they were trained on. Read their outputs "
+               "with care; a DICOM or NIfTI slice gives the real windows.")
 left, right = st.columns([1, 2])
 left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
