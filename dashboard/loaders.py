@@ -144,12 +144,29 @@ def test_metrics(run_dir: str, stamp: float, model: str, thr: float, bootstrap: 
     return _metrics(run_dir, stamp, model, thr, bootstrap, dataset, evaluation_stamp(run_dir, dataset))
 
 
+def _model_rows(run_dir: str, stamp: float, model: str, dataset: str | None) -> pd.DataFrame:
+    rows = scored(run_dir, stamp, dataset)
+    return rows[rows["model"] == model]
+
+
 @st.cache_data(show_spinner="Computing metrics and intervals…", max_entries=2048)
 def _metrics(run_dir: str, stamp: float, model: str, thr: float, bootstrap: int, dataset: str | None,
              dataset_stamp: float) -> dict:
-    rows = scored(run_dir, stamp, dataset)
-    rows = rows[rows["model"] == model]
+    rows = _model_rows(run_dir, stamp, model, dataset)
     return M.binary_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(), thr, bootstrap=bootstrap)
+
+
+def scan_metrics(run_dir: str, stamp: float, model: str, thr: float, dataset: str | None = None) -> dict | None:
+    """One model's scan-level metrics (core.metrics.binary.scan_metrics, the point named "chosen") on the test split
+    or a stored evaluation; None where its rows name no scan (series) or too few of a class."""
+    return _scan_metrics(run_dir, stamp, model, thr, dataset, evaluation_stamp(run_dir, dataset))
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _scan_metrics(run_dir: str, stamp: float, model: str, thr: float, dataset: str | None,
+                  dataset_stamp: float) -> dict | None:
+    rows = _model_rows(run_dir, stamp, model, dataset)
+    return M.scan_metrics(rows.get("series"), rows["label"].to_numpy(), rows["prob"].to_numpy(), {"chosen": thr})
 
 
 def delong_matrix(run_dir: str, stamp: float, models: tuple[str, ...], dataset: str | None = None) -> pd.DataFrame:
