@@ -16,12 +16,12 @@ import streamlit as st
 from scipy import ndimage
 
 from core.data.splits import read_manifest
+from core.data.truth import bleed_mask
 from core.families.base import Predictor
 from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import Scan, ScanError, load_scan
-from core.io.volume import mask_slice_path
 from core.metrics import binary as M
 
 if TYPE_CHECKING:
@@ -298,16 +298,3 @@ def case_image(path: str, framing: str = "none") -> tuple[np.ndarray | None, np.
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
     return framed(image, bleed_mask(path, image.shape), framing) + ("",)
-
-
-def bleed_mask(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A case's bleed mask when its dataset has one of that shape: the phantom and painted sets' PNG beside the class
-    folders (a painted DICOM's too), or the same slice of a NIfTI mask volume (PhysioNet CT-ICH's masks/)."""
-    volume_mask, png = mask_slice_path(path), Path(path).parents[1] / "masks" / f"{Path(path).stem}.png"
-    if volume_mask is not None:
-        mask = load_scan(volume_mask).pixels > 0.5
-    elif png.is_file():
-        mask = load_scan(png).image > 127
-    else:
-        return None
-    return mask if mask.shape == shape else None

@@ -17,7 +17,8 @@ __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_
 CLASSES = ["normal", "hemorrhage"]
 NAN = float("nan")
 MIN_SCANS_PER_CLASS = 2   # fewer scans of a class give no AUC worth a number (and a DeLong interval of NaN)
-_SCAN_POINT_KEYS = ("threshold", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci", "tp", "fn", "tn", "fp")
+_SCAN_POINT_KEYS = ("threshold", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci",
+                    "tp", "fn", "tn", "fp")
 
 
 def _ratio(num: float, den: float) -> float:
