@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from core.io import store as ckpt
 from core.evaluate import main as evaluate_main
 from core.metrics.binary import scan_scores
+from core.report import card_markdown
 from core.phantom.generate import write_dataset
 
 from conftest import TINY_RUN_MODELS
@@ -66,6 +67,7 @@ def test_scan_level_metrics_in_the_report_and_every_card(tiny_run, tmp_path):
         trained = card["metrics"]["test"]["scan"]   # the same scans scored at training time
         assert (trained["n"], trained["n_pos"]) == (scan["n"], scan["n_pos"])
         assert trained["roc_auc"] == pytest.approx(scan["roc_auc"], abs=1e-4)
+        assert f"Scan level (test split: {scan['n']} scans, {scan['n_pos']} with hemorrhage" in card_markdown(card)
     assert "## Scan level" in (tmp_path / "report.md").read_text()
 
 
