@@ -14,7 +14,7 @@ from core.data.discover import DatasetError
 from core.data.decode import decode_images
 from core.inference import load_predictor, predict_all
 from core.report import write_report
-from core.data.splits import prepare, read_manifest
+from core.data.splits import prepare, read_manifest, seen_in_training
 from core.io.framing import framing_of
 from core.io.imaging import windows_of
 
@@ -41,7 +41,7 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
         facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing, "windows": windows}
         return cases, decoded.images, facts
     external = prepare(data, size, framing=framing, split=False, windows=windows)
-    seen = set(manifest.loc[manifest["split"] != "test", "sha256"])
+    seen = seen_in_training(manifest)
     keep = ~external.manifest["sha256"].isin(seen).to_numpy()
     cases = external.manifest[keep].reset_index(drop=True)
     facts = {"kind": "external", "source": str(Path(data).resolve()), "dropped_seen_in_training": int((~keep).sum()),
@@ -112,11 +112,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
                         for k, t in card["thresholds"].items()},
             "calibration": M.reliability_bins(y, prob).to_dict("records"),
             "subgroups": subgroups(cases, prob, card["thresholds"]["youden"]),
+            # Per scan (the manifest's series): max over its slices, at every card threshold; None without scans.
+            "scan": M.scan_metrics(cases.get("series"), y, prob, card["thresholds"]),
             "latency": card.get("latency"), "params": card.get("params"),
         }
         predictions.append(cases.assign(model=name, prob=prob)[["model", "split", "id", "path", "label", "prob"]
-                                                               + [c for c in ("subtype", "bleed_area_mm2", "source")
-                                                                  if c in cases]])
+                                                               + [c for c in ("subtype", "bleed_area_mm2", "source",
+                                                                              "series") if c in cases]])
     preds = pd.concat(predictions, ignore_index=True)
     best = max(per_model, key=lambda m: np.nan_to_num(per_model[m]["metrics"]["default"]["roc_auc"], nan=-1))
     wide = preds.pivot_table(index="path", columns="model", values="prob")

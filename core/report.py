@@ -37,6 +37,8 @@ def leaderboard(report: dict, threshold: str = "default") -> pd.DataFrame:
             lo, hi = met.get(f"{key}_ci") or (None, None)
             row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
         row["delong_p_vs_best"] = m["delong_p_vs_best"]
+        scan = m.get("scan") or {}
+        row["scan_roc_auc"], row["scan_n"] = scan.get("roc_auc"), scan.get("n")
         row["latency_ms_p50"] = (m.get("latency") or {}).get("batch1_ms_p50")
         row["params"] = m.get("params")
         rows.append(row)
@@ -75,6 +77,7 @@ def markdown(report: dict, board: pd.DataFrame, wrong: pd.DataFrame) -> str:
     for name, m in report["models"].items():
         lines.append(f"| {m['display_name']} | {_fmt(m['metrics']['default']['brier'])} | "
                      f"{_fmt(m['metrics']['default']['ece'])} |")
+    lines += _scan_lines(report)
     sub = [dict(model=m["display_name"], **row) for m in report["models"].values() for row in m["subgroups"]]
     if sub:
         lines += ["", "## Subgroups (Youden threshold)", "", "| model | subgroup | value | metric | n | estimate |",
@@ -86,6 +89,21 @@ def markdown(report: dict, board: pd.DataFrame, wrong: pd.DataFrame) -> str:
         fn, fp = (rows["error"] == "false negative").sum(), (rows["error"] == "false positive").sum()
         lines.append(f"- {report['models'][name]['display_name']}: {fn} false negatives, {fp} false positives")
     return "\n".join(lines) + "\n"
+
+
+def _scan_lines(report: dict) -> list[str]:
+    """report.md's scan-level section (none when no model has scan metrics)."""
+    scans = {m["display_name"]: m["scan"] for m in report["models"].values() if m.get("scan")}
+    if not scans:
+        return []
+    lines = ["", "## Scan level (a scan scores its most suspicious slice; thresholds chosen on validation slices)", "",
+             "| model | scans | hemorrhage | AUC | point | threshold | sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, scan in scans.items():
+        lines += [f"| {name} | {scan['n']} | {scan['n_pos']} | {_fmt(scan['roc_auc'], scan['roc_auc_ci'])} | {point} | "
+                  f"{met['threshold']:.3f} | {_fmt(met['sensitivity'], met['sensitivity_ci'])} | "
+                  f"{_fmt(met['specificity'], met['specificity_ci'])} |" for point, met in scan["at"].items()]
+    return lines
 
 
 def write_report(report: dict, out: Path) -> dict[str, Path]:
@@ -130,4 +148,8 @@ def card_markdown(card: dict) -> str:
             value, ci = met.get(key), ci_text(met.get(f"{key}_ci"))
             cells.append("n/a" if value is None else f"{value:.3f}" + (f" ({ci})" if ci else ""))
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    scan = card["metrics"]["test"].get("scan")
+    if scan:
+        lines += ["", f"Scan level (test split: {scan['n']} scans, {scan['n_pos']} with hemorrhage; a scan scores its "
+                      f"most suspicious slice): AUC {_fmt(scan['roc_auc'], scan['roc_auc_ci'])}."]
     return "\n".join(lines) + "\n"

@@ -16,12 +16,12 @@ import streamlit as st
 from scipy import ndimage
 
 from core.data.splits import read_manifest
+from core.data.truth import bleed_mask
 from core.families.base import Predictor
 from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import Scan, ScanError, display_grey, load_scan, windows_of
-from core.io.volume import mask_slice_path
 from core.metrics import binary as M
 
 if TYPE_CHECKING:
@@ -144,12 +144,29 @@ def test_metrics(run_dir: str, stamp: float, model: str, thr: float, bootstrap: 
     return _metrics(run_dir, stamp, model, thr, bootstrap, dataset, evaluation_stamp(run_dir, dataset))
 
 
+def _model_rows(run_dir: str, stamp: float, model: str, dataset: str | None) -> pd.DataFrame:
+    rows = scored(run_dir, stamp, dataset)
+    return rows[rows["model"] == model]
+
+
 @st.cache_data(show_spinner="Computing metrics and intervals…", max_entries=2048)
 def _metrics(run_dir: str, stamp: float, model: str, thr: float, bootstrap: int, dataset: str | None,
              dataset_stamp: float) -> dict:
-    rows = scored(run_dir, stamp, dataset)
-    rows = rows[rows["model"] == model]
+    rows = _model_rows(run_dir, stamp, model, dataset)
     return M.binary_metrics(rows["label"].to_numpy(), rows["prob"].to_numpy(), thr, bootstrap=bootstrap)
+
+
+def scan_metrics(run_dir: str, stamp: float, model: str, thr: float, dataset: str | None = None) -> dict | None:
+    """One model's scan-level metrics (core.metrics.binary.scan_metrics, the point named "chosen") on the test split
+    or a stored evaluation; None where its rows name no scan (series) or too few of a class."""
+    return _scan_metrics(run_dir, stamp, model, thr, dataset, evaluation_stamp(run_dir, dataset))
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _scan_metrics(run_dir: str, stamp: float, model: str, thr: float, dataset: str | None,
+                  dataset_stamp: float) -> dict | None:
+    rows = _model_rows(run_dir, stamp, model, dataset)
+    return M.scan_metrics(rows.get("series"), rows["label"].to_numpy(), rows["prob"].to_numpy(), {"chosen": thr})
 
 
 def delong_matrix(run_dir: str, stamp: float, models: tuple[str, ...], dataset: str | None = None) -> pd.DataFrame:
@@ -288,16 +305,3 @@ def case_image(path: str, framing: str = "none",
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
     return framed(image, bleed_mask(path, image.shape[:2]), framing) + ("",)
-
-
-def bleed_mask(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A case's bleed mask when its dataset has one of that shape: the phantom and painted sets' PNG beside the class
-    folders (a painted DICOM's too), or the same slice of a NIfTI mask volume (PhysioNet CT-ICH's masks/)."""
-    volume_mask, png = mask_slice_path(path), Path(path).parents[1] / "masks" / f"{Path(path).stem}.png"
-    if volume_mask is not None:
-        mask = load_scan(volume_mask).pixels > 0.5
-    elif png.is_file():
-        mask = load_scan(png).image > 127
-    else:
-        return None
-    return mask if mask.shape == shape else None

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import ScanError
-from core.metrics.binary import binary_metrics
+from core.metrics.binary import binary_metrics, scan_scores
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.phantom.generate import generate_slice, render
 
@@ -90,6 +90,18 @@ def test_leaderboard_has_one_row_per_model_and_labelled_published_rows(run_dir):
     published = board[board["Source"] != "this run"]
     assert len(published) > 0 and published["Source"].str.startswith("published").all()
     assert published["Model"].str.contains("published|recomputed").all()
+
+def test_leaderboard_shows_the_scan_level_auc_beside_the_slice_auc(run_dir):
+    board = ok(page("leaderboard")).dataframe[0].value
+    assert {"Model", "AUC", "Scan AUC", "Scan AUC 95% CI", "Scans n"} <= set(board.columns)
+    board = board.set_index("Model")
+    for model in MODELS:   # the phantom stacks are the scans; each scores its most suspicious slice
+        rows = split_rows(run_dir, model)
+        labels, scores = scan_scores(rows["series"], rows["label"], rows["prob"])
+        name = ckpt.load_card(run_dir / model)["display_name"]
+        assert board.loc[name, "Scan AUC"] == pytest.approx(roc_auc_score(labels, scores))
+        assert board.loc[name, "Scans n"] == len(labels) < board.loc[name, "Test n"]
+
 
 def test_compare_threshold_slider_drives_the_confusion_matrix(run_dir):
     at = ok(page("compare"))
@@ -215,6 +227,29 @@ def test_scan_page_series_upload_feeds_neighbours_to_sequence_models(run_dir, mo
     assert in_series["ResNet-18"] == pytest.approx(shown_alone["ResNet-18"], abs=0.1 + 1e-9)
     alone = stacks[-1]
     assert alone.shape[0] == 1 and all(torch.equal(s, slices[1]) for s in alone[0]), "a lone slice is its own stack"
+
+
+def test_scan_page_series_names_its_most_suspicious_slices(run_dir):
+    from core.phantom.generate import generate_stack
+    stack = generate_stack(np.random.default_rng(5), 96, 3, "subdural", 0.2)
+    files = [(f"p2_0_{i + 1}.png", png_bytes(render(s.hu)), "image/png") for i, s in enumerate(stack)]
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("series").run()
+    at.file_uploader(key="scan_series").set_value(files[::-1]).run()
+    table = ok(at).dataframe[-1].value.set_index("Model")
+    assert len(table) == len(MODELS)
+    alone = []   # ResNet-18 reads each slice alone: its shown probability of slice k is its score of that slice
+    for k in (1, 2, 3):
+        at.slider(key="series_slice").set_value(k).run()
+        alone.append(float(next(m.value for m in ok(at).metric if m.label == "ResNet-18").rstrip("%")) / 100)
+    row = table.loc["ResNet-18"]
+    assert row["Scan score (max)"] == pytest.approx(max(alone), abs=0.0005 + 1e-6)
+    named = [row[f"#{k}"] for k in (1, 2, 3)]   # "p2_0_2.png (slice 2): 51.2%", most suspicious first
+    slices = [int(n.split("(slice ")[1].split(")")[0]) for n in named]
+    probs = [float(n.rsplit(": ", 1)[1].rstrip("%")) / 100 for n in named]
+    assert sorted(slices) == [1, 2, 3] and probs == sorted(probs, reverse=True)
+    assert all(n.startswith(f"p2_0_{k}.png ") for n, k in zip(named, slices))
+    assert probs == pytest.approx([alone[k - 1] for k in slices], abs=0.0005 + 1e-6)
 
 
 def test_scan_page_test_example_matches_predictions_csv(run_dir):

@@ -14,11 +14,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 import train
+from core.data.decode import decode_images
 from core.data.discover import discover
-from core.data.layouts import FLAGS, box_mask, cq500_series, detect, read_bhx
+from core.data.layouts import BHX_FILES, FLAGS, box_mask, cq500_series, detect, read_bhx
+from core.data.truth import masked_slices
+from core.explain.__main__ import main as explain
 from core.io.imaging import load_scan
 from core.io.volume import mask_slice_path, parse_slice_path, slice_path
-from core.phantom.generate import generate_stack
+from core.phantom.generate import generate_stack, write_dataset
 
 SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 PATIENTS = 16            # 8 with a bleed, 8 without: enough groups for a grouped 70/15/15 split
@@ -177,25 +180,33 @@ def _cq500_reads(n: int, bleeds: bool) -> dict:
     return {"name": f"CQ500-CT-{n}", "Category": "B1" if bleeds else "B2", **{f"{r}:{f}": int(f in marks[r]) for r in ("R1", "R2", "R3") for f in READS}}
 
 
-@pytest.fixture(scope="module")
-def cq500(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cq500")
-    reads = []
-    for p in range(PATIENTS):
+def _write_cq500(root: Path, patients: int) -> dict:
+    """CQ500's layout with every series of CQ500_SERIES per patient (odd ones bleed); the slices' phantom truth by
+    SOPInstanceUID `1.2.3.<patient>.<series index>.<z>`."""
+    reads, truth = [], {}
+    for p in range(patients):
         n = 400 + p * 3
         reads.append(_cq500_reads(n, bool(p % 2)))
         study = root / f"CQ500CT{n} CQ500CT{n}" / "Unknown Study"
         for i, (series, k) in enumerate(CQ500_SERIES.items()):
             uids = {"series": f"1.2.3.{p}.{i}", "study": f"1.2.3.{p}", "patient": f"CQ500-CT-{n}"}
             for z, s in enumerate(_stack(p * 10 + i, k, bleeds=bool(p % 2))):
+                truth[f"1.2.3.{p}.{i}.{z}"] = s
                 _dicom(study / series / f"CT{z:06d}.dcm", s.hu, {**uids, "sop": f"1.2.3.{p}.{i}.{z}"}, z)
     pd.DataFrame(reads).to_csv(root / "reads.csv", index=False)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def cq500(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cq500")
+    truth = _write_cq500(root, PATIENTS)
     out = root.parent / "cq500_run"
-    return root, out, _train(root, out)
+    return root, truth, out, _train(root, out)
 
 
 def test_cq500_reads_one_plain_series_per_patient_with_the_majority_label(cq500):
-    root, _, _ = cq500
+    root, _, _, _ = cq500
     assert detect(root) == "cq500"
     table = discover(root)
     assert set(table["path"].map(lambda p: Path(p).parent.name)) == {"CT Plain"}
@@ -207,7 +218,7 @@ def test_cq500_reads_one_plain_series_per_patient_with_the_majority_label(cq500)
 
 
 def test_cq500_trains_with_patients_never_straddling_splits(cq500):
-    _, _, split = cq500
+    _, _, _, split = cq500
     _one_split_per(split, lambda path: Path(path).parents[2].name)
 
 
@@ -325,3 +336,77 @@ def test_ct_ich_test_split_evaluates_and_shows_with_its_masks(ct_ich):
     image, mask, problem = case_image(bleed.path)
     truth = stacks[int(parse_slice_path(bleed.path)[0].stem)][bleed.slice_index].mask
     assert not problem and image.shape == (64, 64) and mask.tolist() == truth.tolist()
+
+
+# --- Localization truth: core.explain's pointing game on real slices ------------------------------------------------
+
+def _bhx(path: Path, boxes: dict[str, tuple]) -> Path:
+    """A BHX CSV (its header, `data` cells as BHX writes them) with one box (x, y, width, height) per SOPInstanceUID."""
+    rows = [",SOPInstanceUID,SeriesInstanceUID,StudyInstanceUID,data,labelName,labelType"]
+    rows += [f"{i},{sop},1.2.3,1.2,\"{{'x': {x}, 'y': {y}, 'width': {w}, 'height': {h}}}\",Subdural,Box"
+             for i, (sop, (x, y, w, h)) in enumerate(boxes.items())]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def _cq500_sop(path: str) -> str:
+    """The replica's SOPInstanceUID of a CT Plain slice (series index 1) from its path."""
+    patient = (int(Path(path).parents[2].name.split()[0][7:]) - 400) // 3
+    return f"1.2.3.{patient}.1.{int(Path(path).stem[2:])}"
+
+
+def _explained(run: Path, data: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    assert explain(["--run", str(run), "--data", str(data), "--size", "64", "--methods", "gradcam,random",
+                    "--gallery-columns", "2", "--out", str(out), *extra]) == 0
+    return pd.read_csv(out / "localization.csv"), pd.read_csv(out / "slices.csv")
+
+
+def test_a_bhx_box_lands_on_the_same_pixels_after_decoding_and_resizing(tmp_path):
+    _write_cq500(tmp_path, 2)   # patient 1 bleeds; its CT Plain slices are read
+    _bhx(tmp_path / BHX_FILES[0], {"1.2.3.1.1.0": (16, 8, 16, 24), "1.2.3.1.0.0": (0, 0, 8, 8)})   # 2nd: CT PLAIN THIN
+    found = masked_slices(tmp_path, 32)   # the BHX file in the dataset's folder is found and joined
+    assert found.rows[["id", "truth"]].values.tolist() == [["CQ500CT403 CQ500CT403/Unknown Study/CT Plain/CT000000",
+                                                            "bhx"]]
+    expected = np.zeros((32, 32), bool)
+    expected[4:16, 8:16] = True   # rows 8-31 and columns 16-31 of 64 px, at half the size
+    assert found.masks[0].tolist() == expected.tolist()
+    assert np.array_equal(found.images[0], decode_images(found.rows["path"].tolist(), 32).images[0])
+
+
+def test_core_explain_scores_cq500_test_slices_against_their_bhx_boxes(cq500, tmp_path, capsys):
+    root, truth, run, split = cq500
+    csv = _bhx(tmp_path / "boxes.csv", {sop: _bounding_box(s.mask) for sop, s in truth.items() if s.mask.any()})
+    bleeds = split[(split["label"] == "1") & split["path"].map(_cq500_sop).isin(pd.read_csv(csv)["SOPInstanceUID"])]
+    tested = bleeds[bleeds["split"] == "test"]
+    assert len(tested) > 0
+    table, slices = _explained(run, root, tmp_path / "cams", "--bhx", str(csv))
+    assert table["method"].tolist() == ["gradcam", "random"] and (table["n"] == len(tested)).all()
+    assert table["pointing_game"].between(0, 1).all() and table["energy_in_mask"].between(0, 1).all()
+    assert sorted(slices["path"]) == sorted(tested["path"]) and set(slices["truth"]) == {"bhx"}
+    printed = capsys.readouterr().out   # the run's train and val slices are left out
+    assert f"{len(tested)} with BHX boxes) at 64 px; left out: {len(bleeds) - len(tested)} seen in training" in printed
+    assert explain(["--run", str(run), "--data", str(root), "--out", str(tmp_path / "none")]) == 2   # no BHX file
+    assert capsys.readouterr().err.startswith("hemolens: no hemorrhage slice of")
+
+
+def test_core_explain_scores_ct_ich_test_slices_against_their_mask_volumes(ct_ich, tmp_path):
+    root, stacks, run, split = ct_ich
+    tested = [p for p, label, part in zip(split["path"], split["label"], split["split"]) if part == "test"
+              and label == "1" and stacks[int(parse_slice_path(p)[0].stem)][parse_slice_path(p)[1]].mask.any()]
+    assert tested
+    table, slices = _explained(run, root, tmp_path / "cams")
+    assert (table["n"] == len(tested)).all() and table["pointing_game"].between(0, 1).all()
+    assert sorted(slices["path"]) == sorted(tested) and set(slices["truth"]) == {"mask"}
+
+
+def test_a_class_folder_sets_masks_by_stem_are_its_truth(tmp_path):
+    labels = write_dataset(tmp_path, n=12, size=64, seed=2, stack_size=1)
+    found = masked_slices(tmp_path, 64)
+    assert sorted(Path(p).stem for p in found.rows["path"]) == sorted(labels.loc[labels["label"] == 1, "id"])
+    for path, mask in zip(found.rows["path"], found.masks):
+        assert mask.tolist() == (load_scan(tmp_path / "masks" / f"{Path(path).stem}.png").image > 127).tolist()

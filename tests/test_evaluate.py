@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sklearn.metrics import roc_auc_score
+
 from core.io import store as ckpt
 from core.evaluate import main as evaluate_main
+from core.metrics.binary import scan_scores
+from core.report import card_markdown
 from core.phantom.generate import write_dataset
 
 from conftest import TINY_RUN_MODELS
@@ -43,6 +47,28 @@ def test_own_test_split_reproduces_training_predictions(tiny_run, tmp_path):
     assert "not for clinical use" in md and "Misclassified" in md and "Subgroups" in md
     n_wrong = sum(1 for _ in report["misclassified"])
     assert f"Misclassified cases (Youden threshold): {n_wrong}" in md
+
+
+def test_scan_level_metrics_in_the_report_and_every_card(tiny_run, tmp_path):
+    """The tiny run's phantom stacks are its scans: each scores its most suspicious slice, in report.json, report.md,
+    leaderboard.csv and (from training) every card's metrics.test.scan."""
+    assert evaluate_main(["--run", str(tiny_run), "--out", str(tmp_path), "--bootstrap", "0"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    preds = pd.read_csv(tmp_path / "predictions.csv")
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("model")
+    for model in TINY_RUN_MODELS:
+        rows = preds[preds["model"] == model]
+        labels, scores = scan_scores(rows["series"], rows["label"], rows["prob"])
+        scan, card = report["models"][model]["scan"], ckpt.load_card(tiny_run / model)
+        assert scan["n"] == len(labels) < len(rows) and scan["n_pos"] == labels.sum() >= 2
+        assert scan["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+        assert set(scan["at"]) == set(card["thresholds"]) and board.loc[model, "scan_n"] == scan["n"]
+        assert scan["at"]["youden"]["threshold"] == card["thresholds"]["youden"]
+        trained = card["metrics"]["test"]["scan"]   # the same scans scored at training time
+        assert (trained["n"], trained["n_pos"]) == (scan["n"], scan["n_pos"])
+        assert trained["roc_auc"] == pytest.approx(scan["roc_auc"], abs=1e-4)
+        assert f"Scan level (test split: {scan['n']} scans, {scan['n_pos']} with hemorrhage" in card_markdown(card)
+    assert "## Scan level" in (tmp_path / "report.md").read_text()
 
 
 def test_external_set_uses_every_image_and_drops_training_files(tiny_run, tiny_phantoms, tmp_path):

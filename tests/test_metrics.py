@@ -438,3 +438,31 @@ def test_one_class_call_names_the_only_call_made():
     assert M.one_class_call(M.binary_metrics(y, p, 0.1)) == "hemorrhage"
     assert M.one_class_call(M.binary_metrics(y, p, 0.95)) == "normal"
     assert M.one_class_call(M.binary_metrics(y, p, 0.5)) is None
+
+
+# --- scan level -------------------------------------------------------------------------------
+
+def test_a_scan_is_its_most_suspicious_slice():
+    scans = ["a", "a", "a", "b", "b", None, "c", "c", "d", float("nan")]
+    y = [0, 1, 0, 0, 0, 1, 0, 0, 1, 1]
+    p = [0.1, 0.3, 0.8, 0.4, 0.2, 0.99, 0.6, 0.7, 0.5, 0.0]
+    labels, scores = M.scan_scores(scans, y, p)   # slices without a scan key are left out
+    assert labels.tolist() == [1, 0, 0, 1] and scores.tolist() == [0.8, 0.4, 0.7, 0.5]
+    scan = M.scan_metrics(scans, y, p, {"default": 0.5, "strict": 0.75})
+    assert (scan["n"], scan["n_pos"]) == (4, 2)
+    assert scan["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, scores))   # 0.5: a (0.8) over c, b over d
+    assert scan["roc_auc_ci"] == M.delong_auc(labels, scores)[1:]
+    assert scan["at"]["default"] == {"threshold": 0.5, "sensitivity": 1.0, "specificity": 0.5, "tp": 2, "fn": 0,
+                                     "tn": 1, "fp": 1, "sensitivity_ci": M.wilson_interval(2, 2),
+                                     "specificity_ci": M.wilson_interval(1, 2)}
+    assert scan["at"]["strict"]["sensitivity"] == 0.5 and scan["at"]["strict"]["specificity"] == 1.0
+
+
+def test_scan_metrics_need_scans_and_two_of_each_class():
+    y, p = [1, 0, 1, 0, 0], [0.9, 0.1, 0.8, 0.2, 0.3]
+    assert M.scan_metrics(None, y, p, {"default": 0.5}) is None
+    assert M.scan_metrics(["a", "b", "c", "d", "e"], y, p, {"default": 0.5})["n"] == 5
+    assert M.scan_metrics(["a", "b", "a", "d", "e"], y, p, {"default": 0.5}) is None   # one hemorrhage scan
+    card = M.card_metrics(y, p, y, p, scans_test=["a", "b", "c", "d", "e"])
+    assert card["metrics"]["test"]["scan"] == M.scan_metrics(["a", "b", "c", "d", "e"], y, p, card["thresholds"])
+    assert "scan" not in M.card_metrics(y, p, y, p)["metrics"]["test"]

@@ -48,6 +48,14 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pad_to_square(image)).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def framed_square(image: np.ndarray, size: int, framing: str = "none", *masks: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A slice as decode_images caches it, and any masks aligned with it the same way: framed together, padded to
+    square, resized; a mask keeps the pixels it covers at least half after the (bilinear) resize."""
+    framed = frame(image, framing, *masks)
+    return (resize_square(framed[0], size),
+            *(resize_square(np.asarray(m, bool).astype(np.uint8) * 255, size) >= 128 for m in framed[1:]))
+
+
 def _hash64(h: imagehash.ImageHash) -> np.uint64:
     return np.uint64(int("".join("1" if b else "0" for b in h.hash.flatten()), 2))
 
@@ -58,7 +66,7 @@ def _decode_one(path: str, size: int, framing: str, windows: str):
     # nor the windows.
     small = Image.fromarray(pad_to_square(display_grey(scan.image))).resize((HASH_SIZE, HASH_SIZE),
                                                                             Image.Resampling.BILINEAR)
-    return (resize_square(frame(scan.image, framing)[0], size),
+    return (framed_square(scan.image, size, framing)[0],
             digest, _hash64(imagehash.phash(small)), _hash64(imagehash.dhash(small)),
             scan.series_uid, scan.slice_position, scan.instance_number, scan.patient_key, scan.is_hu)
 

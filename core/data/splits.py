@@ -155,6 +155,11 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
     atomic_write(path, manifest.to_csv(index=False))
 
 
+def seen_in_training(manifest: pd.DataFrame) -> set[str]:
+    """The sha256 of every file a run trained or chose its thresholds on (its train and val rows)."""
+    return set(manifest.loc[manifest["split"] != "test", "sha256"])
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
     manifest = pd.read_csv(path, dtype={"subtype": str, "group": str, "id": str, "series": str})
     manifest["subtype"] = manifest["subtype"].fillna("")

@@ -47,13 +47,19 @@ def versions() -> dict:
             "hemolens_schema": store.SCHEMA_VERSION}
 
 
+def scan_keys(rows: pd.DataFrame, which) -> np.ndarray | None:
+    """The scan (series) of each of `rows[which]` (indices or a mask) for scan-level metrics; None without one."""
+    return rows["series"].to_numpy()[which] if "series" in rows else None
+
+
 def model_card(name: str, labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], training: dict,
-               dataset: dict | None, **fields) -> dict:
-    """Every family's card: identity, metrics and thresholds, the family's `fields`, training, data, versions."""
+               dataset: dict | None, scans: np.ndarray | None = None, **fields) -> dict:
+    """Every family's card: identity, metrics and thresholds, the family's `fields`, training, data, versions;
+    `scans` (the test rows' scan keys, `scan_keys`) adds `metrics.test.scan`."""
     spec = get_spec(name)
     return {"model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
             "classes": CLASSES, **fields,
-            **card_metrics(labels["val"], probs["val"], labels["test"], probs["test"]),
+            **card_metrics(labels["val"], probs["val"], labels["test"], probs["test"], scans),
             "training": training, "dataset": dataset, "versions": versions(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

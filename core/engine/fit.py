@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from core.data.decode import SliceDataset, to_model_input
 from core.data.splits import Prepared
 from core.engine.budget import planned_epochs
-from core.engine.cards import dataset_facts, history_frame, input_windows, model_card, predictions_frame, split_parts
+from core.engine.cards import (dataset_facts, history_frame, input_windows, model_card, predictions_frame,
+                               scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
 from core.engine.loop import evaluate, lr_factor, short_run_batch_norm, train_one_epoch
 from core.io import store
@@ -234,7 +235,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
                 "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
                 "args": cfg.recorded_args()}
     card = model_card(
-        name, labels, probs, training, dataset_facts(cfg, man, part),
+        name, labels, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
         input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         **input_windows(data.windows), resize_policy=data.resize_policy, framing=data.framing,
         **({"architecture": architecture} if architecture else {}),

@@ -24,7 +24,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from core.data.decode import resize_square
 from core.data.features import FEATURE_CONFIG, FEATURE_NAMES, extract_features
 from core.data.splits import Prepared
-from core.engine.cards import dataset_facts, fitted_once_history, model_card, predictions_frame, split_parts
+from core.engine.cards import dataset_facts, fitted_once_history, model_card, predictions_frame, scan_keys, split_parts
 from core.engine.config import TrainConfig, is_main
 from core.families.base import Cases, Family, Predictor
 from core.io import store
@@ -221,7 +221,7 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) ->
                 "fit_seconds": fit_seconds, "device": "cpu", "pretrained": False, "seed": cfg.seed, "world_size": 1,
                 "best_val_auc": history["val_auc"][0], "args": cfg.recorded_args()}
     card = model_card(
-        name, y, probs, training, dataset_facts(cfg, man, part),
+        name, y, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
         input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",
         windows=data.windows, resize_policy=data.resize_policy, framing=data.framing, weights_file=MODEL_FILE,
         params=params, params_detail=params_detail,

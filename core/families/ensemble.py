@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
-from core.engine.cards import fitted_once_history, model_card
+from core.engine.cards import fitted_once_history, model_card, scan_keys
 from core.families.base import Cases, Family, FitError, Predictor
 from core.io import store
 from core.registry import ENSEMBLE_NAMES, get_spec
@@ -158,7 +158,7 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
                 "seed": seed, "world_size": 1, "best_val_auc": history["val_auc"][0], "args": {"members": members}}
     card = model_card(
         name, {"val": y[val], "test": y[test]}, {"val": probs[val], "test": probs[test]}, training,
-        cards[members[0]].get("dataset"), **card, input_size=None,
+        cards[members[0]].get("dataset"), scan_keys(rows, test), **card, input_size=None,
         member_input_sizes={m: c.get("input_size") for m, c in cards.items()},
         member_families={m: c.get("family") for m, c in cards.items()},
         weights_by_member=dict(zip(members, weights.tolist())), bias=bias,

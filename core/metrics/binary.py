@@ -12,10 +12,13 @@ from core.metrics.stats import bootstrap_ci, check_labels, check_scores, delong_
 
 __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
            "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",
-           "mcnemar_test", "bootstrap_ci", "CLASSES"]
+           "mcnemar_test", "bootstrap_ci", "scan_scores", "scan_metrics", "CLASSES"]
 
 CLASSES = ["normal", "hemorrhage"]
 NAN = float("nan")
+MIN_SCANS_PER_CLASS = 2   # fewer scans of a class give no AUC worth a number (and a DeLong interval of NaN)
+_SCAN_POINT_KEYS = ("threshold", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci",
+                    "tp", "fn", "tn", "fp")
 
 
 def _ratio(num: float, den: float) -> float:
@@ -91,12 +94,38 @@ def auc_or_nan(y_true, prob) -> float:
     return float(roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else NAN
 
 
-def card_metrics(y_val, prob_val, y_test, prob_test) -> dict:
-    """Operating points on val, metrics at 0.5 on val and test, and test metrics at each point."""
+def scan_scores(scans, y_true, prob) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) per scan, in scan order: a scan is positive when any of its slices is, and scores the
+    most suspicious slice's probability (max). Slices without a scan key (None, NaN) are left out."""
+    y = check_labels(y_true)
+    table = pd.DataFrame({"scan": scans, "y": y, "p": check_scores(prob, len(y))}).dropna(subset=["scan"])
+    per_scan = table.groupby("scan")[["y", "p"]].max()
+    return per_scan["y"].to_numpy(int), per_scan["p"].to_numpy(float)
+
+
+def scan_metrics(scans, y_true, prob, thresholds: dict[str, float]) -> dict | None:
+    """Scan-level n, n_pos, ROC AUC with its DeLong interval, and sensitivity / specificity (Wilson) at each named
+    slice threshold (`at`); None without scan keys or below MIN_SCANS_PER_CLASS scans of either class."""
+    if scans is None:
+        return None
+    y, p = scan_scores(scans, y_true, prob)
+    if min(y.sum(), len(y) - y.sum()) < MIN_SCANS_PER_CLASS:
+        return None
+    points = {name: binary_metrics(y, p, threshold=t) for name, t in thresholds.items()}
+    met = next(iter(points.values()))
+    return {"n": met["n"], "n_pos": met["n_pos"], "roc_auc": met["roc_auc"], "roc_auc_ci": met["roc_auc_ci"],
+            "at": {name: {k: m[k] for k in _SCAN_POINT_KEYS} for name, m in points.items()}}
+
+
+def card_metrics(y_val, prob_val, y_test, prob_test, scans_test=None) -> dict:
+    """Operating points on val, metrics at 0.5 on val and test, and test metrics at each point; with the test
+    slices' scan keys, `metrics.test.scan` (scan_metrics at every point) where there are enough scans."""
     thresholds = choose_thresholds(y_val, prob_val)
+    test = binary_metrics(y_test, prob_test, threshold=0.5)
+    scan = scan_metrics(scans_test, y_test, prob_test, thresholds)
     return {"thresholds": thresholds,
             "metrics": {"val": binary_metrics(y_val, prob_val, threshold=0.5),
-                        "test": binary_metrics(y_test, prob_test, threshold=0.5)},
+                        "test": test if scan is None else {**test, "scan": scan}},
             "metrics_at_thresholds": {k: binary_metrics(y_test, prob_test, threshold=t) for k, t in thresholds.items()}}
 
 

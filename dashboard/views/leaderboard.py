@@ -9,7 +9,7 @@ from core.metrics.published import PUBLISHED, ci_text, published_rows
 from core.report import METRIC_LABELS as METRICS, PRESETS
 from dashboard import figures
 from dashboard.frame import Run, dataset_text, preset, require_dataset, require_run, threshold
-from dashboard.loaders import scored, test_metrics
+from dashboard.loaders import scan_metrics, scored, test_metrics
 
 BOOTSTRAP = 300  # resamples for the F1 interval (no closed form): ~0.4 s a model on 750 cases, cached
 
@@ -29,6 +29,9 @@ def leaderboard(run: Run, models: tuple[str, ...], dataset: str | None) -> tuple
         row.update({"Latency p50 (ms)": card["latency"]["batch1_ms_p50"], "Params (M)": card["params"] / 1e6,
                     "Size (MB)": card["size_bytes"] / 1e6, "Training (s)": card["training"]["seconds"],
                     "Test n": met["n"]})
+        if scan := scan_metrics(*run.key, model, threshold(card), dataset):   # where the rows name their scans
+            row.update({"Scan AUC": scan["roc_auc"], "Scan AUC 95% CI": ci_text(scan["roc_auc_ci"]),
+                        "Scans n": scan["n"]})
         rows.append(row)
     return pd.DataFrame(rows), mets
 
@@ -73,6 +76,7 @@ st.caption(f"Run **{run.path.name}**, {dataset_text(dataset)}, operating point *
            "(change them in the sidebar"
            + ("; thresholds chosen on this run's validation split, never re-tuned on the external set" if dataset
               else "") + "). Intervals: Wilson for proportions, DeLong for AUC, bootstrap for F1. "
+           "Scan AUC, where cases belong to scans (series): each scan scores its most suspicious slice. "
            "Click a column header to sort.")
 
 board, mets = leaderboard(run, models, dataset)
@@ -88,7 +92,7 @@ table = pd.concat([board, published_board()], ignore_index=True) if show_publish
 number = st.column_config.NumberColumn
 st.dataframe(table, hide_index=True, width="stretch", column_config={
     **{label: number(format="%.3f") for label in [*METRICS.values(), "Recall (as printed)"]},
-    "Threshold": number(format="%.3f"), "Latency p50 (ms)": number(format="%.1f"),
+    "Threshold": number(format="%.3f"), "Scan AUC": number(format="%.3f"), "Latency p50 (ms)": number(format="%.1f"),
     "Params (M)": number(format="%.2f"), "Size (MB)": number(format="%.1f"), "Training (s)": number(format="%.0f")})
 if show_published:
     st.caption("Rows marked **published** are the studies' own figures on their own data and hardware, not "

@@ -47,12 +47,24 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
     for model, prob in probs.items():
         thr, p = threshold(run.cards[model]), float(prob[centre])
         rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
-                     "probability": p, "threshold": thr, "hemorrhage": p >= thr})
+                     "probability": p, "threshold": thr, "hemorrhage": p >= thr, "slices": prob})
     seconds = time.perf_counter() - start
     # What the test split says of each decision rule (cached per threshold): not part of the timing.
     one_class = [one_class_call(test_metrics(*run.key, r["model"], r["threshold"])) for r in rows]
-    return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage"]).assign(
-        one_class=one_class), seconds, failed
+    return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage",
+                                       "slices"]).assign(one_class=one_class), seconds, failed
+
+
+def most_suspicious(calls: pd.DataFrame, names: list[str], top: int = 3) -> pd.DataFrame:
+    """Per model, a series' scan score (its most suspicious slice, as core.metrics.binary.scan_scores) and the `top`
+    slices by probability, named "file (slice k)"."""
+    rows = []
+    for _, r in calls.iterrows():
+        best = np.argsort(-np.asarray(r["slices"]), kind="stable")[:top]
+        rows.append({"Model": r["Model"], "Scan score (max)": float(np.max(r["slices"])),
+                     "Scan call": "hemorrhage" if np.max(r["slices"]) >= r["threshold"] else "normal",
+                     **{f"#{k + 1}": f"{names[i]} (slice {i + 1}): {r['slices'][i]:.1%}" for k, i in enumerate(best)}})
+    return pd.DataFrame(rows)
 
 
 run = require_run()
@@ -107,6 +119,8 @@ elif source == "series":
         st.stop()
     order = slice_order(scans, [u.name for u in uploads])
     series, no_hu = [scans[i].image for i in order], not all(sc.is_hu for sc in scans)
+    slice_names = [uploads[i].name + (f" #{scans[i].instance_number}" if scans[i].instance_number is not None else "")
+                   for i in order]
     centre = st.slider("Slice", 1, len(series), (len(series) + 1) // 2, key="series_slice") - 1
     image = series[centre]
     facts = f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file name)"
@@ -157,6 +171,13 @@ for start in range(0, len(calls), 3):
                    else None)
 for model, why in {**run.unavailable, **failed}.items():
     right.warning(f"**{run.display(model)}**: unavailable: {why}")
+if series:
+    st.subheader("The whole series")
+    st.dataframe(most_suspicious(calls, slice_names), hide_index=True, width="stretch",
+                 column_config={"Scan score (max)": st.column_config.NumberColumn(format="percent")})
+    st.caption("Every model scores every slice; the series scores its most suspicious slice (as the scan-level "
+               "metrics do) and is called at the model's threshold. The three most suspicious slices follow: file "
+               "name, DICOM instance number, position in the ordered series, probability.")
 
 
 @st.fragment
