@@ -77,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs")
     p.add_argument("--synthetic-copies", type=positive_int,
                    help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
+    p.add_argument("--subtypes", action="store_true",
+                   help="networks get a multi-label head: any hemorrhage and the five subtypes (epidural, "
+                        "intraparenchymal, intraventricular, subarachnoid, subdural), learnt where the data names "
+                        "them; cards hold each subtype's test AUC")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
     p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
@@ -111,7 +115,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         framing=given(args.framing, "none" if demo else "head"), windows=args.windows,
-        sequence_backbone=args.sequence_backbone, stack_size=args.stack_size,
+        sequence_backbone=args.sequence_backbone, stack_size=args.stack_size, subtypes=args.subtypes,
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
         patience=given(args.patience, TrainConfig.patience),

@@ -12,7 +12,8 @@ from core.io import store as ckpt
 from core.metrics import binary as M
 from core.data.discover import DatasetError
 from core.data.decode import decode_images
-from core.inference import load_predictor, predict_all
+from core.data.layouts import FLAG_COLUMNS, FLAGS
+from core.inference import load_predictor, predict_outputs_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest, seen_in_training
 from core.io.framing import framing_of
@@ -79,6 +80,14 @@ def subgroups(cases: pd.DataFrame, prob: np.ndarray, threshold: float) -> list[d
     return rows
 
 
+def subtype_aucs(cases: pd.DataFrame, outputs: np.ndarray) -> dict:
+    """A subtypes head's AUC per subtype on the cases labelled for it; {} for a one-output model or cases that carry
+    no subtype flags."""
+    if outputs.shape[1] != 1 + len(FLAGS) or not set(FLAG_COLUMNS) <= set(cases.columns):
+        return {}
+    return M.auc_per_output(FLAGS, cases[FLAG_COLUMNS].to_numpy(dtype=float), outputs[:, 1:])
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str] | None = None,
                  bootstrap: int = 1000, device: str = "cpu") -> dict:
     """Predictions and a metrics report for every model of a run (see module docstring)."""
@@ -100,7 +109,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
     sizes = sorted({p.input_size for p in predictors.values() if p.input_size})
     images_at(sizes[0])
     cases, _, facts = by_size[sizes[0]]
-    probs = predict_all(predictors, images_at, manifest=cases)
+    outputs = predict_outputs_all(predictors, images_at, manifest=cases)
+    probs = {name: o[:, 0] for name, o in outputs.items()}
     y = cases["label"].to_numpy()
     per_model, predictions = {}, []
     for name in names:
@@ -114,6 +124,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
             "subgroups": subgroups(cases, prob, card["thresholds"]["youden"]),
             # Per scan (the manifest's series): max over its slices, at every card threshold; None without scans.
             "scan": M.scan_metrics(cases.get("series"), y, prob, card["thresholds"]),
+            "subtypes": subtype_aucs(cases, outputs[name]),
             "latency": card.get("latency"), "params": card.get("params"),
         }
         predictions.append(cases.assign(model=name, prob=prob)[["model", "split", "id", "path", "label", "prob"]

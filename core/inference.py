@@ -1,5 +1,5 @@
 """Any saved model, whatever its family: which can be trusted (`unavailable_models`), loading (`load_predictor`)
-and P(hemorrhage) per case (`predict_all`)."""
+and P(hemorrhage) per case (`predict_all`; every output of a subtypes head: `predict_outputs_all`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,10 +43,18 @@ def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") ->
     return family_of_card(store.load_card(model_dir)).load(model_dir, device)
 
 
+def predict_outputs_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
+                        manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """(N, len(p.outputs)) probabilities per case per predictor, column 0 P(hemorrhage) (ensembles after members);
+    images_at(size) -> (N, S, S[, C]) uint8."""
+    cases, outputs = Cases(images_at, manifest), {}
+    for name, p in sorted(predictors.items(), key=lambda item: bool(item[1].members)):
+        outputs[name] = p.predict_outputs(cases)
+        cases.probs[name] = outputs[name][:, 0]
+    return {name: outputs[name] for name in predictors}
+
+
 def predict_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
                 manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """P(hemorrhage) per case per predictor (ensembles after members); images_at(size) -> (N, S, S[, C]) uint8."""
-    cases = Cases(images_at, manifest)
-    for name, p in sorted(predictors.items(), key=lambda item: bool(item[1].members)):
-        cases.probs[name] = p.predict(cases)
-    return {name: cases.probs[name] for name in predictors}
+    return {name: p[:, 0] for name, p in predict_outputs_all(predictors, images_at, manifest).items()}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data.layouts import FLAGS
 from core.families import family_of_card
 from core.io import store as ckpt
 from core.io.atomic import atomic_write
@@ -25,6 +26,13 @@ def _fmt(value, ci=None) -> str:
     if ci and ci[0] is not None and ci[0] == ci[0]:
         text += f" ({ci[0]:.3f}-{ci[1]:.3f})"
     return text
+
+
+def subtype_cell(entry: dict | None) -> str:
+    """One subtype's AUC as cards and reports print it: AUC (DeLong 95% CI), labelled cases and positives."""
+    if not entry:
+        return "n/a (one class)"
+    return f"{_fmt(entry['roc_auc'], entry['roc_auc_ci'])}, n {entry['n']} ({entry.get('n_pos', '?')} positive)"
 
 
 def leaderboard(report: dict, threshold: str = "default") -> pd.DataFrame:
@@ -84,6 +92,11 @@ def markdown(report: dict, board: pd.DataFrame, wrong: pd.DataFrame) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['subgroup']} | {r['value']} | {r['metric']} | {r['n']} | "
                   f"{_fmt(r['estimate'], (r['ci_lo'], r['ci_hi']))} |" for r in sub]
+    subtyped = {m["display_name"]: m["subtypes"] for m in report["models"].values() if m.get("subtypes")}
+    if subtyped:
+        lines += ["", "## Subtypes (AUC, DeLong 95% CI, on the cases labelled for each)", "",
+                  "| model | subtype | AUC |", "|---|---|---|"]
+        lines += [f"| {model} | {s} | {subtype_cell(e)} |" for model, aucs in subtyped.items() for s, e in aucs.items()]
     lines += ["", f"## Misclassified cases (Youden threshold): {len(wrong)}", ""]
     for name, rows in wrong.groupby("model"):
         fn, fp = (rows["error"] == "false negative").sum(), (rows["error"] == "false positive").sum()
@@ -152,4 +165,15 @@ def card_markdown(card: dict) -> str:
     if scan:
         lines += ["", f"Scan level (test split: {scan['n']} scans, {scan['n_pos']} with hemorrhage; a scan scores its "
                       f"most suspicious slice): AUC {_fmt(scan['roc_auc'], scan['roc_auc_ci'])}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + subtype_lines(card)) + "\n"
+
+
+def subtype_lines(card: dict) -> list[str]:
+    """A subtypes head's table of per-subtype AUCs on validation and test (none for a one-output model)."""
+    val, test = (card["metrics"][s].get("subtypes") or {} for s in ("val", "test"))
+    if "subtypes" not in card["metrics"]["test"]:
+        return []
+    lines = ["", "## Subtypes (AUC, DeLong 95% CI, on the slices labelled for each; n/a: one class there)", "",
+             "| subtype | validation | test |", "|---|---|---|"]
+    return lines + [f"| {flag} | {subtype_cell(val.get(flag))} | {subtype_cell(test.get(flag))} |"
+                    for flag in FLAGS]

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from core.data.splits import Prepared, read_manifest, write_manifest
+from core.data.splits import Prepared, read_manifest, subtype_targets, write_manifest
 from core.engine.budget import RunBudget
 from core.engine.config import TrainConfig, agree, is_main, resolve_device, setup_distributed
 from core.families import family_of
@@ -54,6 +54,8 @@ class _Datasets:
         if size not in self.by_size:
             first = not self.by_size
             self.by_size[size] = self.prepare_fn(size)
+            if self.cfg.subtypes:   # before any model trains: a dataset naming no subtype stops the run here
+                subtype_targets(self.by_size[size].manifest)
             run_dir = Path(self.cfg.out)
             _check_split(self.by_size[size], run_dir, resume=self.cfg.resume)
             if is_main():
@@ -62,6 +64,7 @@ class _Datasets:
                                                         "synthetic": self.cfg.data is None, "seed": self.cfg.seed,
                                                         "framing": self.by_size[size].framing,
                                                         "windows": self.by_size[size].windows,
+                                                        "subtypes": self.cfg.subtypes,
                                                         "painted_from": str(Path(self.cfg.data).resolve())
                                                         if painted else None})
             skipped = len(self.by_size[size].leakage["skipped_unreadable"])

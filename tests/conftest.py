@@ -40,3 +40,14 @@ def tiny_run(tiny_phantoms, tmp_path_factory) -> Path:
     assert train.main(["--data", str(tiny_phantoms), "--models", ",".join(TINY_RUN_MODELS), "--epochs", "2",
                        "--image-size", "32", "--batch-size", "16", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def subtypes_run(tiny_phantoms, tmp_path_factory) -> Path:
+    """A run of `train.py --subtypes` (1 epoch at 32 px) on the tiny phantoms, whose bleeds carry their subtype:
+    a CNN and a sequence model with six outputs each, in <tmp>/checkpoints/subtypes."""
+    import train
+    out = tmp_path_factory.mktemp("runs") / "checkpoints" / "subtypes"
+    assert train.main(["--data", str(tiny_phantoms), "--models", "resnet18,cnn_gru", "--epochs", "1",
+                       "--image-size", "32", "--batch-size", "16", "--subtypes", "--out", str(out)]) == 0
+    return out

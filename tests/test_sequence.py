@@ -38,8 +38,8 @@ def test_centre_and_per_slice_logits_and_gradients_reach_every_slice(built):
     _, model = built
     x = torch.randn(2, K, 3, 32, 32, requires_grad=True)
     centre, every = model(x), model.forward_all(x)
-    assert centre.shape == (2, 1) and every.shape == (2, K)
-    torch.testing.assert_close(centre[:, 0], every[:, K // 2])
+    assert centre.shape == (2, 1) and every.shape == (2, K, 1)
+    torch.testing.assert_close(centre, every[:, K // 2])
     centre[0, 0].backward()
     per_slice = x.grad.abs().sum(dim=(2, 3, 4))
     assert (per_slice[0] > 0).all(), "the centre logit must see every slice of its stack"

@@ -4,9 +4,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from core.data.layouts import NAMES, read_layout
+from core.data.layouts import FLAG_COLUMNS, FLAGS, NAMES, read_layout
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
@@ -151,6 +152,29 @@ def _rows(root: Path) -> pd.DataFrame:
         raise DatasetError(f"None of the {len(files)} images under {root} has a label: use class folders "
                            "(hemorrhage/normal) or a labels CSV with an id and a hemorrhage column.")
     return pd.DataFrame(rows)
+
+
+def _named_flags(subtype: str) -> list[float]:
+    """0/1 per FLAGS from a subtype string ("subdural", "SDH+sah"); NaN throughout when it names none, or a word
+    that is no subtype ("real": a source's own bleed of unknown kind)."""
+    names = [_SUBTYPE_WORDS.get(_words(part)) for part in str(subtype).split("+") if part.strip()]
+    if not names or None in names:
+        return [np.nan] * len(FLAGS)
+    return [float(flag in names) for flag in FLAGS]
+
+
+def subtype_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """FLAG_COLUMNS for discover's rows: 1 or 0 where the row tells, NaN where it does not. A published layout's
+    flags are its own, other rows' come from their `subtype`; a normal is 0 throughout, a bleed naming no subtype
+    is NaN throughout (unknown, never a negative)."""
+    if set(FLAG_COLUMNS) <= set(table.columns):
+        flags = table[FLAG_COLUMNS].astype(float)
+    else:
+        flags = pd.DataFrame([_named_flags(s) for s in table["subtype"]], columns=FLAG_COLUMNS, index=table.index)
+    bleeds = table["label"].to_numpy() == 1
+    flags.loc[bleeds & (flags.fillna(0).to_numpy().sum(axis=1) == 0)] = np.nan
+    flags.loc[~bleeds] = 0.0
+    return flags
 
 
 def discover(root: str | Path, both_classes: bool = True) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from core.io.volume import VOLUME_SUFFIXES, slice_path
 
 FLAGS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 FLAG_COLUMNS = [f"sub_{s}" for s in FLAGS]
+OUTPUTS = ("any", *FLAGS)   # a subtypes head's outputs in order: P(hemorrhage) first, as every one-logit model's
 COLUMNS = ["path", "id", "label", "subtype", "given_split", "group", "series", "slice_index"]
 NAMES = {"rsna": "RSNA 2019", "cq500": "CQ500", "ct_ich": "PhysioNet CT-ICH"}
 _CQ500_FINDINGS = {"ICH": "any", "EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular",

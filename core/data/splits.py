@@ -10,8 +10,9 @@ from scipy.cluster.hierarchy import DisjointSet
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core.io.atomic import atomic_write
-from core.data.discover import DatasetError, discover
+from core.data.discover import DatasetError, discover, subtype_flags
 from core.data.decode import RESIZE_POLICY, DecodedSet, decode_images
+from core.data.layouts import FLAG_COLUMNS
 
 PHASH_MAX, DHASH_MAX = 8, 6  # calibrated on Kaggle's known duplicate pairs (shared/data/README.md)
 MANIFEST_COLUMNS = ["path", "sha256", "label", "subtype", "group", "split"]
@@ -19,7 +20,7 @@ MANIFEST_COLUMNS = ["path", "sha256", "label", "subtype", "group", "split"]
 
 @dataclass
 class Prepared:
-    manifest: pd.DataFrame      # one row per usable image, MANIFEST_COLUMNS first
+    manifest: pd.DataFrame      # one row per usable image, MANIFEST_COLUMNS first, FLAG_COLUMNS (NaN: unknown) after
     images: np.ndarray          # (N, S, S) uint8, or (N, S, S, C) for C windows, aligned with manifest rows
     leakage: dict               # near-duplicates, straddling groups, skipped files
     image_size: int
@@ -117,6 +118,7 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
     """The decoded, grouped and split dataset; `split=False` (an external set, all of it evaluated): every case
     in split "external", however few or unbalanced its groups."""
     table = discover(root)
+    table[FLAG_COLUMNS] = subtype_flags(table)
     decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing, windows)
     table = table[table["path"].isin(set(decoded.paths))].reset_index(drop=True)
     if table.empty:
@@ -149,6 +151,18 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
     manifest = table[MANIFEST_COLUMNS + extras]
     return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size, framing=framing,
                     windows=windows)
+
+
+def subtype_targets(manifest: pd.DataFrame) -> np.ndarray:
+    """(N, 6) targets of a subtypes head, core.data.layouts.OUTPUTS: the label, then each subtype's flag, NaN where
+    the row does not tell. DatasetError when no row names a subtype: such a head would learn nothing but "any"."""
+    flags = manifest.reindex(columns=FLAG_COLUMNS).to_numpy(dtype=float)
+    if not (flags == 1).any():
+        bleeds = int(manifest["label"].sum())
+        raise DatasetError(f"--subtypes needs hemorrhage subtype labels, and none of the {bleeds} hemorrhage images "
+                           "here names one (subtype folders, a subtype column in the labels CSV, "
+                           "or RSNA 2019 / CQ500 / PhysioNet CT-ICH as they come).")
+    return np.column_stack([manifest["label"].to_numpy(dtype=float), flags])
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:

@@ -12,10 +12,11 @@ import torch
 import torchvision
 from sklearn.metrics import log_loss
 
+from core.data.layouts import FLAGS
 from core.engine.config import TrainConfig
 from core.io import store
 from core.io.imaging import WINDOW_SETS
-from core.metrics.binary import CLASSES, auc_or_nan, card_metrics
+from core.metrics.binary import CLASSES, auc_or_nan, auc_per_output, card_metrics
 from core.registry import get_spec
 
 SPLITS = ("train", "val", "test")
@@ -85,7 +86,24 @@ def fitted_once_history(labels: dict[str, np.ndarray], probs: dict[str, np.ndarr
     return history_frame([row])
 
 
-def predictions_frame(manifest: pd.DataFrame, part: dict[str, np.ndarray], probs: dict[str, np.ndarray]) -> pd.DataFrame:
-    """predictions.csv: the val and test rows of the manifest with each one's probability."""
-    return pd.concat([manifest.iloc[part[s]].assign(split=s, prob=probs[s]) for s in ("val", "test")],
-                     ignore_index=True)
+def subtype_probabilities(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """predictions.csv's `p_<subtype>` columns from a subtypes head's (n, 5) subtype probabilities (FLAGS order)."""
+    return {f"p_{flag}": probs[:, i] for i, flag in enumerate(FLAGS)}
+
+
+def add_subtype_metrics(card: dict, targets: np.ndarray, outputs: dict[str, np.ndarray],
+                        part: dict[str, np.ndarray]) -> dict:
+    """metrics.{val,test}.subtypes of a subtypes head: each subtype's AUC (DeLong CI) on the rows labelled for it;
+    (N, 6) targets and per-split (n, 6) outputs, both in core.data.layouts.OUTPUTS order."""
+    for s in ("val", "test"):
+        card["metrics"][s]["subtypes"] = auc_per_output(FLAGS, targets[part[s], 1:], outputs[s][:, 1:])
+    return card
+
+
+def predictions_frame(manifest: pd.DataFrame, part: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+                      subtypes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """predictions.csv: the val and test rows of the manifest with each one's probability, and with a subtypes
+    head's (n, 5) `subtypes` per split each subtype's (`p_epidural` ...)."""
+    return pd.concat([manifest.iloc[part[s]].assign(split=s, prob=probs[s],
+                                                    **(subtype_probabilities(subtypes[s]) if subtypes else {}))
+                      for s in ("val", "test")], ignore_index=True)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.distributed as dist
 
+from core.data.layouts import OUTPUTS
+
 
 @dataclass
 class TrainConfig:
@@ -35,9 +37,15 @@ class TrainConfig:
     windows: str = "brain"              # core.io.imaging.WINDOW_SETS: the HU windows a slice becomes, one per channel
     sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
+    subtypes: bool = False              # networks get a multi-label head: any hemorrhage + the five subtypes
     per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards
     on_epoch: Callable[[list[dict], int], None] | None = None   # rank 0, per epoch: (history so far, epochs planned)
+
+    @property
+    def outputs(self) -> list[str]:
+        """What each logit of the run's networks is (a card's "outputs"): hemorrhage first, then any subtypes."""
+        return list(OUTPUTS if self.subtypes else OUTPUTS[:1])
 
     def recorded_args(self) -> dict:
         """What a card records of the run's settings: the command line, else every field but the callback."""

@@ -11,18 +11,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from core.data.decode import SliceDataset, to_model_input
-from core.data.splits import Prepared
+from core.data.splits import Prepared, subtype_targets
 from core.engine.budget import planned_epochs
-from core.engine.cards import (dataset_facts, history_frame, input_windows, model_card, predictions_frame,
-                               scan_keys, split_parts)
+from core.engine.cards import (add_subtype_metrics, dataset_facts, history_frame, input_windows, model_card,
+                               predictions_frame, scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
-from core.engine.loop import evaluate, lr_factor, short_run_batch_norm, train_one_epoch
+from core.engine.loop import MaskedBCE, evaluate, lr_factor, short_run_batch_norm, train_one_epoch
 from core.io import store
 from core.nets.build import choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
 from core.nets.numerics import NAMES as NUMERICS, Numerics, choose_numerics
-from core.nets.predict import predict_probs
+from core.nets.predict import predict_outputs
 from core.registry import get_spec
 
 RESUME_SAVE_RATIO = 4.0   # train at least 4x as long as the last resume-state write took before the next
@@ -70,7 +70,8 @@ class Progress:
 def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture: dict) -> torch.nn.Module:
     """The network seeded per model (init independent of earlier models), re-initialised for scratch training."""
     torch.manual_seed(cfg.seed)
-    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, **architecture).to(device)
+    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, num_outputs=len(cfg.outputs),
+                         **architecture).to(device)
     model.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
     if not model.pretrained_loaded:
         init_from_scratch(model)
@@ -103,9 +104,7 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
     plan = [cfg.epochs]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, max(1, int(cfg.warmup_epochs * steps)), plan[0] * steps))
-    labels = train_ds.labels
-    n_pos = max(1, int(labels.sum()))
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(labels) - n_pos) / n_pos, device=device))
+    loss_fn = MaskedBCE.balanced(train_ds.labels).to(device)
     trainee = DistributedDataParallel(model) if world > 1 else model
     return Session(name, cfg, device, model, trainee, optimizer, scheduler, loader, loss_fn, steps, plan,
                    model.pretrained_loaded, numerics, numerics_record)
@@ -119,7 +118,7 @@ def pick_numerics(name: str, model: torch.nn.Module, train_ds: SliceDataset, cfg
         return Numerics(cfg.numerics), {"choice": cfg.numerics, "asked": True}
     images, labels = train_ds.__getitems__(list(range(min(cfg.batch_size, len(train_ds)))))
     x = to_model_input(images.to(device), IMAGENET_MEAN, IMAGENET_STD)
-    numerics, record = choose_numerics(model, x, labels.to(device), device, key=f"{name} {sorted(architecture.items())}")
+    numerics, record = choose_numerics(model, x, labels.to(device).nan_to_num(0), device, key=f"{name} {sorted(architecture.items())}")
     chosen = NUMERICS[int(agree(NUMERICS.index(numerics.name), device))]
     return Numerics(chosen), {**record, "choice": chosen}
 
@@ -203,8 +202,9 @@ def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, devi
     rows = np.arange(len(data.manifest)) if rows is None else rows
     model_dir = Path(run_dir) / name
     part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
+    targets = subtype_targets(data.manifest) if cfg.subtypes else labels   # (N, 6) with NaN, or (N,)
     on_device = device if device.type == "cuda" else torch.device("cpu")
-    train_ds = SliceDataset(data.images, labels[part["train"]], on_device, rows=rows[part["train"]])
+    train_ds = SliceDataset(data.images, targets[part["train"]], on_device, rows=rows[part["train"]])
     session = build_session(name, train_ds, cfg, device, architecture)
     progress = resume(session, model_dir) if cfg.resume else Progress()
     started = time.perf_counter() - sum(h["seconds"] for h in progress.history)
@@ -222,8 +222,9 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     name, cfg, model, device = session.name, session.cfg, session.model, session.device
     man, part = data.manifest, split_parts(data.manifest)
     labels = {s: man["label"].to_numpy()[part[s]] for s in ("val", "test")}
-    probs = {s: predict_probs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]],
-                              numerics=session.numerics) for s in ("val", "test")}
+    outputs = {s: predict_outputs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]],
+                                  numerics=session.numerics) for s in ("val", "test")}
+    probs = {s: outputs[s][:, 0] for s in outputs}
     native = get_spec(name).input_size
     training = {"epochs": len(progress.history),
                 "epochs_planned": planned_epochs(cfg.epochs, cfg.time_budget_s, progress.history[0]["wall_s"]),
@@ -238,12 +239,15 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
         name, labels, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
         input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         **input_windows(data.windows), resize_policy=data.resize_policy, framing=data.framing,
-        **({"architecture": architecture} if architecture else {}),
+        outputs=cfg.outputs, **({"architecture": architecture} if architecture else {}),
         params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
         latency=measure_latency(model, data.image_size, device, numerics=session.numerics),
         cam=choose_cam_layers(model, data.image_size))
+    if cfg.subtypes:
+        add_subtype_metrics(card, subtype_targets(man), outputs, part)
     model.to("cpu")
     card = store.save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
-                            predictions_frame(man, part, probs))
+                            predictions_frame(man, part, probs, {s: o[:, 1:] for s, o in outputs.items()}
+                                              if cfg.subtypes else None))
     store.clear_resume_state(model_dir)
     return card

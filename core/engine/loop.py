@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.data.decode import to_model_input
@@ -42,6 +43,29 @@ def short_run_batch_norm(model: torch.nn.Module) -> None:
             module.momentum = max(module.momentum, 0.1)
 
 
+class MaskedBCE(torch.nn.Module):
+    """BCE-with-logits over every output (B, C), averaged over the labelled targets only: a NaN target (a subtype
+    the data does not tell) counts neither as positive nor as negative. 1-D targets are one output."""
+
+    def __init__(self, pos_weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+
+    @classmethod
+    def balanced(cls, targets: torch.Tensor) -> "MaskedBCE":
+        """Positives weighted per output by labelled negatives over positives: each output's classes weigh alike."""
+        targets = targets.reshape(len(targets), -1)
+        positives = targets.nan_to_num(0).sum(0)
+        return cls((targets.isfinite().sum(0) - positives) / positives.clamp(min=1))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, targets = logits.reshape(len(targets), -1), targets.reshape(len(targets), -1)
+        known = targets.isfinite()
+        loss = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0), weight=known.float(),
+                                                  pos_weight=self.pos_weight, reduction="sum")
+        return loss / known.sum().clamp(min=1)
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
                     desc: str = "", numerics: Numerics = Numerics(), augment: bool = True,
                     steps: int | None = None) -> dict:
@@ -61,14 +85,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
         x = numerics.input(x)
         got_data = time.perf_counter()
         with numerics.autocast(device):
-            logits = model(x).float().flatten()
+            logits = model(x).float().reshape(len(labels), -1)   # (B, outputs); output 0 is hemorrhage
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(labels)
-        correct += int(((logits > 0).float() == labels).sum())
+        correct += int(((logits[:, 0] > 0).float() == labels.reshape(len(labels), -1)[:, 0]).sum())
         seen += len(labels)
         done = time.perf_counter()
         data_wait += got_data - tick

@@ -86,6 +86,19 @@ def _autograd_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x.detach().to(device, torch.float32).clone()
 
 
+class _HemorrhageTarget(BinaryClassifierOutputTarget):
+    """The hemorrhage logit, output 0 (a subtypes head's "any"): the same map as a one-logit model's; signed by
+    target (1 hemorrhage, 0 normal)."""
+
+    def __call__(self, model_output):
+        return super().__call__(model_output[..., :1])
+
+
+def _hemorrhage_logits(outputs: torch.Tensor) -> np.ndarray:
+    """(B,) output 0 of a (B, outputs) forward."""
+    return outputs.detach().float().reshape(len(outputs), -1)[:, 0].cpu().numpy()
+
+
 def _run_cam(model, cam_model, x: torch.Tensor, method: str, target: int, what: str, n_outputs: int,
              rnn: bool = False):
     """(maps in [0, 1], raw outputs) of one CAM method, checked since GradCAM swallows some exceptions."""
@@ -98,8 +111,8 @@ def _run_cam(model, cam_model, x: torch.Tensor, method: str, target: int, what: 
         with METHODS[method](model=cam_model, target_layers=layers) as cam:
             if method == "scorecam":
                 cam.batch_size = SCORECAM_BATCH
-            maps = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(target)] * n_outputs)
-            outputs = cam.outputs.detach().float().flatten().cpu().numpy()
+            maps = cam(input_tensor=x, targets=[_HemorrhageTarget(target)] * n_outputs)
+            outputs = _hemorrhage_logits(cam.outputs)
     expected = (len(x), *x.shape[-2:])
     if maps is None or np.shape(maps) != expected or not np.isfinite(maps).all():
         got = "nothing" if maps is None else f"shape {np.shape(maps)}, finite: {np.isfinite(maps).all()}"
@@ -114,7 +127,7 @@ def _cams_and_logits(model, model_name: str, x: torch.Tensor, method: str, targe
     model.eval()
     if method == "random":
         with exclusive(model), torch.inference_mode():
-            logits = model(x).float().flatten().cpu().numpy()
+            logits = _hemorrhage_logits(model(x))
         return _random_maps(x), logits
     return _run_cam(model, model, x, method, target, model_name, len(x))
 
@@ -191,7 +204,7 @@ def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float 
             "iou": float((hot & mask).sum() / (hot | mask).sum())}
 
 
-class _TargetProbability(BinaryClassifierOutputTarget):
+class _TargetProbability(_HemorrhageTarget):
     """The target class's probability (sigmoid of the signed logit), so faithfulness deltas are bounded."""
 
     def __call__(self, model_output):

@@ -13,6 +13,7 @@ import torch
 from core.data.splits import Prepared
 from core.engine.config import TrainConfig
 from core.io.store import WEIGHTS
+from core.nets.build import output_names
 
 
 class FitError(ValueError):
@@ -53,9 +54,18 @@ class Predictor(ABC):
     def thresholds(self) -> dict:
         return self.card["thresholds"]
 
+    @property
+    def outputs(self) -> list[str]:
+        """What predict_outputs' columns are: ["any"], or a subtypes head's "any" and five subtypes."""
+        return output_names(self.card)
+
     @abstractmethod
     def predict(self, cases: Cases) -> np.ndarray:
         """P(hemorrhage) for each case."""
+
+    def predict_outputs(self, cases: Cases) -> np.ndarray:
+        """(N, len(outputs)) probabilities per case, column 0 P(hemorrhage)."""
+        return self.predict(cases)[:, None]
 
 
 class Family(ABC):

@@ -13,9 +13,9 @@ from core.engine.config import TrainConfig
 from core.engine.fit import fit_network
 from core.families.base import Cases, Family, Predictor
 from core.io.framing import framing_of
-from core.nets.build import load_network
+from core.nets.build import load_network, output_names
 from core.nets.numerics import usable
-from core.nets.predict import predict_probs
+from core.nets.predict import predict_outputs
 
 
 class NetworkPredictor(Predictor):
@@ -32,13 +32,16 @@ class NetworkPredictor(Predictor):
         return self.card.get("architecture", {}).get("stack_size")
 
     def predict(self, cases: Cases) -> np.ndarray:
+        return self.predict_outputs(cases)[:, 0]
+
+    def predict_outputs(self, cases: Cases) -> np.ndarray:
         images = cases.at(self.input_size)
         rows = None
         if self.stack_size:   # neighbours in the series where the manifest knows them, else the slice repeated
             manifest = cases.manifest if cases.manifest is not None else pd.DataFrame(index=range(len(images)))
             rows = stack_indices(manifest.reset_index(drop=True), self.stack_size)
-        return predict_probs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows,
-                             numerics=self.numerics)
+        return predict_outputs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows,
+                               numerics=self.numerics)
 
 
 class CNNFamily(Family):
@@ -55,8 +58,10 @@ class CNNFamily(Family):
 
     def describe_input(self, card: dict) -> str:
         cam = card.get("cam")   # absent from cards written before CAM layers followed the input size
+        outputs = output_names(card)
         return self.input_line(card) + (f"\n- Grad-CAM layer: `{', '.join(cam['layers'])}` "
-                                        f"({cam['cells']}x{cam['cells']} cells)" if cam else "")
+                                        f"({cam['cells']}x{cam['cells']} cells)" if cam else "") + (
+            f"\n- Outputs (multi-label, one sigmoid each): {', '.join(outputs)}" if len(outputs) > 1 else "")
 
     def input_line(self, card: dict) -> str:
         return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "

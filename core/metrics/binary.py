@@ -12,7 +12,7 @@ from core.metrics.stats import bootstrap_ci, check_labels, check_scores, delong_
 
 __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
            "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",
-           "mcnemar_test", "bootstrap_ci", "scan_scores", "scan_metrics", "CLASSES"]
+           "mcnemar_test", "bootstrap_ci", "scan_scores", "scan_metrics", "auc_per_output", "CLASSES"]
 
 CLASSES = ["normal", "hemorrhage"]
 NAN = float("nan")
@@ -92,6 +92,19 @@ def auc_or_nan(y_true, prob) -> float:
     """ROC AUC, or NaN where the labels hold one class (a tiny validation split): never an error."""
     y = np.asarray(y_true)
     return float(roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else NAN
+
+
+def auc_per_output(names, y_true, prob) -> dict[str, dict]:
+    """{name: {roc_auc, roc_auc_ci (DeLong), n, n_pos}} for each column of (n, k) labels and scores, on the rows whose
+    label is known (NaN: unknown, left out); a column whose labelled rows hold one class has no AUC and is omitted."""
+    y, p, out = np.asarray(y_true, dtype=float), np.asarray(prob, dtype=float), {}
+    for i, name in enumerate(names):
+        known = np.isfinite(y[:, i])
+        labels = y[known, i].astype(int)
+        if 0 < labels.sum() < len(labels):
+            auc, lo, hi = delong_auc(labels, p[known, i])
+            out[name] = {"roc_auc": auc, "roc_auc_ci": (lo, hi), "n": int(known.sum()), "n_pos": int(labels.sum())}
+    return out
 
 
 def scan_scores(scans, y_true, prob) -> tuple[np.ndarray, np.ndarray]:

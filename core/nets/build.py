@@ -17,13 +17,15 @@ MIN_CAM_CELLS = 7   # the classic Grad-CAM map (a ResNet's layer4 at 224 px); at
 
 
 def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
-                 **architecture) -> nn.Module:
-    """A one-logit classifier; `model.pretrained_loaded` says whether ImageNet weights loaded."""
+                 num_outputs: int = 1, **architecture) -> nn.Module:
+    """A classifier with `num_outputs` logits, output 0 the hemorrhage one (1, or 6 for a subtypes head:
+    core.data.layouts.OUTPUTS); `model.pretrained_loaded` says whether ImageNet weights loaded."""
     spec = get_spec(name)
     if name in KINDS:
-        model = build_sequence_model(KINDS[name], pretrained=pretrained, weights_dir=weights_dir, **architecture)
+        model = build_sequence_model(KINDS[name], pretrained=pretrained, weights_dir=weights_dir,
+                                     num_outputs=num_outputs, **architecture)
     elif name in CNNS:
-        model = create_cnn(name, pretrained, weights_dir)
+        model = create_cnn(name, pretrained, weights_dir, num_outputs)
     else:
         raise ValueError(f"{name} is a {spec.family} model, not a neural network")
     model.registry_name = name
@@ -83,11 +85,16 @@ class LoadedModel:
         return self.card["thresholds"]
 
 
+def output_names(card: dict) -> list[str]:
+    """What each logit of a card's network is (card "outputs"); cards written before subtypes heads: ["any"]."""
+    return list(card.get("outputs", ["any"]))
+
+
 def load_network(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """An eval-ready network with its card; the weights' sha256 is checked before a tensor is read."""
     card = store.load_card(model_dir)
     state = store.load_weights(Path(model_dir) / store.WEIGHTS, card.get("weights_sha256"))
-    model = create_model(card["model"], **card.get("architecture", {}))
+    model = create_model(card["model"], num_outputs=len(output_names(card)), **card.get("architecture", {}))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -1,4 +1,5 @@
-"""The registry CNNs: stock torchvision / timm models with one logit; missing ImageNet weights are not fatal."""
+"""The registry CNNs: stock torchvision / timm models with one logit (or a subtypes head's six); missing ImageNet
+weights are not fatal."""
 from __future__ import annotations
 
 import sys
@@ -94,14 +95,16 @@ CNNS: dict[str, CNNBuild] = {
 }
 
 
-def create_cnn(name: str, pretrained: bool = False, weights_dir: str | Path | None = None) -> nn.Module:
-    """A registry CNN with one logit. `model.pretrained_loaded` is True only if ImageNet weights were loaded."""
+def create_cnn(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
+               num_outputs: int = 1) -> nn.Module:
+    """A registry CNN with `num_outputs` logits (1: hemorrhage). `model.pretrained_loaded` is True only if ImageNet
+    weights were loaded."""
     if name not in CNNS:
         raise ValueError(f"{name!r} is not a registry CNN; choose from {', '.join(CNNS)}")
     model, why_not = _backbone(name, pretrained, weights_dir)
     if why_not:
         print(f"hemolens: ImageNet weights for {name} {why_not}; training from scratch.", file=sys.stderr)
-    binary_head(model)
+    output_head(model, num_outputs)
     model.pretrained_loaded = pretrained and not why_not
     return model
 
@@ -144,10 +147,10 @@ def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return model.get_submodule(parent), attr, layer
 
 
-def binary_head(model: nn.Module) -> None:
-    """Replaces the 1000-way classifier by one logit, in place."""
+def output_head(model: nn.Module, num_outputs: int = 1) -> None:
+    """Replaces the 1000-way classifier by `num_outputs` logits, in place."""
     if hasattr(model, "reset_classifier"):   # timm keeps num_classes and pooling in step itself
-        model.reset_classifier(1)
+        model.reset_classifier(num_outputs)
         return
     parent, attr, old = last_linear(model)
-    setattr(parent, attr, nn.Linear(old.in_features, 1))
+    setattr(parent, attr, nn.Linear(old.in_features, num_outputs))

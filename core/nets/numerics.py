@@ -83,7 +83,7 @@ def time_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, numerics
         _sync(device)
         start = time.perf_counter()
         with numerics.autocast(device):
-            loss = loss_fn(trial(x).float().flatten(), y)
+            loss = loss_fn(trial(x).float().reshape(y.shape), y)   # y: (B,) or a subtypes head's (B, 6)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -10,11 +10,12 @@ from core.nets.sharing import exclusive
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
-                  device: str | torch.device = "cpu", batch_size: int = 64,
-                  rows: np.ndarray | None = None, numerics: Numerics = Numerics()) -> np.ndarray:
-    """P(hemorrhage) per (S, S) or (S, S, C) uint8 slice; `rows`: (n,) slices or (n, K) stacks, default every slice.
-    `numerics`: the model's (core.nets.numerics), the model already in its memory format."""
+def predict_outputs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mean, std,
+                    device: str | torch.device = "cpu", batch_size: int = 64,
+                    rows: np.ndarray | None = None, numerics: Numerics = Numerics()) -> np.ndarray:
+    """(n, outputs) sigmoid of every logit per (S, S) or (S, S, C) uint8 slice, column 0 P(hemorrhage); `rows`: (n,)
+    slices or (n, K) stacks, default every slice. `numerics`: the model's (core.nets.numerics), the model already in
+    its memory format."""
     device = torch.device(device)
     model.eval()
     images = channels_first(torch.as_tensor(images))
@@ -25,5 +26,10 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray | torch.Tensor, mea
             batch = images[rows[start:start + batch_size]].to(device)
             with numerics.autocast(device):
                 logits = model(numerics.input(to_model_input(batch, mean, std)))
-            out.append(torch.sigmoid(logits.float()).flatten().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+            out.append(torch.sigmoid(logits.float()).reshape(len(logits), -1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), dtype=np.float32)
+
+
+def predict_probs(*args, **kwargs) -> np.ndarray:
+    """P(hemorrhage) per slice: output 0 of predict_outputs (same arguments)."""
+    return predict_outputs(*args, **kwargs)[:, 0]

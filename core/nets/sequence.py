@@ -1,4 +1,4 @@
-"""Slice-sequence networks (RSNA 2019 recipe): CNN per slice, BiGRU/LSTM over the stack, centre-slice logit."""
+"""Slice-sequence networks (RSNA 2019 recipe): CNN per slice, BiGRU/LSTM over the stack, centre-slice logits."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +12,10 @@ DEFAULT_BACKBONE, DEFAULT_STACK, DEFAULT_HIDDEN = "resnet18", 5, 128
 
 
 class SequenceClassifier(nn.Module):
-    """x (B, K, 3, H, W) or (B, 3, H, W) -> centre slice's logit (B, 1); forward_all -> (B, K)."""
+    """x (B, K, 3, H, W) or (B, 3, H, W) -> centre slice's logits (B, C); forward_all -> (B, K, C)."""
 
-    def __init__(self, kind: str, backbone: str, stack_size: int, encoder: nn.Module, hidden: int):
+    def __init__(self, kind: str, backbone: str, stack_size: int, encoder: nn.Module, hidden: int,
+                 num_outputs: int = 1):
         super().__init__()
         self.kind, self.backbone_name, self.stack_size = kind, backbone, stack_size
         self.encoder = encoder
@@ -22,7 +23,7 @@ class SequenceClassifier(nn.Module):
         rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
         self.rnn = rnn(features, hidden, batch_first=True, bidirectional=True)
         # Head sees each slice's own features next to the recurrent context.
-        self.head = nn.Linear(features + 2 * hidden, 1)
+        self.head = nn.Linear(features + 2 * hidden, num_outputs)
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
@@ -32,12 +33,11 @@ class SequenceClassifier(nn.Module):
         # Tiny recurrence runs in float32 under bf16 autocast: cuDNN may lack reduced-precision RNNs.
         with torch.autocast(x.device.type, enabled=False):
             context, _ = self.rnn(features)
-        return self.head(torch.cat([features, context], dim=-1)).squeeze(-1)
+        return self.head(torch.cat([features, context], dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward_all(x)
-        centre = logits.shape[1] // 2
-        return logits[:, centre:centre + 1]
+        return logits[:, logits.shape[1] // 2]
 
 
 def _strip_head(encoder: nn.Module) -> int:
@@ -50,7 +50,7 @@ def _strip_head(encoder: nn.Module) -> int:
 
 def build_sequence_model(kind: str, backbone: str = DEFAULT_BACKBONE, stack_size: int = DEFAULT_STACK,
                          pretrained: bool = False, weights_dir: str | Path | None = None,
-                         hidden: int = DEFAULT_HIDDEN) -> SequenceClassifier:
+                         hidden: int = DEFAULT_HIDDEN, num_outputs: int = 1) -> SequenceClassifier:
     if kind not in ("gru", "lstm"):
         raise ValueError(f"unknown sequence kind {kind!r}; choose gru or lstm")
     if backbone not in CNNS:
@@ -58,7 +58,7 @@ def build_sequence_model(kind: str, backbone: str = DEFAULT_BACKBONE, stack_size
     if stack_size < 1:
         raise ValueError(f"stack_size must be >= 1, got {stack_size}")
     encoder = create_cnn(backbone, pretrained=pretrained, weights_dir=weights_dir)
-    model = SequenceClassifier(kind, backbone, stack_size, encoder, hidden)
+    model = SequenceClassifier(kind, backbone, stack_size, encoder, hidden, num_outputs)
     model.pretrained_loaded = encoder.pretrained_loaded
     return model
 

@@ -10,7 +10,7 @@ from core.data.decode import resize_square
 from core.data.stacks import slice_order
 from core.families import family_of_card
 from core.families.base import Predictor
-from core.inference import lost_members, predict_all as predict
+from core.inference import lost_members, predict_outputs_all
 from core.io.imaging import WINDOW_SETS, WINDOWS, ScanError
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
@@ -35,24 +35,25 @@ def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
 
 def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
                 centre: int = 0) -> tuple[pd.DataFrame, float, dict[str, str]]:
-    """Every loaded model's probability and decision at its threshold for one uint8 (H, W[, C]) slice, seconds, and the
-    models that did not load, with why. A sequence model reads `series` around `centre` (image = series[centre]),
-    else the slice alone; an ensemble its members."""
+    """Every loaded model's probability, decision at its threshold and (a subtypes head's) subtype probabilities
+    for one uint8 (H, W[, C]) slice, seconds, and the models that did not load, with why. A sequence model reads
+    `series` around `centre` (image = series[centre]), else the slice alone; an ensemble its members."""
     slices = series if series else [image]
     manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
     loaded, failed = load_models(run)  # cached: not part of the timing
     start = time.perf_counter()
-    probs = predict(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
+    outputs = predict_outputs_all(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
     rows = []
-    for model, prob in probs.items():
-        thr, p = threshold(run.cards[model]), float(prob[centre])
+    for model, out in outputs.items():
+        thr, p = threshold(run.cards[model]), float(out[centre, 0])
         rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
-                     "probability": p, "threshold": thr, "hemorrhage": p >= thr, "slices": prob})
+                     "probability": p, "threshold": thr, "hemorrhage": p >= thr, "slices": out[:, 0],
+                     "subtypes": dict(zip(loaded[model].outputs[1:], out[centre, 1:].tolist()))})
     seconds = time.perf_counter() - start
     # What the test split says of each decision rule (cached per threshold): not part of the timing.
     one_class = [one_class_call(test_metrics(*run.key, r["model"], r["threshold"])) for r in rows]
     return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage",
-                                       "slices"]).assign(one_class=one_class), seconds, failed
+                                       "slices", "subtypes"]).assign(one_class=one_class), seconds, failed
 
 
 def most_suspicious(calls: pd.DataFrame, names: list[str], top: int = 3) -> pd.DataFrame:
@@ -169,6 +170,14 @@ for start in range(0, len(calls), 3):
                    help="At this threshold the model gives every test case the same call: its decision here "
                         "says nothing; read its probability, or pick another operating point." if r["one_class"]
                    else None)
+subtyped = calls[calls["subtypes"].map(bool)]
+if len(subtyped):
+    right.markdown("**Subtype probabilities** of the models with a subtypes head (`train.py --subtypes`): one "
+                   "sigmoid each, so several can be high at once and they need not add up to the hemorrhage "
+                   "probability.")
+    right.dataframe(pd.DataFrame(subtyped["subtypes"].tolist(), index=subtyped["Model"]), width="stretch",
+                    column_config={c: st.column_config.NumberColumn(format="percent")
+                                   for c in subtyped["subtypes"].iloc[0]})
 for model, why in {**run.unavailable, **failed}.items():
     right.warning(f"**{run.display(model)}**: unavailable: {why}")
 if series:
