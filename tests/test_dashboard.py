@@ -571,3 +571,26 @@ def test_the_data_page_evaluates_a_folder_in_a_subprocess(evaluated_copy, tmp_pa
     ok(at.run())
     assert any(f"Stored the evaluation in {copy / ckpt.EVALUATIONS / EXTERNAL}." in s.value for s in at.success)
     assert at.sidebar.selectbox(key="dataset").options[1] == f"External: {EXTERNAL} (20 cases)"
+
+def test_a_subtypes_run_shows_per_subtype_aucs_and_each_slices_subtype_probabilities(subtypes_run, monkeypatch):
+    """The Model cards page prints each subtype's test AUC with its DeLong CI and n; the Scan page each subtypes
+    model's subtype probabilities for the slice, those of predictions.csv for a test case."""
+    from core.data.layouts import FLAGS
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(subtypes_run.parent))
+    at = ok(page("model_cards"))
+    at.selectbox(key="card_model").set_value("resnet18").run()
+    subtypes = ckpt.load_card(subtypes_run / "resnet18")["metrics"]["test"]["subtypes"]
+    assert subtypes and "## Subtypes" in texts(ok(at))
+    for flag, e in subtypes.items():
+        lo, hi = e["roc_auc_ci"]
+        cell = (f"{e['roc_auc']:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if lo is not None else "") +
+                f", n {e['n']} ({e['n_pos']} positive)")
+        assert f"| {flag} | " in texts(at) and cell in texts(at)
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("test").run()
+    case = ok(at).selectbox(key="scan_case").value
+    table = at.dataframe[0].value
+    assert list(table.columns) == list(FLAGS) and len(table) == 2   # resnet18 and cnn_gru
+    row = split_rows(subtypes_run, "resnet18").set_index("id").loc[case]
+    np.testing.assert_allclose(table.loc["ResNet-18"].to_numpy(dtype=float),
+                               row[[f"p_{f}" for f in FLAGS]].to_numpy(dtype=float), atol=1e-4)

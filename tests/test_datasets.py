@@ -83,12 +83,19 @@ def _one_split_per(split: pd.DataFrame, patient_of) -> None:
 
 # --- RSNA 2019 -----------------------------------------------------------------------------------------------------
 
+def _rsna_patient(p: int) -> list:
+    """A normal patient's 4 slices, or a bleeding one's 10, two per subtype: every bleeding patient in a test split
+    gives each subtype an AUC with a DeLong interval (which needs two positives)."""
+    return [_stack(10 * p + i, 1, bleeds=True)[0] for i in range(10)] if p % 2 else _stack(p)
+
+
 def _rsna(root: Path) -> dict:
-    """stage_2_train.csv + stage_2_train/ID_<sop>.dcm; each patient's 4 slices in two series (grouping by series
-    alone would split patients); one bad-intercept file, one corrupt file, two image groups repeated in the CSV."""
+    """stage_2_train.csv + stage_2_train/ID_<sop>.dcm; each patient's slices in two to five series (grouping by
+    series alone would split patients); one bad-intercept file, one corrupt file, two image groups repeated in the
+    CSV."""
     rows, truth = [], {}
     for p in range(PATIENTS):
-        for z, s in enumerate(_stack(p)):
+        for z, s in enumerate(_rsna_patient(p)):
             sop = f"ID_{p:02x}{z:02x}c0ffee"
             uids = {"sop": sop, "series": f"ID_se{p:02d}{z // 2}", "study": f"ID_st{p:02d}", "patient": f"ID_pat{p:02d}"}
             _dicom(root / "stage_2_train" / f"{sop}.dcm", s.hu, uids, z, bad_intercept=(p, z) == (2, 1))
@@ -107,7 +114,7 @@ def rsna(tmp_path_factory):
     root = tmp_path_factory.mktemp("rsna")
     truth = _rsna(root)
     out = root.parent / "rsna_run"
-    return root, truth, out, _train(root, out)
+    return root, truth, out, _train(root, out, "--subtypes")
 
 
 def test_rsna_rows_labels_subtype_flags_and_repeated_rows(rsna):
@@ -129,6 +136,16 @@ def test_rsna_trains_grouped_by_dicom_patient_never_storing_it(rsna):
     assert [Path(p).name for p in leakage["skipped_unreadable"]] == ["ID_badbadbad.dcm"]
     written = " ".join(f.read_text(errors="ignore") for f in out.rglob("*") if f.suffix in (".csv", ".json"))
     assert "ID_pat" not in written and PATIENT_NAME not in written and "ID_st" not in written
+
+
+def test_rsna_trains_a_subtypes_head_with_every_subtypes_test_auc(rsna):
+    _, truth, out, split = rsna
+    card = json.loads((out / "resnet18" / "card.json").read_text())
+    test = split[split["split"] == "test"]
+    assert card["outputs"] == ["any", *FLAGS] and set(card["metrics"]["test"]["subtypes"]) == set(FLAGS)
+    for flag, entry in card["metrics"]["test"]["subtypes"].items():
+        assert entry["n"] == len(test) and entry["n_pos"] == (test[f"sub_{flag}"].astype(float) == 1).sum() > 0
+        assert 0 <= entry["roc_auc_ci"][0] <= entry["roc_auc"] <= entry["roc_auc_ci"][1] <= 1
 
 
 def test_rsna_bad_intercept_is_repaired_to_the_true_hu(rsna):

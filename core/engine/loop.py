@@ -84,15 +84,16 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
         x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
         x = numerics.input(x)
         got_data = time.perf_counter()
+        targets = labels.reshape(len(labels), -1)   # (B, outputs), NaN where unknown; output 0 is hemorrhage
         with numerics.autocast(device):
-            logits = model(x).float().reshape(len(labels), -1)   # (B, outputs); output 0 is hemorrhage
-        loss = loss_fn(logits, labels)
+            logits = model(x).float().reshape(targets.shape)
+        loss = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(labels)
-        correct += int(((logits[:, 0] > 0).float() == labels.reshape(len(labels), -1)[:, 0]).sum())
+        correct += int(((logits[:, 0] > 0).float() == targets[:, 0]).sum())
         seen += len(labels)
         done = time.perf_counter()
         data_wait += got_data - tick
