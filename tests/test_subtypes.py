@@ -130,3 +130,13 @@ def test_evaluation_reports_per_subtype_aucs(subtypes_run):
         assert entry["roc_auc"] == pytest.approx(card["metrics"]["test"]["subtypes"][flag]["roc_auc"], abs=1e-4)
     text = markdown(report, leaderboard(report), misclassified(report))
     assert "## Subtypes" in text and f"| ResNet-18 | {next(iter(got))} |" in text
+
+
+def test_resuming_into_another_head_is_refused(subtypes_run, tiny_phantoms, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (store.SPLIT, "run.json"):
+        shutil.copy(subtypes_run / name, out / name)
+    with pytest.raises(SystemExit, match="was trained with --subtypes; resume as it was"):
+        train.main(["--data", str(tiny_phantoms), "--models", "resnet18", "--epochs", "1", "--image-size", "32",
+                    "--batch-size", "16", "--resume", "--out", str(out)])
