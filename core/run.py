@@ -22,10 +22,10 @@ from core.io.progress import RunProgress
 from core.registry import get_spec
 
 
-def _check_split(data: Prepared, run_dir: Path, cfg: TrainConfig) -> None:
+def _check_split(data: Prepared, run_dir: Path, resume: bool, subtypes: bool = False) -> None:
     """Write split.csv, or on --resume check that the data still splits exactly as before, into the same heads."""
     path = run_dir / store.SPLIT
-    if cfg.resume and path.is_file():
+    if resume and path.is_file():
         old = read_manifest(path)
         same = old[["sha256", "split"]].reset_index(drop=True).equals(
             data.manifest[["sha256", "split"]].reset_index(drop=True))
@@ -38,8 +38,8 @@ def _check_split(data: Prepared, run_dir: Path, cfg: TrainConfig) -> None:
             if trained != now:
                 raise SystemExit(f"hemolens: {run_dir} was trained with --{flag} {trained}; resume with it, "
                                  "or start a new --out.")
-        if facts.get("subtypes", False) != cfg.subtypes:
-            raise SystemExit(f"hemolens: {run_dir} was trained {'with' if not cfg.subtypes else 'without'} "
+        if facts.get("subtypes", False) != subtypes:
+            raise SystemExit(f"hemolens: {run_dir} was trained {'without' if subtypes else 'with'} "
                              "--subtypes; resume as it was, or start a new --out.")
         return
     if is_main():
@@ -60,7 +60,7 @@ class _Datasets:
             if self.cfg.subtypes:   # before any model trains: a dataset naming no subtype stops the run here
                 subtype_targets(self.by_size[size].manifest)
             run_dir = Path(self.cfg.out)
-            _check_split(self.by_size[size], run_dir, self.cfg)
+            _check_split(self.by_size[size], run_dir, self.cfg.resume, self.cfg.subtypes)
             if is_main():
                 painted = bool(self.cfg.args.get("synthetic_bleeds"))   # data_root: the painted set of cfg.data
                 store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
