@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from core.data.splits import prepare
+from core.data.splits import prepare, seen_in_training
 from core.insert.__main__ import main
 from core.insert.anatomy import PARENCHYMA_HU, estimate_intensity, read_anatomy
 from core.insert.lesions import BLOOD_HU, SUBTYPES, paint_bleed
-from core.insert.write import copies_per_normal, write_painted
+from core.insert.write import copies_per_normal, source_slices, write_painted
 from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, GREY, SKULL, VENTRICLE, WHITE
 from core.phantom.generate import render, write_dataset
 
@@ -158,6 +158,21 @@ def test_a_normal_and_its_painted_copies_share_one_split(tmp_path):
                                        left_on=prepared.manifest["id"].map(lambda i: Path(i).name), right_on="stem")
     assert manifest.groupby("source")["split"].nunique().max() == 1
     assert manifest.groupby("source")["label"].agg(["min", "max"]).eq([0, 1]).all(axis=None)
+
+
+def test_an_evaluation_on_the_source_folder_drops_what_a_painted_run_trained_on(tmp_path):
+    """Painted slices are re-encoded files; the run still knows their sources, so core.evaluate on the source
+    folder keeps only sources whose every copy sits in the test split."""
+    normals = phantom_normals(tmp_path / "normals", n=30)
+    write_painted(normals, tmp_path / "painted", seed=0)
+    manifest = prepare(tmp_path / "painted", 64, seed=0).manifest
+    source = source_slices(normals)
+    seen = seen_in_training(manifest)
+    tested = set(manifest.loc[manifest["split"] == "test", "source_sha256"])
+    trained = set(manifest.loc[manifest["split"] != "test", "source_sha256"])
+    assert tested and trained and not tested & trained
+    assert set(source["sha256"]) == tested | trained
+    assert set(source["sha256"]) & seen == trained
 
 
 @pytest.mark.skipif(not (SHARED / "head_ct_kaggle").is_dir(), reason="../shared/data is absent")

@@ -104,6 +104,10 @@ def _read_labels_csv(root: Path) -> pd.DataFrame | None:
     return None
 
 
+# labels.csv columns kept in the manifest: phantoms' bleed size and difficulty, a painted slice's source file
+CARRIED_COLUMNS = ("bleed_area_mm2", "difficulty", "source_sha256")
+
+
 def _folder_rows(root: Path, files: list[Path]) -> list[dict]:
     """Rows for class folders, split folders and a labels CSV; files without a label are left out."""
     labels_csv = _read_labels_csv(root)
@@ -131,7 +135,7 @@ def _folder_rows(root: Path, files: list[Path]) -> list[dict]:
                      "label": int(label), "subtype": extras.get("subtype") or subtype,
                      "given_split": split, "group": f"series:{group}" if group else None, "series": stack or None,
                      "slice_index": extras.get("slice_index", slice_index),
-                     **{k: v for k, v in extras.items() if k in ("bleed_area_mm2", "difficulty")}})
+                     **{k: v for k, v in extras.items() if k in CARRIED_COLUMNS}})
     return rows
 
 

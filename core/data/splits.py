@@ -170,8 +170,11 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 
 
 def seen_in_training(manifest: pd.DataFrame) -> set[str]:
-    """The sha256 of every file a run trained or chose its thresholds on (its train and val rows)."""
-    return set(manifest.loc[manifest["split"] != "test", "sha256"])
+    """The sha256 of every file a run trained or chose its thresholds on (its train and val rows), and of the source
+    files their painted copies were made from (core.insert's `source_sha256`)."""
+    seen = manifest[manifest["split"] != "test"]
+    sources = seen["source_sha256"].dropna() if "source_sha256" in seen else []
+    return set(seen["sha256"]) | set(sources)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from core.insert.anatomy import Anatomy, disk
 
-PAINTER_VERSION = 2         # part of the painted-set cache key: bump it when what is painted changes
+PAINTER_VERSION = 3         # part of the painted-set cache key: bump it when what is painted or written changes
 SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 BLOOD_HU = (50.0, 90.0)      # acute blood
 EDEMA_DROP_HU = 8.0          # a hypodense rim around some intraparenchymal bleeds

@@ -28,8 +28,9 @@ from core.io.atomic import atomic_write
 from core.io.imaging import ScanError, load_scan
 from core.phantom.generate import write_png
 
+# source_sha256: the source file's, so an evaluation on the source folder drops what a run trained on in any form
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "blood_hu", "source", "patient_id",
-                 "pixel_spacing_mm"]
+                 "pixel_spacing_mm", "source_sha256"]
 
 
 def source_slices(root: Path, real_bleeds: bool = False) -> pd.DataFrame:
@@ -141,7 +142,8 @@ def _write_slice(folder: Path, kind: str, slice_id: str, values, painted, is_hu:
     real = "" if kind == "normal" else (source.get("subtype") or "real")   # the source's own bleed, unpainted
     return (slice_id, int(kind == "hemorrhage"), painted.subtype if painted else real,
             round(painted.area_mm2, 2) if painted else 0.0, round(difficulty, 4) if painted else "",
-            round(painted.blood_hu, 1) if painted else "", source["id"], f"src:{source['group']}", round(spacing, 4))
+            round(painted.blood_hu, 1) if painted else "", source["id"], f"src:{source['group']}", round(spacing, 4),
+            source["sha256"])
 
 
 def write_grid(painted: str | Path, path: str | Path, tile: int = 256) -> None:
