@@ -13,9 +13,14 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 import train
+from core.data.decode import channels_first, to_model_input
+from core.data.splits import prepare
+from core.data.truth import stored_masks
+from core.engine import fit
+from core.engine.cards import split_parts
 from core.io import store as ckpt
 from core.io.framing import framing_of
-from core.nets.build import LoadedModel, cam_layers, load_network
+from core.nets.build import LoadedModel, cam_layers, cam_sides, choose_cam_layers, load_network
 from core.nets.cnn import CNNS, CNNBuild
 from core.explain.__main__ import main, run_difficulty
 from core.explain.cam import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
@@ -266,7 +271,9 @@ def test_gradcam_points_at_phantom_bleeds_better_than_chance(trained_run):
     cases = phantom_cases(40, SIZE, seed=1, difficulty=(0.0, 0.4))
     assert framing_of(loaded.card) == "head"   # --data frames by default: the phantoms are scored framed alike
     images, masks = phantom_images(cases, framing_of(loaded.card))
-    assert loaded.card["cam"] == {"layers": ["layer3"], "cells": 7, "input_size": SIZE}
+    cam = loaded.card["cam"]   # chosen on the validation bleeds' masks among layer3 (the depth rule, 7x7) and shallower
+    scores = cam["chosen_on"]["pointing_game"]
+    assert list(scores)[0] == "layer3" and scores[cam["layers"][0]] == max(scores.values())
     table = {m: score_localization(loaded, images, masks, m, tolerance=8)[0] for m in ("gradcam", "eigencam", "random")}
     exact = score_localization(loaded, images, masks, "gradcam")[0]
     for method, row in {**table, "gradcam, no tolerance": exact}.items():
@@ -291,3 +298,35 @@ def test_cli_writes_table_and_gallery(trained_run, tmp_path, capsys):
     lo, hi = run_difficulty(trained_run)   # phantoms drawn like the run's own: write_dataset's (0, 0.4)
     assert 0 <= lo < hi <= 0.4 and f"difficulty {lo:g}-{hi:g}" in printed
     assert run_difficulty(tmp_path) == (0.2, 0.8)   # a folder without run.json: the default range
+
+
+def test_a_cam_layer_chosen_on_masks_is_the_one_that_points_best(tiny_phantoms, monkeypatch):
+    """On validation bleeds with masks, each option's pointing game is that of its own Grad-CAM maps, the best one
+    is chosen and set on the model; without masks (or for stacks) the depth rule stands."""
+    monkeypatch.setattr(fit, "CAM_TRUTH_BLEEDS", (2, 48))
+    data = prepare(tiny_phantoms, 64, seed=0)
+    torch.manual_seed(0)
+    model = create_model("resnet18").eval()
+    rows, val = np.arange(len(data.manifest)), split_parts(data.manifest)["val"]
+    cam = fit.pick_cam_layers(model, "resnet18", data, rows, val, torch.device("cpu"))
+    chosen_on = cam["chosen_on"]
+    scores = chosen_on["pointing_game"]
+    depth_rule = choose_cam_layers(model, 64)["layers"][0]
+    layers = list(cam_sides(model, 64))
+    assert list(scores) == layers[:layers.index(depth_rule) + 1][::-1][:fit.CAM_LAYER_OPTIONS] and len(scores) >= 2
+    assert cam["layers"] == model.cam_layer_names and scores[cam["layers"][0]] == max(scores.values())
+    assert cam["cells"] == cam_sides(model, 64)[cam["layers"][0]]
+    bleeds = val[data.manifest["label"].to_numpy()[val] == 1]
+    masks = stored_masks(data.manifest["path"].iloc[bleeds].tolist(), 64)
+    assert chosen_on["validation_bleeds"] == len(masks) >= 2
+    x = to_model_input(channels_first(torch.as_tensor(data.images[bleeds[sorted(masks)]])), IMAGENET_MEAN,
+                       IMAGENET_STD)
+    for layer, score in scores.items():   # each score is its own layer's maps against the masks
+        model.cam_layer_names = [layer]
+        maps = cam_batch(model, "resnet18", x)
+        assert score == pytest.approx(np.mean([localization_scores(m, masks[i], tolerance=chosen_on["tolerance_px"])
+                                               ["pointing_game"] for m, i in zip(maps, sorted(masks))]))
+    assert "chosen_on" not in fit.pick_cam_layers(model, "resnet18", data, np.stack([rows, rows], 1), val,
+                                                  torch.device("cpu"))
+    monkeypatch.setattr(fit, "CAM_TRUTH_BLEEDS", (10_000, 48))
+    assert fit.pick_cam_layers(model, "resnet18", data, rows, val, torch.device("cpu"))["layers"] == [depth_rule]

@@ -44,6 +44,24 @@ def bleed_mask(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
     return mask if mask is not None and mask.shape == shape else None
 
 
+def stored_masks(paths: list[str], size: int, framing: str = "none") -> dict[int, np.ndarray]:
+    """Index -> the stored bleed mask (mask_file) of each of `paths` that has a non-empty one, framed and resized
+    with its slice to `size` (framed_square); slices without one, or unreadable, are left out."""
+    found = {}
+    for i, path in enumerate(paths):
+        if mask_file(path) is None:
+            continue
+        try:
+            image = load_scan(path).image
+        except (ScanError, OSError):
+            continue
+        mask = bleed_mask(path, image.shape[:2])
+        mask = None if mask is None else framed_square(image, size, framing, mask)[1]
+        if mask is not None and mask.any():
+            found[i] = mask
+    return found
+
+
 def bhx_files(root: str | Path) -> list[Path]:
     """The BHX box CSVs (core.data.layouts.BHX_FILES) kept in a dataset's top folder, such as CQ500's."""
     return [Path(root) / name for name in BHX_FILES if (Path(root) / name).is_file()]

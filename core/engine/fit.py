@@ -10,15 +10,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from core.data.decode import SliceDataset, to_model_input
+from core.data.decode import SliceDataset, channels_first, to_model_input
 from core.data.splits import Prepared, subtype_targets
+from core.data.truth import stored_masks
 from core.engine.budget import planned_epochs
 from core.engine.cards import (add_subtype_metrics, dataset_facts, history_frame, input_windows, model_card,
                                predictions_frame, scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
 from core.engine.loop import MaskedBCE, evaluate, lr_factor, short_run_batch_norm, train_one_epoch
 from core.io import store
-from core.nets.build import choose_cam_layers, create_model, init_from_scratch
+from core.explain.cam import DEFAULT_TOLERANCE_PX, cam_layer_on_truth
+from core.nets.build import cam_sides, choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
 from core.nets.numerics import NAMES as NUMERICS, Numerics, choose_numerics
@@ -216,6 +218,35 @@ def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, devi
     return finish_network(session, progress, data, model_dir, rows, train_seconds, architecture)
 
 
+CAM_TRUTH_BLEEDS = (10, 48)   # validation bleeds with masks a CAM layer is chosen on: at least, at most (seconds)
+CAM_LAYER_OPTIONS = 3         # the depth rule's layer and the two before it (finer maps)
+
+
+def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.ndarray, val: np.ndarray,
+                    device: torch.device) -> dict:
+    """The card's "cam": choose_cam_layers' depth rule, or where validation hemorrhages have stored masks (phantoms,
+    painted bleeds) the layer among it and the two shallower whose Grad-CAM points at them most often."""
+    cam = choose_cam_layers(model, data.image_size)
+    if rows.ndim != 1:   # stacks: a sequence model's maps are per stack; the depth rule
+        return cam
+    bleeds = val[data.manifest["label"].to_numpy()[val] == 1][:CAM_TRUTH_BLEEDS[1]]
+    masks = stored_masks(data.manifest["path"].iloc[bleeds].tolist(), data.image_size, data.framing)
+    if len(masks) < CAM_TRUTH_BLEEDS[0]:   # no truth to choose on: the depth rule
+        return cam
+    found = sorted(masks)
+    images = channels_first(torch.as_tensor(data.images[rows[bleeds[found]]])).to(device)
+    x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD)
+    sides = cam_sides(model, data.image_size)
+    layers = list(sides)
+    at = layers.index(cam["layers"][0])
+    options = layers[max(0, at - CAM_LAYER_OPTIONS + 1):at + 1][::-1]
+    tolerance = DEFAULT_TOLERANCE_PX * data.image_size / 256   # the phantom scale core.explain's slack is set on
+    best, scores = cam_layer_on_truth(model, name, x, [masks[i] for i in found], options, tolerance)
+    model.cam_layer_names = [best]
+    return {**cam, "layers": [best], "cells": sides[best],
+            "chosen_on": {"validation_bleeds": len(found), "tolerance_px": tolerance, "pointing_game": scores}}
+
+
 def finish_network(session: Session, progress: Progress, data: Prepared, model_dir: Path, rows: np.ndarray,
                    train_seconds: float, architecture: dict) -> dict:
     """Predictions on val and test, thresholds picked on val, costs, and the card; the folder is written."""
@@ -242,7 +273,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
         outputs=cfg.outputs, **({"architecture": architecture} if architecture else {}),
         params=count_params(model), gmacs=count_gmacs(model, data.image_size), gmacs_native=count_gmacs(model, native),
         latency=measure_latency(model, data.image_size, device, numerics=session.numerics),
-        cam=choose_cam_layers(model, data.image_size))
+        cam=pick_cam_layers(model, name, data, rows, part["val"], device))
     if cfg.subtypes:
         add_subtype_metrics(card, subtype_targets(man), outputs, part)
     model.to("cpu")

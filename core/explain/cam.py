@@ -204,6 +204,24 @@ def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float 
             "iou": float((hot & mask).sum() / (hot | mask).sum())}
 
 
+def cam_layer_on_truth(model, model_name: str, x: torch.Tensor, masks: list[np.ndarray], layers: list[str],
+                       tolerance: float) -> tuple[str, dict[str, float]]:
+    """The layer (of `layers`, preferred first) whose Grad-CAM points at known bleeds most often, and each one's
+    pointing game: a depth rule can pick a layer that training left blind, masks tell (docs/NOTES.md, "CAM layer
+    depth on the CPU demo"). `masks` are at the model input's size; the model keeps its own layers."""
+    kept, scores = getattr(model, "cam_layer_names", None), {}
+    try:
+        for layer in layers:
+            model.cam_layer_names = [layer]
+            cams = np.concatenate([_cams_and_logits(model, model_name, x[i:i + 16], "gradcam", 1)[0]
+                                   for i in range(0, len(x), 16)])
+            scores[layer] = float(np.mean([localization_scores(cam, mask, tolerance=tolerance)["pointing_game"]
+                                           for cam, mask in zip(cams, masks)]))
+    finally:
+        model.cam_layer_names = kept
+    return max(layers, key=scores.get), scores   # max keeps the first of equals: the depth rule's on a tie
+
+
 class _TargetProbability(_HemorrhageTarget):
     """The target class's probability (sigmoid of the signed logit), so faithfulness deltas are bounded."""
 

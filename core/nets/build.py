@@ -47,9 +47,8 @@ def _cnn_part(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def choose_cam_layers(model: nn.Module, input_size: int, min_cells: int = MIN_CAM_CELLS) -> dict:
-    """The deepest candidate whose map has >= min_cells a side at input_size (else the widest map):
-    a coarser map cannot point at a bleed smaller than its cells. Sets it on the model; card-ready."""
+def cam_sides(model: nn.Module, input_size: int) -> dict[str, int]:
+    """Each CAM candidate layer (the registry's, shallow to deep) -> its map's side in cells at input_size."""
     cnn, name = _cnn_part(model)
     candidates, sides = CNNS[name].cam_candidates(cnn), {}
     hooks = [cnn.get_submodule(c).register_forward_hook(lambda m, a, out, c=c: sides.__setitem__(c, out.shape[-1]))
@@ -62,10 +61,17 @@ def choose_cam_layers(model: nn.Module, input_size: int, min_cells: int = MIN_CA
         for h in hooks:
             h.remove()
         cnn.train(was_training)
-    fine = [c for c in candidates if sides[c] >= min_cells]
-    chosen = fine[-1] if fine else max(candidates, key=lambda c: sides[c])
+    return {c: int(sides[c]) for c in candidates}
+
+
+def choose_cam_layers(model: nn.Module, input_size: int, min_cells: int = MIN_CAM_CELLS) -> dict:
+    """The deepest candidate whose map has >= min_cells a side at input_size (else the widest map):
+    a coarser map cannot point at a bleed smaller than its cells. Sets it on the model; card-ready."""
+    sides = cam_sides(model, input_size)
+    fine = [c for c in sides if sides[c] >= min_cells]
+    chosen = fine[-1] if fine else max(sides, key=sides.get)
     model.cam_layer_names = [chosen]
-    return {"layers": [chosen], "cells": int(sides[chosen]), "input_size": input_size}
+    return {"layers": [chosen], "cells": sides[chosen], "input_size": input_size}
 
 
 def cam_layers(model: nn.Module) -> list[nn.Module]:
