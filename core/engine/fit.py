@@ -219,13 +219,14 @@ def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, devi
 
 
 CAM_TRUTH_BLEEDS = (10, 48)   # validation bleeds with masks a CAM layer is chosen on: at least, at most (seconds)
-CAM_LAYER_OPTIONS = 3         # the depth rule's layer and the two before it (finer maps)
+CAM_LAYER_OPTIONS = 3         # the depth rule's layer and the deepest at each of the next two finer map sizes
 
 
 def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.ndarray, val: np.ndarray,
                     device: torch.device) -> dict:
     """The card's "cam": choose_cam_layers' depth rule, or where validation hemorrhages have stored masks (phantoms,
-    painted bleeds) the layer among it and the two shallower whose Grad-CAM points at them most often."""
+    painted bleeds) the layer, among it and the deepest at each of the next finer map sizes, whose Grad-CAM points at
+    them most often (a stage's blocks share one size and nearly one map: docs/NOTES.md)."""
     cam = choose_cam_layers(model, data.image_size)
     if rows.ndim != 1:   # stacks: a sequence model's maps are per stack; the depth rule
         return cam
@@ -237,9 +238,9 @@ def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.
     images = channels_first(torch.as_tensor(data.images[rows[bleeds[found]]])).to(device)
     x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD)
     sides = cam_sides(model, data.image_size)
-    layers = list(sides)
-    at = layers.index(cam["layers"][0])
-    options = layers[max(0, at - CAM_LAYER_OPTIONS + 1):at + 1][::-1]
+    chosen = cam["layers"][0]
+    finer = {side: layer for layer, side in sides.items() if side > sides[chosen]}   # the deepest of each size
+    options = [chosen, *(finer[side] for side in sorted(finer)[:CAM_LAYER_OPTIONS - 1])]
     tolerance = DEFAULT_TOLERANCE_PX * data.image_size / 256   # the phantom scale core.explain's slack is set on
     best, scores = cam_layer_on_truth(model, name, x, [masks[i] for i in found], options, tolerance)
     model.cam_layer_names = [best]
