@@ -87,7 +87,10 @@ CNNS: dict[str, CNNBuild] = {
     "resnet50": _torchvision("resnet50", _resnet),
     "mobilenet_v2": _torchvision("mobilenet_v2", _blocks, zero_init_residual_bn),
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _blocks, zero_init_residual_bn),
-    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [n for n, _ in m.named_children() if n.startswith("Mixed")],
+    # The stem's last convolutions too: finer maps a layer chosen on masks can take (docs/NOTES.md).
+    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [n for n, _ in m.named_children()
+                                                             if n.startswith(("Conv2d_2b", "Conv2d_3b", "Conv2d_4a",
+                                                                              "Mixed"))],
                              tvm.get_model_weights("inception_v3").DEFAULT.url),
     "xception": CNNBuild(partial(timm.create_model, "legacy_xception"),
                          lambda m: [*(f"block{i}" for i in range(1, 13)), "act3", "act4"],
