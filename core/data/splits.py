@@ -27,7 +27,7 @@ class Prepared:
     resize_policy: str = RESIZE_POLICY
     framing: str = "none"       # core.io.framing, applied before the resize
     windows: str = "brain"      # core.io.imaging.WINDOW_SETS: the HU windows, one per channel
-    derived: dict = field(default_factory=dict, repr=False, compare=False)  # shared within a run (features)
+    derived: dict = field(default_factory=dict, repr=False, compare=False)  # shared within a run (features, CAM masks)
 
 
 def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

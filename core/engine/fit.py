@@ -231,7 +231,10 @@ def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.
     if rows.ndim != 1:   # stacks: a sequence model's maps are per stack; the depth rule
         return cam
     bleeds = val[data.manifest["label"].to_numpy()[val] == 1][:CAM_TRUTH_BLEEDS[1]]
-    masks = stored_masks(data.manifest["path"].iloc[bleeds].tolist(), data.image_size, data.framing)
+    if "cam_masks" not in data.derived:   # read once a run, whichever network asks first
+        data.derived["cam_masks"] = stored_masks(data.manifest["path"].iloc[bleeds].tolist(), data.image_size,
+                                                 data.framing)
+    masks = data.derived["cam_masks"]
     if len(masks) < CAM_TRUTH_BLEEDS[0]:   # no truth to choose on: the depth rule
         return cam
     found = sorted(masks)
