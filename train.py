@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training images per epoch, drawn afresh each epoch (default: the whole training split; "
                         "448 on the CPU preset's phantoms)")
     p.add_argument("--patience", type=positive_int,
-                   help=f"epochs without a better validation AUC before a network stops (default {TrainConfig.patience})")
+                   help=f"epochs without a better validation AUC before a network stops (default {TrainConfig.patience}; "
+                        "none with --synthetic-bleeds)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="rotate, zoom, flip and jitter training batches (default: on; off on the CPU "
                                         "preset's phantoms)")
@@ -74,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synthetic-bleeds", action="store_true",
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
                         "(core.insert; cached): a normal and its copy differ only by the bleed; defaults then "
-                        f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs")
+                        f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs, no early stop")
     p.add_argument("--synthetic-copies", type=positive_int,
                    help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
     p.add_argument("--subtypes", action="store_true",
@@ -118,7 +119,7 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size, subtypes=args.subtypes,
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
-        patience=given(args.patience, TrainConfig.patience),
+        patience=given(args.patience, preset.patience),
         time_budget_s=given(args.time_budget, preset.time_budget_s if demo and args.epochs is None else None),
         run_budget_s=given(args.run_budget, preset.run_budget_s if demo and not explicit_length else None),
         per_model=(preset.per_model if demo and not explicit_length and args.image_size is None and args.lr is None

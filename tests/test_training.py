@@ -343,21 +343,33 @@ def test_cudnn_autotuning_only_for_runs_long_enough_to_pay_it_back(phantoms, mon
     assert seen == [False, True]
 
 
-def test_a_network_stops_after_patience_epochs_without_a_better_validation_auc(monkeypatch):
-    aucs = iter([0.6, 0.7, 0.65, 0.7, 0.69, 0.9, 0.9])   # best at epoch 2; epochs 3-5 are not better
+def _epochs_run(monkeypatch, argv: list[str]):
+    """The progress of run_epochs for the flags argv, validation AUCs best at epoch 2 and better again at 6."""
+    aucs = iter([0.6, 0.7, 0.65, 0.7, 0.69, 0.9, 0.9])
 
     def epoch(session, *_):
         return {"epoch": len(progress.history) + 1, "val_auc": next(aucs), "wall_s": 1.0, "train_loss": 0.5,
                 "img_per_s": 1.0, "data_wait_s": 0.0, "seconds": 1.0}
 
     monkeypatch.setattr(fit, "train_epoch", epoch)
-    cfg = train.resolve_config(train.parse_args(["--data", "x", "--epochs", "7", "--patience", "3"]),
-                               train.demo_preset("cpu"), ["resnet18"])
-    assert cfg.patience == 3 and TrainConfig(models=[]).patience == 4
+    cfg = train.resolve_config(train.parse_args(["--data", "x", "--epochs", "7", *argv]), train.demo_preset("cpu"),
+                               ["resnet18"])
     session = SimpleNamespace(cfg=cfg, plan=[7], device=torch.device("cpu"), name="resnet18",
                               model=torch.nn.Linear(1, 1))
     progress = fit.Progress()
-    saver = SimpleNamespace(after_epoch=lambda *a, **k: None)
-    fit.run_epochs(session, progress, None, None, None, saver)
+    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: None))
+    return cfg, progress
+
+
+def test_a_network_stops_after_patience_epochs_without_a_better_validation_auc(monkeypatch):
+    cfg, progress = _epochs_run(monkeypatch, ["--patience", "3"])
+    assert cfg.patience == 3 and TrainConfig(models=[]).patience == 4
     assert [row["epoch"] for row in progress.history] == [1, 2, 3, 4, 5]
     assert progress.best_auc == 0.7 and progress.stale == 3
+
+
+def test_painted_bleeds_train_every_epoch_unless_a_patience_is_given(monkeypatch):
+    cfg, progress = _epochs_run(monkeypatch, ["--synthetic-bleeds"])
+    assert cfg.patience is None and len(progress.history) == 7 and progress.best_auc == 0.9
+    cfg, progress = _epochs_run(monkeypatch, ["--synthetic-bleeds", "--patience", "3"])
+    assert cfg.patience == 3 and len(progress.history) == 5

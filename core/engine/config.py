@@ -23,7 +23,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.data.decode)
     epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
-    patience: int = 4                   # epochs without a better validation AUC before stopping
+    patience: int | None = 4            # epochs without a better validation AUC before stopping; None: never
     time_budget_s: float | None = None  # per model: fewer epochs where the first one shows `epochs` won't fit
     run_budget_s: float | None = None   # whole run: networks' budgets shrink to their share (core.engine.budget)
     device: str = "auto"

@@ -190,11 +190,15 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
             print(f"{session.name} epoch {epoch}/{session.plan[0]}: loss {row['train_loss']:.3f} val_auc "
                   f"{row['val_auc']:.3f} {row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of "
                   f"{row['seconds']:.1f}s)", flush=True)
-            saver.after_epoch(session, progress, last=progress.stale >= cfg.patience or epoch >= session.plan[0])
+            saver.after_epoch(session, progress, last=out_of_patience(progress, cfg) or epoch >= session.plan[0])
             if cfg.on_epoch:
                 cfg.on_epoch(progress.history, session.plan[0])
-        if progress.stale >= cfg.patience:
+        if out_of_patience(progress, cfg):
             break
+
+
+def out_of_patience(progress: Progress, cfg: TrainConfig) -> bool:
+    return cfg.patience is not None and progress.stale >= cfg.patience
 
 
 def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
