@@ -61,10 +61,13 @@ def demo_preset(device_type: str) -> Preset:
 
 
 # Per-network settings of the CPU demo (docs/NOTES.md, "Per-network CPU recipes").
-CPU_RECIPES = {"vgg16": {"image_size": 32, "time_budget_s": 95, "warmup_epochs": 0.25},
-               "vgg16_bn": {"image_size": 32, "time_budget_s": 70, "warmup_epochs": 0.25, "lr": 1e-4},
+CPU_RECIPES = {"alexnet": {"dropout": 0.0},
+               "vgg16": {"image_size": 32, "time_budget_s": 95, "warmup_epochs": 0.25, "dropout": 0.0},
+               "vgg16_bn": {"image_size": 32, "time_budget_s": 70, "warmup_epochs": 0.25, "lr": 1e-4, "dropout": 0.0},
                "resnet50": {"time_budget_s": 80},
-               "resnet18": {"time_budget_s": 30}}
+               "resnet18": {"time_budget_s": 30},
+               "mobilenet_v2": {"epochs": 16},
+               "mobilenet_v3_large": {"epochs": 16}}
 
 
 def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5,

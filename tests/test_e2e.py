@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -134,9 +135,26 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         # One scan image plus one CAM overlay per convolutional model.
         images = page.locator("[data-testid=stImage] img")
         expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
+        # The README's picture: a test-split hemorrhage, its true outline beside each model's map.
+        case = largest_test_bleed(run)
+        page.get_by_text("Example from the test split").click()
+        page.locator("[data-testid=stSelectbox]").filter(has_text="Test case").click()
+        page.keyboard.type(case)
+        page.keyboard.press("Enter")
+        expect(page.get_by_text(f"{case}, truth: hemorrhage")).to_be_visible(timeout=60_000)
+        expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
         page.set_viewport_size({"width": 1500, "height": 2600})   # the app scrolls inside: show the CAM grid too
         page.wait_for_timeout(1000)
         page.screenshot(path=str(shots / "scan.png"), full_page=True)
+
+
+def largest_test_bleed(run: Path) -> str:
+    """The id of the run's largest intraparenchymal test bleed (any subtype's where none is), where a map on the
+    bleed and a map on the skull are told apart at a glance."""
+    split = pd.read_csv(run / "split.csv")
+    bleeds = split[(split["split"] == "test") & (split["label"] == 1)]
+    parenchymal = bleeds[bleeds["subtype"] == "intraparenchymal"]
+    return str((parenchymal if len(parenchymal) else bleeds).sort_values("bleed_area_mm2")["id"].iloc[-1])
 
         garbage = tmp_path / "garbage.png"
         garbage.write_bytes(b"this is not an image")

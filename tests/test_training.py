@@ -373,3 +373,26 @@ def test_painted_bleeds_train_every_epoch_unless_a_patience_is_given(monkeypatch
     assert cfg.patience is None and len(progress.history) == 7 and progress.best_auc == 0.9
     cfg, progress = _epochs_run(monkeypatch, ["--synthetic-bleeds", "--patience", "3"])
     assert cfg.patience == 3 and len(progress.history) == 5
+
+
+@pytest.mark.parametrize("dropout, expected", [(None, 0.5), (0.0, 0.0)])
+def test_a_recipe_dropout_sets_every_dropout_layer_and_none_keeps_the_architectures(dropout, expected):
+    model = fit.build_model("alexnet", TrainConfig(models=["alexnet"], dropout=dropout), torch.device("cpu"), {})
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(rates) == 2 and set(rates) == {expected}
+
+
+def test_a_budgeted_network_replans_on_its_mean_epoch_so_later_slow_epochs_end_it_sooner(monkeypatch):
+    walls = iter([10.0, 30.0, 30.0, 30.0, 30.0])   # planned on the first alone: 5 epochs, 130 s of a 45 s budget
+
+    def epoch(session, *_):
+        return {"epoch": len(progress.history) + 1, "val_auc": 0.7, "wall_s": next(walls), "train_loss": 0.5,
+                "img_per_s": 1.0, "data_wait_s": 0.0, "seconds": 1.0}
+
+    monkeypatch.setattr(fit, "train_epoch", epoch)
+    cfg = TrainConfig(models=["resnet18"], epochs=8, time_budget_s=45, patience=None)
+    session = SimpleNamespace(cfg=cfg, plan=[8], device=torch.device("cpu"), name="resnet18",
+                              model=torch.nn.Linear(1, 1))
+    progress = fit.Progress()
+    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: None))
+    assert len(progress.history) == 2 and session.plan == [2]

@@ -21,6 +21,7 @@ class TrainConfig:
     lr: float | None = None             # None: the model's scratch_lr, or 3e-4 fine-tuning pretrained weights
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    dropout: float | None = None        # every dropout layer's rate in training; None: the architecture's own
     augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.data.decode)
     epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
     patience: int | None = 4            # epochs without a better validation AUC before stopping; None: never

@@ -17,7 +17,7 @@ from core.engine.budget import planned_epochs
 from core.engine.cards import (add_subtype_metrics, dataset_facts, history_frame, input_windows, model_card,
                                predictions_frame, scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
-from core.engine.loop import MaskedBCE, evaluate, lr_factor, short_run_batch_norm, train_one_epoch
+from core.engine.loop import MaskedBCE, evaluate, lr_factor, set_dropout, short_run_batch_norm, train_one_epoch
 from core.io import store
 from core.explain.cam import DEFAULT_TOLERANCE_PX, cam_layer_on_truth
 from core.nets.build import cam_sides, choose_cam_layers, create_model, init_from_scratch
@@ -78,6 +78,7 @@ def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture:
     if not model.pretrained_loaded:
         init_from_scratch(model)
     short_run_batch_norm(model)
+    set_dropout(model, cfg.dropout)
     return model
 
 
@@ -179,9 +180,9 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
     """Epochs until the plan, the patience or cfg.epochs runs out."""
     cfg = session.cfg
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
-        if progress.history:
-            first_s = agree(progress.history[0]["wall_s"], session.device)
-            session.plan[0] = planned_epochs(cfg.epochs, cfg.time_budget_s, first_s)
+        if progress.history:   # re-planned on the mean epoch so far: one fast first epoch must not commit a budget
+            mean_s = agree(sum(r["wall_s"] for r in progress.history) / len(progress.history), session.device)
+            session.plan[0] = max(len(progress.history), planned_epochs(cfg.epochs, cfg.time_budget_s, mean_s))
         if epoch > session.plan[0]:
             break
         progress.record(train_epoch(session, data, val_labels, val_rows, epoch), session.model)

@@ -43,6 +43,14 @@ def short_run_batch_norm(model: torch.nn.Module) -> None:
             module.momentum = max(module.momentum, 0.1)
 
 
+def set_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Every dropout layer's rate set to p in training (None: the architecture's own); eval mode ignores it."""
+    if p is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = p
+
+
 class MaskedBCE(torch.nn.Module):
     """BCE-with-logits over every output (B, C), averaged over the labelled targets only: a NaN target (a subtype
     the data does not tell) counts neither as positive nor as negative. 1-D targets are one output."""
