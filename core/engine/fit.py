@@ -44,7 +44,7 @@ class Session:
     loader: DataLoader
     loss_fn: torch.nn.Module
     steps_per_epoch: int
-    plan: list[int]                     # [epochs to run], re-planned after the first epoch
+    plan: list[int]                     # [epochs to run], re-planned after every epoch
     pretrained_loaded: bool
     numerics: Numerics
     numerics_record: dict               # the card's training.numerics: choice and timings
