@@ -267,7 +267,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     probs = {s: outputs[s][:, 0] for s in outputs}
     native = get_spec(name).input_size
     training = {"epochs": len(progress.history),
-                "epochs_planned": planned_epochs(cfg.epochs, cfg.time_budget_s, progress.history[0]["wall_s"]),
+                "epochs_planned": session.plan[0],
                 "time_budget_s": cfg.time_budget_s,   # under a run budget: the share it was given
                 "run_budget_s": cfg.run_budget_s, "seconds": train_seconds, "augment": cfg.augment,
                 "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
