@@ -135,6 +135,10 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         # One scan image plus one CAM overlay per convolutional model.
         images = page.locator("[data-testid=stImage] img")
         expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
+        garbage = tmp_path / "garbage.png"
+        garbage.write_bytes(b"this is not an image")
+        page.locator("input[type=file]").set_input_files(str(garbage))
+        expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
         # The README's picture: a test-split hemorrhage, its true outline beside each model's map.
         case = largest_test_bleed(run)
         page.get_by_text("Example from the test split").click()
@@ -146,6 +150,8 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         page.set_viewport_size({"width": 1500, "height": 2600})   # the app scrolls inside: show the CAM grid too
         page.wait_for_timeout(1000)
         page.screenshot(path=str(shots / "scan.png"), full_page=True)
+        browser.close()
+    assert (shots / "leaderboard.png").stat().st_size > 10_000 and (shots / "scan.png").stat().st_size > 10_000
 
 
 def largest_test_bleed(run: Path) -> str:
@@ -155,13 +161,6 @@ def largest_test_bleed(run: Path) -> str:
     bleeds = split[(split["split"] == "test") & (split["label"] == 1)]
     parenchymal = bleeds[bleeds["subtype"] == "intraparenchymal"]
     return str((parenchymal if len(parenchymal) else bleeds).sort_values("bleed_area_mm2")["id"].iloc[-1])
-
-        garbage = tmp_path / "garbage.png"
-        garbage.write_bytes(b"this is not an image")
-        page.locator("input[type=file]").set_input_files(str(garbage))
-        expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
-        browser.close()
-    assert (shots / "leaderboard.png").stat().st_size > 10_000 and (shots / "scan.png").stat().st_size > 10_000
 
 
 # knn lands in seconds, then each network in some 10 s (fp32: no numerics timing); the ResNet-50 at the end
