@@ -17,6 +17,7 @@ from core.insert.lesions import BLOOD_HU, SUBTYPES, paint_bleed
 from core.insert.write import copies_per_normal, source_slices, write_painted
 from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, GREY, SKULL, VENTRICLE, WHITE
 from core.phantom.generate import render, write_dataset
+from core.presets import PAINTED_COPIES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256
@@ -221,7 +222,7 @@ def test_train_with_synthetic_bleeds_trains_on_a_cached_painted_set(tmp_path, mo
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and facts["data_root"] == str(cached[0]) and facts["painted_from"] == str(normals.resolve())
     split = pd.read_csv(tmp_path / "run" / "split.csv")
-    assert (split["label"] == 0).sum() == 48 and (split["label"] == 1).sum() == 48   # one painted copy each
+    assert (split["label"] == 0).sum() == 48 and (split["label"] == 1).sum() == 48 * PAINTED_COPIES
     assert split.groupby("group")["split"].nunique().max() == 1
     assert train.main(["--synthetic-bleeds", "--models", "resnet18"]) == 2   # nothing to paint into
     assert "give --data" in capsys.readouterr().err
