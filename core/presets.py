@@ -17,11 +17,11 @@ from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_N
 DATA_CACHE = Path(__file__).resolve().parents[1] / "data"
 PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
 # --synthetic-bleeds (docs/NOTES.md, "Painted bleeds"): painted copies per real normal, their difficulty range,
-# and the training flags it defaults to (bleeds of a few mm need more pixels than the phantom demo's 64). No early
-# stop: the painted validation AUC stalls for epochs while transfer to real bleeds still improves.
+# and the training flags it defaults to (bleeds of a few mm need more pixels than the phantom demo's 64), measured at
+# batch 16. No early stop: the painted validation AUC stalls for epochs while transfer to real bleeds still improves.
 PAINTED_COPIES = 2
 PAINTED_DIFFICULTY = (0.0, 0.5)
-PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "patience": None}
+PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None}   # batch 16 on a GPU too
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise

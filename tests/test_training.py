@@ -396,3 +396,11 @@ def test_a_budgeted_network_replans_on_its_mean_epoch_so_later_slow_epochs_end_i
     progress = fit.Progress()
     fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: None))
     assert len(progress.history) == 2 and session.plan == [2]
+
+
+def test_the_painted_recipe_trains_at_its_measured_batch_on_a_gpu_too():
+    cfg = train.resolve_config(train.parse_args(["--data", "x", "--synthetic-bleeds"]), train.demo_preset("cuda"),
+                               ["resnet18"])
+    assert (cfg.batch_size, cfg.image_size, cfg.epochs, cfg.patience) == (16, 128, 24, None)
+    plain = train.resolve_config(train.parse_args(["--data", "x"]), train.demo_preset("cuda"), ["resnet18"])
+    assert plain.batch_size == train.demo_preset("cuda").batch_size != 16
