@@ -357,7 +357,7 @@ def _epochs_run(monkeypatch, argv: list[str]):
     session = SimpleNamespace(cfg=cfg, plan=[7], device=torch.device("cpu"), name="resnet18",
                               model=torch.nn.Linear(1, 1))
     progress = fit.Progress()
-    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: None))
+    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: 0.0))
     return cfg, progress
 
 
@@ -382,8 +382,9 @@ def test_a_recipe_dropout_sets_every_dropout_layer_and_none_keeps_the_architectu
     assert len(rates) == 2 and set(rates) == {expected}
 
 
-def test_a_budgeted_network_replans_on_its_mean_epoch_so_later_slow_epochs_end_it_sooner(monkeypatch):
-    walls = iter([10.0, 30.0, 30.0, 30.0, 30.0])   # planned on the first alone: 5 epochs, 130 s of a 45 s budget
+def _budgeted_epochs(monkeypatch, walls: list[float], writes: list[float]) -> list[dict]:
+    """The history of a network with a 45 s budget whose epochs take `walls` and resume writes `writes` seconds."""
+    walls, writes = iter(walls), iter(writes)
 
     def epoch(session, *_):
         return {"epoch": len(progress.history) + 1, "val_auc": 0.7, "wall_s": next(walls), "train_loss": 0.5,
@@ -394,8 +395,18 @@ def test_a_budgeted_network_replans_on_its_mean_epoch_so_later_slow_epochs_end_i
     session = SimpleNamespace(cfg=cfg, plan=[8], device=torch.device("cpu"), name="resnet18",
                               model=torch.nn.Linear(1, 1))
     progress = fit.Progress()
-    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: None))
-    assert len(progress.history) == 2 and session.plan == [2]
+    fit.run_epochs(session, progress, None, None, None, SimpleNamespace(after_epoch=lambda *a, **k: next(writes)))
+    return progress.history
+
+
+def test_a_budgeted_network_replans_on_its_mean_epoch_so_later_slow_epochs_end_it_sooner(monkeypatch):
+    # Planned on the first epoch alone: 5 epochs, 130 s of a 45 s budget.
+    assert len(_budgeted_epochs(monkeypatch, [10.0, 30.0, 30.0, 30.0, 30.0], [0.0] * 5)) == 2
+
+
+def test_a_budget_pays_for_the_resume_writes(monkeypatch):
+    history = _budgeted_epochs(monkeypatch, [10.0] * 5, [20.0, 0.0, 0.0, 0.0, 0.0])
+    assert len(history) == 2 and history[0]["wall_s"] == 30.0   # without the write: 4 epochs of 10 s
 
 
 def test_the_painted_recipe_trains_at_its_measured_batch_on_a_gpu_too():

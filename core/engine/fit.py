@@ -148,16 +148,18 @@ class ResumeSaver:
     def __init__(self, model_dir: Path):
         self.model_dir, self.cost, self.unsaved = model_dir, 0.0, 0.0
 
-    def after_epoch(self, session: Session, progress: Progress, last: bool) -> None:
+    def after_epoch(self, session: Session, progress: Progress, last: bool) -> float:
+        """Seconds spent writing (0.0 if nothing was due)."""
         self.unsaved += progress.history[-1]["seconds"]
         if last or self.unsaved < RESUME_SAVE_RATIO * self.cost:
-            return
+            return 0.0
         tick = time.perf_counter()
         store.save_resume_state(self.model_dir, session.model.state_dict(), session.optimizer.state_dict(),
                                 progress.best_state,
                                 {"epoch": progress.epoch, "history": progress.history, "best_auc": progress.best_auc,
                                  "stale": progress.stale, "time_budget_s": session.cfg.time_budget_s})
         self.cost, self.unsaved = time.perf_counter() - tick, 0.0
+        return self.cost
 
 
 def train_epoch(session: Session, data: Prepared, val_labels: np.ndarray, val_rows: np.ndarray,
@@ -191,7 +193,9 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
             print(f"{session.name} epoch {epoch}/{session.plan[0]}: loss {row['train_loss']:.3f} val_auc "
                   f"{row['val_auc']:.3f} {row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of "
                   f"{row['seconds']:.1f}s)", flush=True)
-            saver.after_epoch(session, progress, last=out_of_patience(progress, cfg) or epoch >= session.plan[0])
+            # A budget pays for the resume write too (2.2 GB for VGG-16): planning must see it.
+            row["wall_s"] += saver.after_epoch(session, progress,
+                                               last=out_of_patience(progress, cfg) or epoch >= session.plan[0])
             if cfg.on_epoch:
                 cfg.on_epoch(progress.history, session.plan[0])
         if out_of_patience(progress, cfg):
