@@ -415,3 +415,10 @@ def test_the_painted_recipe_trains_at_its_measured_batch_on_a_gpu_too():
     assert (cfg.batch_size, cfg.image_size, cfg.epochs, cfg.patience) == (16, 128, 24, None)
     plain = train.resolve_config(train.parse_args(["--data", "x"]), train.demo_preset("cuda"), ["resnet18"])
     assert plain.batch_size == train.demo_preset("cuda").batch_size != 16
+
+
+def test_a_short_budgeted_network_writes_no_resume_state(tmp_path):
+    saver = fit.ResumeSaver(tmp_path)
+    session = SimpleNamespace(cfg=TrainConfig(models=["resnet18"], time_budget_s=fit.RESUME_MIN_BUDGET_S - 1))
+    progress = SimpleNamespace(history=[{"seconds": 50.0}])
+    assert saver.after_epoch(session, progress, last=False) == 0.0 and not list(tmp_path.iterdir())

@@ -28,6 +28,8 @@ from core.nets.predict import predict_outputs
 from core.registry import get_spec
 
 RESUME_SAVE_RATIO = 4.0   # train at least 4x as long as the last resume-state write took before the next
+# A network budgeted below this redoes its training sooner than it writes resume states (docs/NOTES.md, "Resume writes").
+RESUME_MIN_BUDGET_S = 120.0
 CUDNN_AUTOTUNE_MIN_STEPS = 4000   # planned optimizer steps from which cuDNN autotuning pays back
 
 
@@ -151,7 +153,8 @@ class ResumeSaver:
     def after_epoch(self, session: Session, progress: Progress, last: bool) -> float:
         """Seconds spent writing (0.0 if nothing was due)."""
         self.unsaved += progress.history[-1]["seconds"]
-        if last or self.unsaved < RESUME_SAVE_RATIO * self.cost:
+        budget = session.cfg.time_budget_s
+        if last or self.unsaved < RESUME_SAVE_RATIO * self.cost or (budget and budget < RESUME_MIN_BUDGET_S):
             return 0.0
         tick = time.perf_counter()
         store.save_resume_state(self.model_dir, session.model.state_dict(), session.optimizer.state_dict(),
