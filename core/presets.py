@@ -21,7 +21,7 @@ PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
 # batch 16. No early stop: the painted validation AUC stalls for epochs while transfer to real bleeds still improves.
 PAINTED_COPIES = 2
 PAINTED_DIFFICULTY = (0.0, 0.5)
-PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None}   # batch 16 on a GPU too
+PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None}
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise

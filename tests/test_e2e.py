@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's Chromium driven by Playwright (never `playwright install`).
 
 Starts `streamlit run dashboard/app.py` on 127.0.0.1, uploads a scan on the Scan page, waits for every
-model's probability and CAM, saves screenshots (to $E2E_SCREENSHOTS, default a temp folder), and stops
+model's probability and CAM, then shows the test split's largest intraparenchymal bleed and saves screenshots
+(to $E2E_SCREENSHOTS, default a temp folder), and stops
 the server by its PID. A second test opens the Leaderboard while a real trainer runs in the background and
 waits for a model that was not on it at first to appear by itself. Skipped where /usr/bin/chromium is absent
 (.ci/run installs it).

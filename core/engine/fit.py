@@ -196,7 +196,7 @@ def run_epochs(session: Session, progress: Progress, data: Prepared, val_labels:
             print(f"{session.name} epoch {epoch}/{session.plan[0]}: loss {row['train_loss']:.3f} val_auc "
                   f"{row['val_auc']:.3f} {row['img_per_s']:.0f} img/s (data wait {row['data_wait_s']:.1f}s of "
                   f"{row['seconds']:.1f}s)", flush=True)
-            # A budget pays for the resume write too (2.2 GB for VGG-16): planning must see it.
+            # A budget pays for the resume write too: planning must see it (docs/NOTES.md, "Resume writes").
             row["wall_s"] += saver.after_epoch(session, progress,
                                                last=out_of_patience(progress, cfg) or epoch >= session.plan[0])
             if cfg.on_epoch:
