@@ -21,6 +21,7 @@ from core.engine.config import TrainConfig, resolve_device
 from core.io.framing import FRAMINGS
 from core.io.imaging import WINDOW_SETS
 from core.io.progress import RunBusy, trainer_lock
+from core.nets.cnn import HEADS
 from core.nets.numerics import NAMES as NUMERICS
 from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, Preset, demo_preset,
                           painted_root, phantom_root)
@@ -72,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="rsna3: three HU windows as the channels (brain 40/80, subdural 80/200, soft tissue 40/380, "
                         "centre/width, as the RSNA 2019 winners), in training, evaluation and upload alike; needs CT "
                         "in HU (DICOM, NIfTI): a set with an 8-bit image is refused (default: brain, grey)")
+    p.add_argument("--head", choices=HEADS,
+                   help="gap: AlexNet and the VGGs pool their last convolutions into one linear layer instead of "
+                        "their ~60-120 M-weight fully connected classifiers (default: stock; gap for them in the CPU "
+                        "demo)")
     p.add_argument("--synthetic-bleeds", action="store_true",
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
                         "(core.insert; cached): a normal and its copy differ only by the bleed; defaults then "
@@ -117,13 +122,14 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         weights_dir=args.weights_dir, resume=args.resume, data=args.data,
         framing=given(args.framing, "none" if demo else "head"), windows=args.windows,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size, subtypes=args.subtypes,
+        head=given(args.head, TrainConfig.head),
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
         patience=given(args.patience, preset.patience),
         time_budget_s=given(args.time_budget, preset.time_budget_s if demo and args.epochs is None else None),
         run_budget_s=given(args.run_budget, preset.run_budget_s if demo and not explicit_length else None),
         per_model=(preset.per_model if demo and not explicit_length and args.image_size is None and args.lr is None
-                   else {}),
+                   and args.head is None else {}),
         args={k: v for k, v in vars(args).items() if v is not None})
 
 

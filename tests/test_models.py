@@ -2,6 +2,7 @@
 import socket
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision.models as tvm
@@ -12,7 +13,8 @@ from torch import nn
 
 from core.nets.build import (MIN_CAM_CELLS, NETWORK_NAMES, cam_layers, choose_cam_layers, create_model,
                              init_from_scratch, load_network)
-from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD
+from core.io import store as ckpt
+from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD, head_architecture
 from core.nets.measure import count_gmacs, count_params
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 
@@ -237,9 +239,6 @@ def test_inception_computes_the_same_function_however_it_was_built(offline, tmp_
 
 def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
     """save_model -> load through the run-folder format (sha256 verified) reproduces the logits exactly."""
-    import pandas as pd
-
-    from core.io import store as ckpt
     spec, model = built
     card = {"model": spec.name, "display_name": spec.display_name, "family": spec.family,
             "input_size": spec.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "thresholds": {"default": 0.5}}
@@ -301,3 +300,31 @@ def test_mobilenet_scratch_init_starts_every_residual_block_as_the_identity(name
         with torch.no_grad():
             y = block(x)
         assert torch.equal(y, x) == block.use_res_connect   # only the shortcut blocks start as the identity
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "vgg16_bn"])
+def test_gap_head_pools_the_last_convolutions_into_one_linear_and_loads_back(name, tmp_path):
+    """head "gap": a fraction of the weights, one logit at any size the trunk takes, recorded in the card so that
+    load_network rebuilds the same function."""
+    torch.manual_seed(0)
+    architecture = head_architecture(name, "gap")
+    model = create_model(name, **architecture).eval()
+    stock = create_model(name)
+    channels = [m for m in model.features if isinstance(m, nn.Conv2d)][-1].out_channels
+    assert architecture == {"head": "gap"} and isinstance(model.classifier, nn.Linear)
+    assert (model.classifier.in_features, model.classifier.out_features) == (channels, 1)
+    assert count_params(model) < count_params(stock) / 4
+    x = torch.cat([disc_image(64), disc_image(64, 0.7, 0.3)])
+    card = {"model": name, "input_size": 64, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "thresholds": {"default": 0.5}, "architecture": architecture}
+    ckpt.save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
+                    pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS))
+    with torch.inference_mode():
+        assert model(x).shape == (2, 1) and torch.equal(model(x), load_network(tmp_path / name).model(x))
+
+
+def test_gap_head_is_recorded_only_where_it_changes_the_network():
+    assert [n for n in CNN_NAMES if head_architecture(n, "gap")] == ["alexnet", "vgg16", "vgg16_bn"]
+    assert not any(head_architecture(n, "stock") for n in CNN_NAMES)
+    with pytest.raises(ValueError, match="not one of stock, gap"):
+        head_architecture("vgg16", "mlp")

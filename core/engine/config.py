@@ -22,6 +22,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     dropout: float | None = None        # every dropout layer's rate in training; None: the architecture's own
+    head: str = "stock"                 # core.nets.cnn.HEADS: "gap" pools AlexNet's / the VGGs' features into one Linear
     augment: bool = True                # rotation, zoom, flip and jitter of training batches (core.data.decode)
     epoch_size: int | None = None       # training images per epoch, a fresh random draw each epoch; None: all
     patience: int | None = 4            # epochs without a better validation AUC before stopping; None: never

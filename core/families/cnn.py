@@ -14,6 +14,7 @@ from core.engine.fit import fit_network
 from core.families.base import Cases, Family, Predictor
 from core.io.framing import framing_of
 from core.nets.build import load_network, output_names
+from core.nets.cnn import head_architecture
 from core.nets.numerics import usable
 from core.nets.predict import predict_outputs
 
@@ -50,7 +51,7 @@ class CNNFamily(Family):
     explained_by_cam = True
 
     def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
-        return fit_network(name, data, cfg, run_dir, device)
+        return fit_network(name, data, cfg, run_dir, device, architecture=head_architecture(name, cfg.head))
 
     def load(self, model_dir: str | Path, device: str | torch.device = "cpu") -> NetworkPredictor:
         loaded = load_network(model_dir, device)
@@ -59,7 +60,7 @@ class CNNFamily(Family):
     def describe_input(self, card: dict) -> str:
         cam = card.get("cam")   # absent from cards written before CAM layers followed the input size
         outputs = output_names(card)
-        return self.input_line(card) + (f"\n- Grad-CAM layer: `{', '.join(cam['layers'])}` "
+        return self.input_line(card) + head_line(card) + (f"\n- Grad-CAM layer: `{', '.join(cam['layers'])}` "
                                         f"({cam['cells']}x{cam['cells']} cells)" if cam else "") + (
             f"\n- Outputs (multi-label, one sigmoid each): {', '.join(outputs)}" if len(outputs) > 1 else "")
 
@@ -67,6 +68,13 @@ class CNNFamily(Family):
         return (f"- Input: {card['input_size']} px (native {card.get('native_input_size', '?')}), window "
                 f"{card.get('window', '?')}, {card.get('channels', '')}; resize: {card.get('resize_policy', '')}"
                 + (", framed to the head first" if framing_of(card) == "head" else ""))
+
+
+def head_line(card: dict) -> str:
+    """The card's classifier where it is not the published one."""
+    if card.get("architecture", {}).get("head") != "gap":
+        return ""
+    return "\n- Classifier: global average pooling + one linear layer, in place of the published fully connected head"
 
 
 CNN = CNNFamily()

@@ -25,7 +25,7 @@ def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | 
         model = build_sequence_model(KINDS[name], pretrained=pretrained, weights_dir=weights_dir,
                                      num_outputs=num_outputs, **architecture)
     elif name in CNNS:
-        model = create_cnn(name, pretrained, weights_dir, num_outputs)
+        model = create_cnn(name, pretrained, weights_dir, num_outputs, **architecture)
     else:
         raise ValueError(f"{name} is a {spec.family} model, not a neural network")
     model.registry_name = name

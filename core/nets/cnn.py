@@ -28,6 +28,11 @@ class CNNBuild:
     cam_candidates: Callable[[nn.Module], list[str]]
     weights_url: str                                     # ImageNet checkpoint; its file name is looked up in weights_dir
     scratch_init: Callable[[nn.Module], None] | None = None   # re-initialises a model trained from random init
+    # Turns the stock ImageNet classifier into global average pooling + one Linear; None: the stock one already is.
+    gap_head: Callable[[nn.Module], None] | None = None
+
+
+HEADS = ("stock", "gap")   # a network's classifier: as published, or global average pooling + one Linear
 
 
 def weights_files(name: str) -> tuple[str, ...]:
@@ -54,6 +59,13 @@ def zero_init_residual_bn(model: nn.Module) -> None:
             nn.init.zeros_(last_bn.weight)
 
 
+def pooled_features_head(model: nn.Module) -> None:
+    """AlexNet / VGG: features -> global average pool -> Linear, in place of the 6x6/7x7 pool and the 4096-wide
+    MLP (~120 M weights of VGG-16's 138 M), as the Keras studies' include_top=False + pooling + Dense."""
+    channels = [m for m in model.features if isinstance(m, nn.Conv2d)][-1].out_channels
+    model.avgpool, model.classifier = nn.AdaptiveAvgPool2d(1), nn.Linear(channels, 1000)
+
+
 def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
     return tvm.get_model(arch, weights="DEFAULT" if pretrained else None)
 
@@ -66,9 +78,9 @@ def _build_inception_v3(pretrained: bool) -> nn.Module:
     return model
 
 
-def _torchvision(arch: str, cam_candidates, scratch_init=None) -> CNNBuild:
+def _torchvision(arch: str, cam_candidates, scratch_init=None, gap_head=None) -> CNNBuild:
     return CNNBuild(partial(_build_torchvision, arch), cam_candidates, tvm.get_model_weights(arch).DEFAULT.url,
-                    scratch_init)
+                    scratch_init, gap_head)
 
 
 def _features(kinds: tuple[type, ...] = (nn.Module,)):
@@ -80,9 +92,9 @@ _activations = _features((nn.ReLU, nn.MaxPool2d))   # AlexNet / VGG: after each 
 _blocks = _features()                               # MobileNets: every block
 _resnet = lambda model: ["layer1", "layer2", "layer3", "layer4"]
 CNNS: dict[str, CNNBuild] = {
-    "alexnet": _torchvision("alexnet", _activations),
-    "vgg16": _torchvision("vgg16", _activations, he_fan_in_init),
-    "vgg16_bn": _torchvision("vgg16_bn", _activations),
+    "alexnet": _torchvision("alexnet", _activations, gap_head=pooled_features_head),
+    "vgg16": _torchvision("vgg16", _activations, he_fan_in_init, pooled_features_head),
+    "vgg16_bn": _torchvision("vgg16_bn", _activations, gap_head=pooled_features_head),
     "resnet18": _torchvision("resnet18", _resnet),
     "resnet50": _torchvision("resnet50", _resnet),
     "mobilenet_v2": _torchvision("mobilenet_v2", _blocks, zero_init_residual_bn),
@@ -98,15 +110,24 @@ CNNS: dict[str, CNNBuild] = {
 }
 
 
+def head_architecture(name: str, head: str) -> dict:
+    """What a card's "architecture" records of the head asked for: {} where it is the network's stock one."""
+    if head not in HEADS:
+        raise ValueError(f"head {head!r} is not one of {', '.join(HEADS)}")
+    return {"head": head} if head != "stock" and CNNS[name].gap_head else {}
+
+
 def create_cnn(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
-               num_outputs: int = 1) -> nn.Module:
+               num_outputs: int = 1, head: str = "stock") -> nn.Module:
     """A registry CNN with `num_outputs` logits (1: hemorrhage). `model.pretrained_loaded` is True only if ImageNet
-    weights were loaded."""
+    weights were loaded (the convolutions' only, with head "gap")."""
     if name not in CNNS:
         raise ValueError(f"{name!r} is not a registry CNN; choose from {', '.join(CNNS)}")
     model, why_not = _backbone(name, pretrained, weights_dir)
     if why_not:
         print(f"hemolens: ImageNet weights for {name} {why_not}; training from scratch.", file=sys.stderr)
+    if head_architecture(name, head):
+        CNNS[name].gap_head(model)
     output_head(model, num_outputs)
     model.pretrained_loaded = pretrained and not why_not
     return model
