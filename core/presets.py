@@ -28,8 +28,8 @@ CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says other
 # Whole CPU demo incl. phantoms; networks shrink when the run falls behind (core.engine.budget).
 CPU_RUN_BUDGET_S = 565
 # Slowest epochs first: the light networks at the end absorb what the heavy ones overran.
-CPU_NETWORK_ORDER = ("alexnet", "vgg16", "vgg16_bn", "resnet50", "xception", "inception_v3", "resnet18",
-                     "mobilenet_v2", "mobilenet_v3_large")
+CPU_NETWORK_ORDER = ("vgg16", "vgg16_bn", "resnet50", "xception", "inception_v3", "resnet18", "mobilenet_v2",
+                     "mobilenet_v3_large", "alexnet")
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,15 @@ def demo_preset(device_type: str) -> Preset:
 
 
 # Per-network settings of the CPU demo (docs/NOTES.md, "Per-network CPU recipes").
-CPU_RECIPES = {"alexnet": {"dropout": 0.0},
-               "vgg16": {"image_size": 32, "time_budget_s": 95, "warmup_epochs": 0.25, "dropout": 0.0},
-               "vgg16_bn": {"image_size": 32, "time_budget_s": 70, "warmup_epochs": 0.25, "lr": 1e-4, "dropout": 0.0},
-               "resnet50": {"time_budget_s": 80},
+CPU_RECIPES = {"alexnet": {"head": "gap", "image_size": 128, "epochs": 16, "lr": 3e-4},
+               "vgg16": {"head": "gap", "image_size": 64, "time_budget_s": 95, "warmup_epochs": 0.25},
+               "vgg16_bn": {"head": "gap", "image_size": 64, "time_budget_s": 70, "warmup_epochs": 0.25},
+               "resnet50": {"time_budget_s": 80, "lr": 3e-3},
                "resnet18": {"time_budget_s": 30},
-               "mobilenet_v2": {"epochs": 16},
-               "mobilenet_v3_large": {"epochs": 16}}
+               "mobilenet_v2": {"epochs": 16, "lr": 2e-3},
+               "mobilenet_v3_large": {"epochs": 16, "lr": 3e-3},
+               "inception_v3": {"lr": 2e-3},
+               "xception": {"lr": 3e-3}}
 
 
 def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5,

@@ -249,7 +249,8 @@ def test_demo_recipe_applies_only_to_the_demo_as_shipped(phantoms, monkeypatch):
         # The whole-run budget belongs to the demo's own settings, like the per-network ones.
         shipped = argv[0] in ("--models", "--image-size", "--lr")
         assert seen["cfg"].run_budget_s == (preset.run_budget_s if shipped else None), argv
-    assert preset.per_model["vgg16"]["image_size"] == 32   # the CPU demo's VGG-16 trains at its smallest input
+    # The CPU demo's AlexNet and VGGs pool their features into one Linear (their MLPs make every step slow).
+    assert all(preset.per_model[m]["head"] == "gap" for m in ("alexnet", "vgg16", "vgg16_bn"))
     from core.registry import CNN_NAMES   # every CNN, in the CPU demo's own order
     assert sorted(m for m in preset.models if m in CNN_NAMES) == sorted(CNN_NAMES)
     assert demo_preset("cuda").per_model == {} and demo_preset("cuda").augment
@@ -422,3 +423,15 @@ def test_a_short_budgeted_network_writes_no_resume_state(tmp_path):
     session = SimpleNamespace(cfg=TrainConfig(models=["resnet18"], time_budget_s=fit.RESUME_MIN_BUDGET_S - 1))
     progress = SimpleNamespace(history=[{"seconds": 50.0}])
     assert saver.after_epoch(session, progress, last=False) == 0.0 and not list(tmp_path.iterdir())
+
+
+def test_a_gap_head_run_records_it_and_the_saved_network_loads_with_it(tiny_phantoms, tmp_path):
+    out = tmp_path / "gap"
+    assert train.main(["--data", str(tiny_phantoms), "--models", "alexnet,resnet18", "--head", "gap", "--epochs", "1",
+                       "--image-size", "64", "--batch-size", "16", "--out", str(out)]) == 0
+    alexnet, resnet = (ckpt.load_card(out / m) for m in ("alexnet", "resnet18"))
+    assert alexnet["architecture"] == {"head": "gap"} and "architecture" not in resnet   # ResNets pool already
+    loaded = load_network(out / "alexnet")
+    assert isinstance(loaded.model.classifier, torch.nn.Linear) and loaded.model.classifier.in_features == 256
+    with torch.inference_mode():
+        assert loaded.model(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
