@@ -52,6 +52,24 @@ def test_choice_is_the_fastest_timed_and_is_cached_per_machine(tmp_path):
     assert len(json.loads(cache.read_text())) == 2
 
 
+def test_a_burst_of_load_during_one_candidates_timing_does_not_decide_the_choice(tmp_path, monkeypatch):
+    """bf16_cl is the fastest, but its first timing lands in a burst (10x slower): the second pass, in reverse
+    order, times it again and the choice, cached for good, is still bf16_cl."""
+    monkeypatch.setattr(N, "candidates", lambda device: N.NAMES)
+    speed = {"fp32": 1.0, "fp32_cl": 0.8, "bf16": 0.7, "bf16_cl": 0.5}
+    timed = []
+
+    def time_step(model, x, y, numerics, device):
+        burst = 10.0 if numerics.name == "bf16_cl" and numerics.name not in timed else 1.0
+        timed.append(numerics.name)
+        return speed[numerics.name] * burst
+
+    monkeypatch.setattr(N, "time_step", time_step)
+    chosen, record = N.choose_numerics(tiny_net(), *batch(), torch.device("cpu"), key="tiny", cache=tmp_path / "n.json")
+    assert timed == [*N.NAMES, *reversed(N.NAMES)]
+    assert chosen.name == "bf16_cl" and record["step_s"] == speed
+
+
 def test_a_damaged_cache_counts_as_empty(tmp_path):
     cache = tmp_path / "numerics.json"
     cache.write_text("{not json")
