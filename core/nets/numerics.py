@@ -115,14 +115,14 @@ def choose_numerics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, de
     known = _read_cache(cache)
     if entry in known:
         return Numerics(known[entry]["choice"]), {**known[entry], "cached": True}
-    step_s = _fastest_steps(model, x, y, device)
+    step_s = fastest_steps(model, x, y, device)
     record = {"choice": min(step_s, key=step_s.get), "step_s": step_s, "machine": here}
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json(cache, {**_read_cache(cache), entry: record})
     return Numerics(record["choice"]), {**record, "cached": False}
 
 
-def _fastest_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict:
+def fastest_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict:
     """Each candidate's fastest step over two passes, the second in reverse order: a burst of load from
     elsewhere on a shared machine rarely hits one candidate in both, and its choice is cached for good."""
     names, step_s = candidates(device), {}
