@@ -109,7 +109,8 @@ def model_names(args: argparse.Namespace, preset: Preset) -> list[str]:
 def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -> TrainConfig:
     """The run's TrainConfig from the flags and the preset. The preset's epoch size, augmentation and
     budgets belong to the phantom demo: --data drops them, and so does a flag that asks for a
-    network's epochs or seconds explicitly; its per-model recipe goes with any training flag."""
+    network's epochs or seconds explicitly. Per-model settings (the CPU demo's, the painted recipe's) go with
+    any training flag."""
     demo = args.data is None
     given = lambda value, default: default if value is None else value   # None: the flag was not given
     if args.synthetic_bleeds:
@@ -128,8 +129,8 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         patience=given(args.patience, preset.patience),
         time_budget_s=given(args.time_budget, preset.time_budget_s if demo and args.epochs is None else None),
         run_budget_s=given(args.run_budget, preset.run_budget_s if demo and not explicit_length else None),
-        per_model=(preset.per_model if demo and not explicit_length and args.image_size is None and args.lr is None
-                   and args.head is None else {}),
+        per_model=(preset.per_model if (demo or args.synthetic_bleeds) and not explicit_length
+                   and args.image_size is None and args.lr is None and args.head is None else {}),
         args={k: v for k, v in vars(args).items() if v is not None})
 
 

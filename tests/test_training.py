@@ -414,6 +414,9 @@ def test_the_painted_recipe_trains_at_its_measured_batch_on_a_gpu_too():
     cfg = train.resolve_config(train.parse_args(["--data", "x", "--synthetic-bleeds"]), train.demo_preset("cuda"),
                                ["resnet18"])
     assert (cfg.batch_size, cfg.image_size, cfg.epochs, cfg.patience) == (16, 128, 24, None)
+    assert cfg.per_model == {"mobilenet_v2": {"lr": 2e-3}}   # the painted recipe's own rate for MobileNetV2
+    assert train.resolve_config(train.parse_args(["--data", "x", "--synthetic-bleeds", "--lr", "1e-3"]),
+                                train.demo_preset("cpu"), ["mobilenet_v2"]).per_model == {}
     plain = train.resolve_config(train.parse_args(["--data", "x"]), train.demo_preset("cuda"), ["resnet18"])
     assert plain.batch_size == train.demo_preset("cuda").batch_size != 16
 
