@@ -19,7 +19,7 @@ PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
 # --synthetic-bleeds (docs/NOTES.md, "Painted bleeds"): painted copies per real normal, their difficulty range,
 # and the training flags it defaults to (bleeds of a few mm need more pixels than the phantom demo's 64), measured at
 # batch 16. No early stop: the painted validation AUC stalls for epochs while transfer to real bleeds still improves.
-# MobileNetV2 learns the painted bleeds at twice its scratch rate (external AUC 0.77-0.81 -> 0.92).
+# MobileNetV2 transfers better at twice its scratch rate (docs/NOTES.md, "Learning rates and phantom initialisation").
 PAINTED_COPIES = 2
 PAINTED_DIFFICULTY = (0.0, 0.5)
 PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None,
