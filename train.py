@@ -14,10 +14,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from core.cli import Parser, folder, name_list, non_negative_int, positive_float, positive_int
+from core.cli import Parser, folder, name_list, non_negative_float, non_negative_int, positive_float, positive_int
 from core.data.discover import DatasetError
 from core.data.splits import prepare
 from core.engine.config import TrainConfig, resolve_device
+from core.engine.init import check_init_from
 from core.io.framing import FRAMINGS
 from core.io.imaging import WINDOW_SETS
 from core.io.progress import RunBusy, trainer_lock
@@ -31,8 +32,9 @@ from core.run import train_run
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="dataset folder (class folders, split folders or images + labels CSV); "
-                                  "default: the synthetic phantom set")
+    p.add_argument("--data", nargs="+", help="dataset folder(s) (class folders, split folders or images + labels "
+                                             "CSV); several are pooled, each split on its own so no group spans two "
+                                             "(recorded in run.json); default: the synthetic phantom set")
     p.add_argument("--models", type=name_list,
                    help="comma-separated registry names, or 'all' (default: the preset's: every CNN, the classical "
                         "baselines and the ensembles; on a GPU the sequence models too)")
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=folder, default="checkpoints/demo")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights where reachable")
     p.add_argument("--weights-dir", help="folder with downloaded ImageNet weight files (offline --pretrained)")
+    p.add_argument("--init-from", type=folder, metavar="RUN",
+                   help="start each network from its weights in the run folder RUN, verified (sha256) and refused "
+                        "unless it is the same network: model, --head, --subtypes, --windows, sequence settings")
     p.add_argument("--time-budget", type=positive_float,
                    help="seconds of training per network: after the first epoch, the number of epochs nearest it "
                         f"(at least 2); default: the preset's ({CPU_BUDGET_S} s on a CPU, none on a GPU) for the "
@@ -83,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs, no early stop")
     p.add_argument("--synthetic-copies", type=positive_int,
                    help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
+    p.add_argument("--attention", type=non_negative_float,
+                   help="weight of a loss on each network's Grad-CAM evidence outside the bleed masks of its training "
+                        "hemorrhages (painted bleeds, phantoms; core.engine.attention); 0: off (default: the preset's)")
     p.add_argument("--subtypes", action="store_true",
                    help="networks get a multi-label head: any hemorrhage and the five subtypes (epidural, "
                         "intraparenchymal, intraventricular, subarachnoid, subdural), learnt where the data names "
@@ -120,9 +128,10 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         models=names, out=args.out, epochs=given(args.epochs, preset.epochs),
         image_size=given(args.image_size, preset.image_size), batch_size=given(args.batch_size, preset.batch_size),
         lr=args.lr, device=args.device, numerics=args.numerics, seed=args.seed, pretrained=args.pretrained,
-        weights_dir=args.weights_dir, resume=args.resume, data=args.data,
+        weights_dir=args.weights_dir, init_from=args.init_from, resume=args.resume, data=args.data,
         framing=given(args.framing, "none" if demo else "head"), windows=args.windows,
         sequence_backbone=args.sequence_backbone, stack_size=args.stack_size, subtypes=args.subtypes,
+        attention=given(args.attention, preset.attention),
         head=given(args.head, TrainConfig.head),
         augment=given(args.augment, preset.augment if demo else True),
         epoch_size=given(args.epoch_size, preset.epoch_size if demo else None),
@@ -134,13 +143,13 @@ def resolve_config(args: argparse.Namespace, preset: Preset, names: list[str]) -
         args={k: v for k, v in vars(args).items() if v is not None})
 
 
-def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Path:
-    """--data, or the cached phantom set. Phantom stacks only for sequence models: otherwise independent
-    heads teach more per slice (docs/NOTES.md, "CPU demo preset")."""
+def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> list[Path] | Path:
+    """The --data folders (their painted sets with --synthetic-bleeds), or the cached phantom set. Phantom stacks
+    only for sequence models: otherwise independent heads teach more per slice (docs/NOTES.md, "CPU demo preset")."""
     if args.data:
         if not args.synthetic_bleeds:
-            return Path(args.data)
-        return painted_root(args.data, args.seed, args.synthetic_copies or PAINTED_COPIES)
+            return [Path(d) for d in args.data]
+        return [painted_root(d, args.seed, args.synthetic_copies or PAINTED_COPIES) for d in args.data]
     stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
     n = preset.phantoms if args.phantoms is None else args.phantoms
     return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)
@@ -154,11 +163,14 @@ def main(argv=None) -> int:
             raise SystemExit("hemolens: --synthetic-bleeds paints into the normal slices of --data; give --data")
         preset = demo_preset(resolve_device(args.device).type)
         names = model_names(args, preset)
+        if args.pretrained and args.init_from:
+            raise SystemExit("hemolens: --pretrained and --init-from both choose the starting weights; give one")
+        cfg = resolve_config(args, preset, names)
+        check_init_from(cfg)   # every network, before anything is trained or written
     except SystemExit as stop:   # a bad flag: one line already printed, or in the exit's message
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)
         return 2 if stop.code else 0   # 0: --help
-    cfg = resolve_config(args, preset, names)
     # One trainer per run folder, from before the phantoms are generated; torchrun's other ranks follow rank 0.
     lock = trainer_lock(cfg.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:

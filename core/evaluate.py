@@ -27,10 +27,10 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
     """(cases, images at `size`, facts about the set) for one image size."""
     manifest = read_manifest(run_dir / ckpt.SPLIT)
     facts = ckpt.run_facts(run_dir)
-    own_root = Path(facts["data_root"]).resolve() if "data_root" in facts else None
+    own_roots = [r.resolve() for r in ckpt.data_roots(facts)]
     # The run's own: an external set is framed and windowed as the training data was.
     framing, windows = framing_of(facts), windows_of(facts)
-    if data is None or (own_root is not None and Path(data).resolve() == own_root):
+    if data is None or Path(data).resolve() in own_roots:
         cases = manifest[manifest["split"] == "test"].reset_index(drop=True)
         decoded = decode_images(cases["path"].tolist(), size, framing=framing, windows=windows)
         if decoded.failed:
@@ -39,7 +39,7 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
         changed = [p for p, h, want in zip(decoded.paths, decoded.sha256, cases["sha256"]) if h != want]
         if changed:
             raise DatasetError(f"{len(changed)} test images changed since training (first: {changed[0]}).")
-        facts = {"kind": "test split", "source": str(own_root or "run split"), "framing": framing, "windows": windows}
+        facts = {"kind": "test split", "source": ", ".join(map(str, own_roots)) or "run split", "framing": framing, "windows": windows}
         return cases, decoded.images, facts
     external = prepare(data, size, framing=framing, split=False, windows=windows)
     seen = seen_in_training(manifest)

@@ -49,6 +49,7 @@ class Preset:
     epoch_size: int | None = None     # training images an epoch draws (None: the whole training split)
     twins: bool = False               # every phantom head with and without its bleed (core.phantom.write_dataset)
     patience: int | None = TrainConfig.patience   # epochs without a better validation AUC; None: no early stop
+    attention: float = TrainConfig.attention      # weight of the mask-attention loss (core.engine.attention)
 
 
 def demo_preset(device_type: str) -> Preset:

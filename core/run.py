@@ -50,8 +50,16 @@ def _check_split(data: Prepared, run_dir: Path, resume: bool, subtypes: bool = F
 class _Datasets:
     """The Prepared split at each input size, decoded once per size; the first writes the split."""
 
-    def __init__(self, cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared]):
+    def __init__(self, cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callable[[int], Prepared]):
         self.cfg, self.data_root, self.prepare_fn, self.by_size = cfg, data_root, prepare_fn, {}
+
+    def _facts(self, data: Prepared) -> dict:
+        """run.json: the folders the run read (with --synthetic-bleeds their painted sets, made from cfg.data)."""
+        roots = self.data_root if isinstance(self.data_root, (list, tuple)) else [self.data_root]
+        painted = bool(self.cfg.args.get("synthetic_bleeds"))
+        return {"data_roots": [str(Path(r).resolve()) for r in roots], "synthetic": self.cfg.data is None,
+                "seed": self.cfg.seed, "framing": data.framing, "windows": data.windows, "subtypes": self.cfg.subtypes,
+                "painted_from": [str(Path(d).resolve()) for d in self.cfg.data] if painted else None}
 
     def at(self, size: int) -> Prepared:
         if size not in self.by_size:
@@ -62,14 +70,7 @@ class _Datasets:
             run_dir = Path(self.cfg.out)
             _check_split(self.by_size[size], run_dir, self.cfg.resume, self.cfg.subtypes)
             if is_main():
-                painted = bool(self.cfg.args.get("synthetic_bleeds"))   # data_root: the painted set of cfg.data
-                store.write_json(run_dir / "run.json", {"data_root": str(Path(self.data_root).resolve()),
-                                                        "synthetic": self.cfg.data is None, "seed": self.cfg.seed,
-                                                        "framing": self.by_size[size].framing,
-                                                        "windows": self.by_size[size].windows,
-                                                        "subtypes": self.cfg.subtypes,
-                                                        "painted_from": str(Path(self.cfg.data).resolve())
-                                                        if painted else None})
+                store.write_json(run_dir / "run.json", self._facts(self.by_size[size]))
             skipped = len(self.by_size[size].leakage["skipped_unreadable"])
             if first and skipped and is_main():   # every size skips the same files: say it once
                 print(f"hemolens: skipped {skipped} unreadable file(s); see {run_dir / 'leakage.json'}",
@@ -112,7 +113,7 @@ def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, dev
     return cards
 
 
-def train_run(cfg: TrainConfig, data_root: str | Path, prepare_fn: Callable[[int], Prepared],
+def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callable[[int], Prepared],
               started: float | None = None) -> dict[str, dict]:
     """Train every model of cfg; returns {model: card}. `prepare_fn(size)` gives the Prepared split.
     Rank 0 keeps RUN/progress.json current for the dashboard (core.io.progress)."""

@@ -220,7 +220,7 @@ def test_train_with_synthetic_bleeds_trains_on_a_cached_painted_set(tmp_path, mo
     assert train.main(args) == 0
     facts = json.loads((tmp_path / "run" / "run.json").read_text())
     cached = list((tmp_path / "cache").iterdir())
-    assert len(cached) == 1 and facts["data_root"] == str(cached[0]) and facts["painted_from"] == str(normals.resolve())
+    assert len(cached) == 1 and facts["data_roots"] == [str(cached[0])] and facts["painted_from"] == [str(normals.resolve())]
     split = pd.read_csv(tmp_path / "run" / "split.csv")
     assert (split["label"] == 0).sum() == 48 and (split["label"] == 1).sum() == 48 * PAINTED_COPIES
     assert split.groupby("group")["split"].nunique().max() == 1

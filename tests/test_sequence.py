@@ -228,7 +228,7 @@ def test_loaded_sequence_model_reproduces_saved_predictions(gru_run):
     out, _ = gru_run
     loaded = load_network(out / "cnn_gru")
     split = read_manifest(out / "split.csv")
-    data = prepare(json.loads((out / "run.json").read_text())["data_root"], loaded.card["input_size"], seed=0)
+    data = prepare(json.loads((out / "run.json").read_text())["data_roots"], loaded.card["input_size"], seed=0)
     assert data.manifest["sha256"].tolist() == split["sha256"].tolist()
     test = np.flatnonzero(split["split"].to_numpy() == "test")
     rows = stack_indices(split, loaded.card["architecture"]["stack_size"])[test]
@@ -246,7 +246,7 @@ def test_sequence_cam_gives_one_map_per_slice(gru_run):
     out, _ = gru_run
     loaded = load_network(out / "cnn_gru")
     split = read_manifest(out / "split.csv")
-    data = prepare(json.loads((out / "run.json").read_text())["data_root"], 64, seed=0)
+    data = prepare(json.loads((out / "run.json").read_text())["data_roots"], 64, seed=0)
     centre = int(np.flatnonzero((split["split"] == "test").to_numpy() & (split["label"] == 1).to_numpy())[0])
     stack = torch.as_tensor(data.images[stack_indices(split, K)[centre]])[None, :, None]
     x = to_model_input(stack, IMAGENET_MEAN, IMAGENET_STD)

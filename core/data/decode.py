@@ -110,31 +110,49 @@ def channels_first(images: torch.Tensor) -> torch.Tensor:
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """uint8 slices (C, S, S) or `rows` stacks (K, C, S, S) with float labels; augmented per batch on the device."""
+    """uint8 slices (C, S, S) or `rows` stacks (K, C, S, S) with float labels; augmented per batch on the device.
+    With `masks` ((N, S, S) bool, one per item; all-False: none known), a batch carries them and whether each has
+    one, for a loss on where the evidence lies (core.engine.attention)."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels, device: str | torch.device = "cpu",
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, masks: np.ndarray | None = None):
         self.images = channels_first(torch.as_tensor(images).to(device))
         # Host-side indices: an integer picks a view, no gather kernel per item on a GPU-resident cache.
         self.rows = np.arange(len(self.images)) if rows is None else np.asarray(rows)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.float32).to(device)
         if len(self.labels) != len(self.rows):
             raise ValueError(f"{len(self.labels)} labels for {len(self.rows)} items")
+        self.masks = None if masks is None else torch.as_tensor(np.asarray(masks, bool)).to(device)
+        if self.masks is not None and len(self.masks) != len(self.rows):
+            raise ValueError(f"{len(self.masks)} masks for {len(self.rows)} items")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[self.rows[i]], self.labels[i]
+        item = self.images[self.rows[i]], self.labels[i]
+        return item if self.masks is None else (*item, self.masks[i], self.masks[i].any())
 
     def __getitems__(self, indices: list[int]):
         """A whole batch in one gather (one kernel on a GPU cache); pair with `collate_fn=SliceDataset.collate`."""
         rows = torch.as_tensor(self.rows[np.asarray(indices)], device=self.images.device)
-        return self.images[rows], self.labels[torch.as_tensor(indices, device=self.labels.device)]
+        picked = torch.as_tensor(indices, device=self.labels.device)
+        if self.masks is None:
+            return self.images[rows], self.labels[picked]
+        masks = self.masks[picked]
+        return self.images[rows], self.labels[picked], masks, masks.flatten(1).any(1)
 
     @staticmethod
     def collate(batch):
         return batch
+
+
+def _normalised(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """[0, 1] (B,[K,]C,S,S) -> ImageNet-normalised (B,[K,]3,S,S), grey (C = 1) repeated."""
+    x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    m = torch.tensor(mean, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(3, 1, 1)
+    return (x - m) / s
 
 
 def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -143,15 +161,22 @@ def to_model_input(batch_uint8: torch.Tensor, mean, std, generator: torch.Genera
     x = batch_uint8.float().div_(255.0)
     if generator is not None:
         x = augment_batch(x.flatten(1, -3), generator).view_as(x)
-    x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
-    m = torch.tensor(mean, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(3, 1, 1)
-    return (x - m) / s
+    return _normalised(x, mean, std)
+
+
+def to_model_input_and_masks(batch_uint8: torch.Tensor, masks: torch.Tensor, mean, std,
+                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slices (B,C,S,S) as to_model_input, and their (B,S,S) masks moved by the same rotation, zoom and flip."""
+    x = torch.cat([batch_uint8.float().div_(255.0), masks[:, None].float()], 1)
+    if generator is not None:
+        x = augment_batch(x, generator, geometric_only=1)
+    return _normalised(x[:, :-1], mean, std), x[:, -1] > 0.5
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, max_degrees: float = 15.0,
-                  zoom: tuple[float, float] = (0.9, 1.1), jitter: float = 0.1) -> torch.Tensor:
-    """Rotation, zoom, flip and brightness/contrast jitter of a (B,C,S,S) [0,1] batch, one affine grid per batch."""
+                  zoom: tuple[float, float] = (0.9, 1.1), jitter: float = 0.1, geometric_only: int = 0) -> torch.Tensor:
+    """Rotation, zoom, flip and brightness/contrast jitter of a (B,C,S,S) [0,1] batch, one affine grid per batch;
+    the last `geometric_only` channels (masks) are moved alike but not jittered."""
     b = x.shape[0]
     rand = torch.rand(b, 5, generator=generator, device=generator.device).to(x.device)
     angle = (rand[:, 0] * 2 - 1) * math.radians(max_degrees)
@@ -164,4 +189,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, max_degrees: floa
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     contrast = (1 + (rand[:, 3] * 2 - 1) * jitter).view(b, 1, 1, 1)
     brightness = ((rand[:, 4] * 2 - 1) * jitter).view(b, 1, 1, 1)
-    return (out * contrast + brightness).clamp_(0.0, 1.0)
+    jittered = out[:, :out.shape[1] - geometric_only]
+    jittered.mul_(contrast).add_(brightness).clamp_(0.0, 1.0)
+    return out

@@ -113,10 +113,9 @@ def _order_dicom_series(table: pd.DataFrame, decoded: DecodedSet) -> None:
     table.loc[ordered.index, "slice_index"] = ordered.groupby("uid").cumcount()
 
 
-def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = None, framing: str = "none",
-            split: bool = True, windows: str = "brain") -> Prepared:
-    """The decoded, grouped and split dataset; `split=False` (an external set, all of it evaluated): every case
-    in split "external", however few or unbalanced its groups."""
+def _source_table(root: str | Path, size: int, seed: int, workers: int | None, framing: str, split: bool,
+                  windows: str) -> tuple[pd.DataFrame, DecodedSet, list]:
+    """One dataset folder decoded, grouped and split: (table, decoded, near-duplicate pairs)."""
     table = discover(root)
     table[FLAG_COLUMNS] = subtype_flags(table)
     decoded: DecodedSet = decode_images(table["path"].tolist(), size, workers, framing, windows)
@@ -142,6 +141,39 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
                                                      table.loc[train, "group"].to_numpy(), seed, parts=("val",))
     else:
         table["split"] = split_groups(table["label"].to_numpy(), table["group"].to_numpy(), seed)
+    return table, decoded, pairs
+
+
+def source_names(roots: list[str | Path]) -> list[str]:
+    """A short name per pooled folder (its own name, numbered where two share one): ids and groups are prefixed
+    with it, so two sources' files never share an id or a group."""
+    names = [Path(r).expanduser().resolve().name for r in roots]
+    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+
+
+def _pooled(parts: list[tuple[pd.DataFrame, DecodedSet, list]], names: list[str]):
+    """Several sources' tables as one: ids and groups prefixed with the source, a `dataset` column, pairs offset."""
+    tables, pairs, failed, offset = [], [], {}, 0
+    for name, (table, decoded, source_pairs) in zip(names, parts):
+        tables.append(table.assign(dataset=name, id=name + "/" + table["id"].astype(str),
+                                   group=name + "/" + table["group"].astype(str)))
+        pairs += [(i + offset, j + offset, dp, dd) for i, j, dp, dd in source_pairs]
+        failed.update(decoded.failed)
+        offset += len(table)
+    return pd.concat(tables, ignore_index=True), np.concatenate([d.images for _, d, _ in parts]), pairs, failed
+
+
+def prepare(root: str | Path | list, size: int, seed: int = 0, workers: int | None = None, framing: str = "none",
+            split: bool = True, windows: str = "brain") -> Prepared:
+    """The decoded, grouped and split dataset; `split=False` (an external set, all of it evaluated): every case
+    in split "external", however few or unbalanced its groups. Several folders are pooled: each is grouped and
+    split on its own (its given split honoured), so no group spans two sources."""
+    roots = list(root) if isinstance(root, (list, tuple)) else [root]
+    parts = [_source_table(r, size, seed, workers, framing, split, windows) for r in roots]
+    if len(parts) == 1:
+        (table, decoded, pairs), images, failed = parts[0], parts[0][1].images, parts[0][1].failed
+    else:
+        table, images, pairs, failed = _pooled(parts, source_names(roots))
     for part in ("train", "val", "test") if split else ():
         labels = table.loc[table["split"] == part, "label"]
         if labels.nunique() < 2:
@@ -149,7 +181,7 @@ def prepare(root: str | Path, size: int, seed: int = 0, workers: int | None = No
                                "add images or provide a balanced split.")
     extras = [c for c in table.columns if c not in MANIFEST_COLUMNS + ["given_split", "group_hint"]]
     manifest = table[MANIFEST_COLUMNS + extras]
-    return Prepared(manifest, decoded.images, leakage_report(manifest, pairs, decoded.failed), size, framing=framing,
+    return Prepared(manifest, images, leakage_report(manifest, pairs, failed), size, framing=framing,
                     windows=windows)
 
 

@@ -31,7 +31,7 @@ def split_parts(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
 def dataset_facts(cfg: TrainConfig, manifest: pd.DataFrame, part: dict[str, np.ndarray]) -> dict:
     """The card's "dataset": where the data came from and images / hemorrhages per split."""
     labels = manifest["label"].to_numpy()
-    return {"source": cfg.data or "synthetic phantoms",
+    return {"source": ", ".join(cfg.data) if cfg.data else "synthetic phantoms",
             "counts": {s: {"n": int(len(part[s])), "hemorrhage": int(labels[part[s]].sum())} for s in SPLITS}}
 
 

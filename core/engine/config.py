@@ -33,12 +33,14 @@ class TrainConfig:
     seed: int = 0
     pretrained: bool = False
     weights_dir: str | None = None
+    init_from: str | None = None        # a run folder whose verified weights each network starts from (core.engine.init)
     resume: bool = False
-    data: str | None = None
+    data: list[str] | None = None       # the --data folder(s), pooled; None: synthetic phantoms
     framing: str = "none"               # core.io.framing: "head" crops every slice to its head before resizing
     windows: str = "brain"              # core.io.imaging.WINDOW_SETS: the HU windows a slice becomes, one per channel
     sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
+    attention: float = 0.0              # weight of the loss on Grad-CAM evidence outside training bleeds' masks; 0: off
     subtypes: bool = False              # networks get a multi-label head: any hemorrhage + the five subtypes
     per_model: dict = field(default_factory=dict)   # {model: {field: value}} replacing the above for one model
     args: dict = field(default_factory=dict)   # the command line as given, recorded in cards

@@ -13,13 +13,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from core.data.decode import SliceDataset, channels_first, to_model_input
 from core.data.splits import Prepared, subtype_targets
 from core.data.truth import stored_masks
+from core.engine.attention import MaskAttentionLoss
 from core.engine.budget import planned_epochs
 from core.engine.cards import (add_subtype_metrics, dataset_facts, history_frame, input_windows, model_card,
                                predictions_frame, scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
+from core.engine.init import starting_weights
 from core.engine.loop import MaskedBCE, evaluate, lr_factor, set_dropout, short_run_batch_norm, train_one_epoch
 from core.io import store
-from core.explain.cam import DEFAULT_TOLERANCE_PX, cam_layer_on_truth
+from core.explain.cam import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE, cam_layer_on_truth
 from core.nets.build import cam_sides, choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
@@ -77,7 +79,11 @@ def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture:
     model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, num_outputs=len(cfg.outputs),
                          **architecture).to(device)
     model.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
-    if not model.pretrained_loaded:
+    if cfg.init_from:   # verified against this network before the run began (core.engine.init.check_init_from)
+        start = starting_weights(cfg.init_from, name, cfg, architecture)
+        model.load_state_dict(start.state)
+        model.init_from = start.source
+    elif not model.pretrained_loaded:
         init_from_scratch(model)
     short_run_batch_norm(model)
     set_dropout(model, cfg.dropout)
@@ -109,7 +115,10 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
     plan = [cfg.epochs]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, max(1, int(cfg.warmup_epochs * steps)), plan[0] * steps))
-    loss_fn = MaskedBCE.balanced(train_ds.labels).to(device)
+    loss_fn = MaskedBCE.balanced(train_ds.labels)
+    if train_ds.masks is not None:   # masks are carried only for the attention loss (training_masks)
+        loss_fn = MaskAttentionLoss(loss_fn, model, int(train_ds.images.shape[-1]), cfg.attention)
+    loss_fn = loss_fn.to(device)
     trainee = DistributedDataParallel(model) if world > 1 else model
     return Session(name, cfg, device, model, trainee, optimizer, scheduler, loader, loss_fn, steps, plan,
                    model.pretrained_loaded, numerics, numerics_record)
@@ -121,7 +130,7 @@ def pick_numerics(name: str, model: torch.nn.Module, train_ds: SliceDataset, cfg
     rank takes rank 0's choice."""
     if cfg.numerics != "auto":
         return Numerics(cfg.numerics), {"choice": cfg.numerics, "asked": True}
-    images, labels = train_ds.__getitems__(list(range(min(cfg.batch_size, len(train_ds)))))
+    images, labels, *_ = train_ds.__getitems__(list(range(min(cfg.batch_size, len(train_ds)))))
     x = to_model_input(images.to(device), IMAGENET_MEAN, IMAGENET_STD)
     numerics, record = choose_numerics(model, x, labels.to(device).nan_to_num(0), device, key=f"{name} {sorted(architecture.items())}")
     chosen = NUMERICS[int(agree(NUMERICS.index(numerics.name), device))]
@@ -218,16 +227,42 @@ def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, devi
     part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
     targets = subtype_targets(data.manifest) if cfg.subtypes else labels   # (N, 6) with NaN, or (N,)
     on_device = device if device.type == "cuda" else torch.device("cpu")
-    train_ds = SliceDataset(data.images, targets[part["train"]], on_device, rows=rows[part["train"]])
+    train_ds = SliceDataset(data.images, targets[part["train"]], on_device, rows=rows[part["train"]],
+                            masks=training_masks(data, part["train"], name) if cfg.attention and rows.ndim == 1 else None)
     session = build_session(name, train_ds, cfg, device, architecture)
     progress = resume(session, model_dir) if cfg.resume else Progress()
     started = time.perf_counter() - sum(h["seconds"] for h in progress.history)
     run_epochs(session, progress, data, labels[part["val"]], rows[part["val"]], ResumeSaver(model_dir))
+    if isinstance(session.loss_fn, MaskAttentionLoss):
+        session.loss_fn.remove()
     train_seconds = time.perf_counter() - started
     session.model.load_state_dict(progress.best_state)
     if not is_main():
         return {}
     return finish_network(session, progress, data, model_dir, rows, train_seconds, architecture)
+
+
+def training_masks(data: Prepared, train: np.ndarray, name: str) -> np.ndarray | None:
+    """(n_train, S, S) bool: each training hemorrhage's stored bleed mask (painted sets, phantoms), all-False where
+    it has none; None (and a line saying so) when no training bleed has one: the attention loss has nothing to use."""
+    if "train_masks" not in data.derived:   # read once a run, whichever network asks first
+        bleeds = train[data.manifest["label"].to_numpy()[train] == 1]
+        found = stored_masks(data.manifest["path"].iloc[bleeds].tolist(), data.image_size, data.framing)
+        masks = np.zeros((len(train), data.image_size, data.image_size), bool)
+        where = {row: k for k, row in enumerate(train)}
+        for i, mask in found.items():
+            masks[where[bleeds[i]]] = mask
+        data.derived["train_masks"] = masks if found else None
+    if data.derived["train_masks"] is None and is_main():
+        print(f"{name}: no training hemorrhage has a bleed mask; trained without the attention loss", flush=True)
+    return data.derived["train_masks"]
+
+
+def attention_record(loss_fn: torch.nn.Module) -> dict | None:
+    """The card's training.attention: the mask-attention loss's weight and CAM layer, or None when off."""
+    if not isinstance(loss_fn, MaskAttentionLoss):
+        return None
+    return {"weight": loss_fn.weight, "layer": loss_fn.layer, "map": "gradcam of output 0, relu, outside the mask"}
 
 
 CAM_TRUTH_BLEEDS = (10, 48)   # validation bleeds with masks a CAM layer is chosen on: at least, at most (seconds)
@@ -256,7 +291,7 @@ def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.
     chosen = cam["layers"][0]
     finer = {side: layer for layer, side in sides.items() if side > sides[chosen]}   # the deepest of each size
     options = [chosen, *(finer[side] for side in sorted(finer)[:CAM_LAYER_OPTIONS - 1])]
-    tolerance = DEFAULT_TOLERANCE_PX * data.image_size / 256   # the phantom scale core.explain's slack is set on
+    tolerance = DEFAULT_TOLERANCE_PX * data.image_size / TOLERANCE_SIDE   # the phantom scale core.explain's slack is set on
     best, scores = cam_layer_on_truth(model, name, x, [masks[i] for i in found], options, tolerance)
     model.cam_layer_names = [best]
     return {**cam, "layers": [best], "cells": sides[best],
@@ -279,7 +314,9 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
                 "run_budget_s": cfg.run_budget_s, "seconds": train_seconds, "augment": cfg.augment,
                 "epoch_size": cfg.epoch_size,   # None: every epoch was the whole training split
                 "recipe": cfg.per_model.get(name, {}),   # the preset's settings for this model alone
+                "attention": attention_record(session.loss_fn),
                 "device": str(device), "numerics": session.numerics_record, "pretrained": session.pretrained_loaded, "seed": cfg.seed,
+                "init_from": getattr(model, "init_from", None),   # {"run", "weights_sha256"} it started from
                 "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
                 "args": cfg.recorded_args()}
     card = model_card(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.data.decode import to_model_input
+from core.data.decode import to_model_input, to_model_input_and_masks
 from core.engine.config import is_main
 from core.metrics.binary import auc_or_nan
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
@@ -87,15 +87,20 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
     bar = tqdm(itertools.islice(loader, steps), total=steps, desc=desc, leave=False,
                disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
-    for images, labels in bar:
+    for images, labels, *masks in bar:   # masks: (masks, has_mask) where the dataset carries them
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
+        masks = [m.to(device, non_blocking=True) for m in masks]
+        if masks:
+            x, masks[0] = to_model_input_and_masks(images, masks[0], IMAGENET_MEAN, IMAGENET_STD,
+                                                   generator=gen if augment else None)
+        else:
+            x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
         x = numerics.input(x)
         got_data = time.perf_counter()
         targets = labels.reshape(len(labels), -1)   # (B, outputs), NaN where unknown; output 0 is hemorrhage
         with numerics.autocast(device):
             logits = model(x).float().reshape(targets.shape)
-        loss = loss_fn(logits, targets)
+        loss = loss_fn(logits, targets, *masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -48,8 +48,8 @@ def _gallery(path: Path, images, masks, subtypes, panels: dict, method: str, til
 def run_difficulty(run: Path, default=(0.2, 0.8)) -> tuple[float, float]:
     """The difficulty range of the phantoms a run was trained on (their labels.csv), else `default`."""
     facts = ckpt.run_facts(run)
-    labels = Path(facts.get("data_root", "")) / "labels.csv"
-    table = pd.read_csv(labels) if facts and labels.is_file() else pd.DataFrame()
+    labels = [root / "labels.csv" for root in ckpt.data_roots(facts) if (root / "labels.csv").is_file()]
+    table = pd.concat(map(pd.read_csv, labels)) if facts and labels else pd.DataFrame()
     if "difficulty" not in table:   # not a phantom set
         return default
     return float(table["difficulty"].min()), float(table["difficulty"].max())

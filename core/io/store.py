@@ -111,6 +111,12 @@ def run_facts(run_dir: str | Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def data_roots(facts: dict) -> list[Path]:
+    """The dataset folders a run read (run.json's `data_roots`; one `data_root` in runs written before pooling)."""
+    roots = facts.get("data_roots", [facts["data_root"]] if "data_root" in facts else [])
+    return [Path(r) for r in roots]
+
+
 def read_json(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())

@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.io.framing import framing_of
 from core.io.imaging import WINDOW_SETS, windows_of
+from core.io.store import data_roots
 from dashboard.frame import REPO, Run, require_run
 from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
@@ -98,9 +99,9 @@ manifest = split_manifest(*run.key)
 manifest = manifest.assign(**{"class": manifest["label"].map({0: "normal", 1: "hemorrhage"})})
 facts = run_json(*run.key, "run.json")
 st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
-           + (f", from `{facts['data_root']}`" if "data_root" in facts else "")
+           + (f", from {', '.join(f'`{r}`' for r in data_roots(facts))}" if data_roots(facts) else "")
            + (" (synthetic phantoms)" if facts.get("synthetic") else "")
-           + (f": the normal slices of `{facts['painted_from']}` beside copies with hemorrhages painted in "
+           + (f": the normal slices of {', '.join(f'`{r}`' for r in facts['painted_from'])} beside copies with hemorrhages painted in "
               "(core.insert), each pair in one split" if facts.get("painted_from") else "") + "."
            + (" Every slice was framed to its head (table and letters blanked) before resizing, in training, "
               "evaluation and on the Scan page." if framing_of(facts) == "head" else "")
