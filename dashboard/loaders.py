@@ -16,7 +16,9 @@ import streamlit as st
 from scipy import ndimage
 
 from core.data.splits import read_manifest
-from core.data.truth import bleed_mask
+from core.data.discover import DatasetError
+from core.data.layouts import box_mask
+from core.data.truth import bhx_files, bleed_mask, boxes_by_slice, sop_instance_uid
 from core.families.base import Predictor
 from core.inference import load_predictor, unavailable_models
 from core.io import store as ckpt
@@ -270,13 +272,19 @@ def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.nd
     return cam(run.cards[model]["weights_sha256"], str(run.path / model), image, method)
 
 
-def outline(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 0)) -> np.ndarray:
-    """RGB copy of a grey uint8 image (a window set's brain window) with the mask border drawn in colour (green, as in
-    core.explain.cam.overlay)."""
+def outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """RGB copy of a grey uint8 image (a window set's brain window) with the mask border drawn in the truth colour
+    of core.explain.cam.overlay (MASK_COLOUR, green)."""
     rgb = np.repeat(display_grey(image)[..., None], 3, axis=2)
     if mask is not None and mask.any():
-        rgb[mask & ~ndimage.binary_erosion(mask)] = colour
+        rgb[mask & ~ndimage.binary_erosion(mask)] = explain_api().MASK_COLOUR
     return rgb
+
+
+def peak_note(heat: np.ndarray, mask: np.ndarray | None) -> str:
+    """A map's caption ending: whether its peak hit the true bleed (core.explain.cam.peak_on_bleed); "" without one."""
+    hit = explain_api().peak_on_bleed(heat, mask)
+    return "" if hit is None else " · ✓ peak on the bleed" if hit else " · ✗ peak off the bleed"
 
 
 def run_framing(run: Run) -> str:
@@ -295,13 +303,34 @@ def framed(image: np.ndarray, mask: np.ndarray | None, framing: str) -> tuple[np
     return out[0], (None if mask is None else out[1])
 
 
+# Kept once per process, not copied per call as cache_data would: CQ500's BHX CSVs hold tens of thousands of boxes.
+@st.cache_resource(show_spinner=False, max_entries=8)
+def bhx_boxes(folder: str) -> dict[str, pd.DataFrame]:
+    """SOPInstanceUID -> that slice's boxes, from the BHX CSVs kept in `folder`; {} where one is not a BHX CSV."""
+    try:
+        return boxes_by_slice(bhx_files(folder))
+    except DatasetError:
+        return {}
+
+
+def slice_truth(path: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """A slice's bleed mask: its stored mask (core.data.truth.bleed_mask), else its BHX boxes where a folder above it
+    keeps BHX CSVs (as CQ500's top folder does); None without either."""
+    mask = bleed_mask(path, shape)
+    folder = None if mask is not None else next((p for p in Path(path).parents if bhx_files(p)), None)
+    boxes = bhx_boxes(str(folder)) if folder else {}
+    uid = sop_instance_uid(path) if boxes else None
+    return box_mask(boxes[uid], shape) if uid in boxes else mask
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def case_image(path: str, framing: str = "none",
                windows: str = "brain") -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """(image, bleed mask or None, error sentence) for a file (or volume slice) named in split.csv, windowed and
-    framed as the run's models saw it."""
+    framed as the run's models saw it; the mask is slice_truth's, None where it outlines nothing (a normal slice)."""
     try:
         image = load_scan(path, windows).image
     except ScanError as err:
         return None, None, f"{Path(path).name}: {err}"
-    return framed(image, bleed_mask(path, image.shape[:2]), framing) + ("",)
+    image, mask = framed(image, slice_truth(path, image.shape[:2]), framing)
+    return image, (mask if mask is not None and mask.any() else None), ""

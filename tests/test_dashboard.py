@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
+from core.data.layouts import BHX_FILES, box_mask
+from core.data.truth import mask_file
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import ScanError
@@ -25,6 +28,7 @@ from core.phantom.generate import generate_slice, render
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
 from conftest import TINY_RUN_CAM_MODELS, TINY_RUN_MODELS
+from dashboard.loaders import case_image
 
 MODELS = TINY_RUN_MODELS
 PATIENT = "Doe^Secret"
@@ -283,6 +287,59 @@ def test_errors_page_lists_mistakes_and_shows_a_case_on_request(run_dir):
     assert not at.image, "images load only on request"
     at.toggle(key="err_show").set_value(True).run()  # a 1-epoch model always errs somewhere
     assert ok(at).image and at.image[0].captions[0].startswith("Input")
+
+PEAK = ("peak on the bleed", "peak off the bleed")
+
+def masked_and_normal(run_dir) -> tuple[str, str]:
+    """A test case whose phantom mask holds a bleed, and a normal one (its mask empty)."""
+    rows = split_rows(run_dir, "resnet18")
+    bleeds = [r.id for r in rows.itertuples() if r.label == 1 and np.asarray(Image.open(mask_file(r.path))).any()]
+    return bleeds[0], rows.loc[rows["label"] == 0, "id"].iloc[0]
+
+def peak_captions(at: AppTest) -> list[str]:
+    return [c for image in at.image for c in image.captions if any(p in c for p in PEAK)]
+
+def test_scan_page_says_for_every_network_whether_its_peak_hit_the_true_bleed(run_dir):
+    bleed, normal = masked_and_normal(run_dir)
+    at = ok(page("scan"))
+    at.radio(key="scan_source").set_value("test").run()
+    at.selectbox(key="scan_case").set_value(bleed).run()
+    assert "green: true bleed outline" in ok(at).image[0].captions[0]
+    assert len(peak_captions(at)) == len(TINY_RUN_CAM_MODELS) == len(at.image) - 1   # one under every map
+    at.selectbox(key="scan_case").set_value(normal).run()
+    assert not peak_captions(ok(at)) and "green" not in at.image[0].captions[0]   # no mask: nothing extra
+
+def test_errors_page_says_for_every_network_whether_its_peak_hit_the_true_bleed(run_dir, tmp_path, monkeypatch):
+    shutil.copytree(run_dir, tmp_path / run_dir.name)
+    for model, youden in (("resnet18", 0.0), ("mobilenet_v2", 2.0)):   # opposite calls: every case a disagreement
+        card = json.loads((tmp_path / run_dir.name / model / ckpt.CARD).read_text())
+        card["thresholds"]["youden"] = youden
+        (tmp_path / run_dir.name / model / ckpt.CARD).write_text(json.dumps(card))
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(tmp_path))
+    bleed, normal = masked_and_normal(run_dir)
+    at = ok(page("errors"))
+    at.selectbox(key="err_case").set_value(bleed).run()
+    at.toggle(key="err_show").set_value(True).run()
+    assert ok(at).image[0].captions[0] == "Input (green: true bleed)"
+    assert len(peak_captions(at)) == len(TINY_RUN_CAM_MODELS) == len(at.image) - 1
+    at.selectbox(key="err_case").set_value(normal).run()
+    assert not peak_captions(ok(at)) and at.image[0].captions[0] == "Input"
+
+def test_a_case_is_outlined_with_the_bhx_boxes_kept_above_it(tmp_path):
+    """A CQ500-like slice with no stored mask takes its BHX boxes, joined by SOPInstanceUID, from the CSV of a folder
+    above it; a slice the CSV does not name has no outline."""
+    hu = generate_slice(np.random.default_rng(2), 64, None, 0.2).hu
+    series = tmp_path / "CQ500CT7 CQ500CT7" / "Unknown Study" / "CT PLAIN THIN"
+    series.mkdir(parents=True)
+    (series / "CT000001.dcm").write_bytes(ct_dicom(hu))
+    (series / "CT000002.dcm").write_bytes(ct_dicom(hu))
+    uid = pydicom.dcmread(series / "CT000001.dcm").SOPInstanceUID
+    (tmp_path / BHX_FILES[0]).write_text(",SOPInstanceUID,SeriesInstanceUID,StudyInstanceUID,data,labelName,labelType\n"
+                                         f"0,{uid},1.2.3,1.2,\"{{'x': 10, 'y': 12, 'width': 8, 'height': 6}}\",Subdural,Box\n")
+    image, mask, problem = case_image(str(series / "CT000001.dcm"))
+    boxes = pd.DataFrame({"x": [10.0], "y": [12.0], "width": [8.0], "height": [6.0]})
+    assert not problem and mask.tolist() == box_mask(boxes, image.shape).tolist()
+    assert case_image(str(series / "CT000002.dcm"))[1] is None
 
 def test_data_page_counts_leakage_and_galleries(run_dir):
     at = ok(page("data"))

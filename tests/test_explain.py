@@ -24,8 +24,8 @@ from core.nets.build import LoadedModel, cam_layers, cam_sides, choose_cam_layer
 from core.nets.cnn import CNNS, CNNBuild
 from core.explain.__main__ import main, run_difficulty
 from core.explain.cam import (METHOD_NAMES, METHODS, MASK_COLOUR, Explanation, cam_batch, explain_image,
-                              faithfulness, localization_scores, overlay, phantom_cases, phantom_images,
-                              score_localization)
+                              faithfulness, localization_scores, overlay, peak_on_bleed, phantom_cases,
+                              phantom_images, score_localization)
 from core.nets.build import create_model
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.registry import CNN_NAMES
@@ -197,6 +197,27 @@ def test_overlay_draws_the_mask_contour():
     assert plain[0, 59, 0] > plain[0, 59, 2] and plain[0, 0, 2] > plain[0, 0, 0]   # jet: hot red, cold blue
     with pytest.raises(ValueError, match="does not match"):
         overlay(image, cam[:, :50])
+
+
+def _peak_at(shape: tuple[int, int], y: int, x: int) -> np.ndarray:
+    cam = np.zeros(shape, np.float32)
+    cam[y, x] = 1.0
+    return cam
+
+
+def test_peak_on_bleed_is_the_pointing_game_at_the_tolerance_scaled_to_the_map():
+    mask = np.zeros((32, 32), bool)
+    mask[10:14, 10:14] = True                 # right edge at x = 13; tolerance 8 px * 32 / 256 = 1 px
+    assert peak_on_bleed(_peak_at((32, 32), 12, 11), mask) is True     # inside
+    assert peak_on_bleed(_peak_at((32, 32), 12, 14), mask) is True     # 1 px outside: within tolerance
+    assert peak_on_bleed(_peak_at((32, 32), 12, 15), mask) is False    # 2 px outside
+    assert peak_on_bleed(_peak_at((32, 32), 30, 30), mask) is False    # far outside
+    wide = np.pad(mask, ((0, 0), (0, 32)))    # 32 x 64: the padded side is 64, so 2 px
+    assert peak_on_bleed(_peak_at((32, 64), 12, 15), wide) is True
+    assert peak_on_bleed(_peak_at((32, 64), 12, 16), wide) is False
+    assert peak_on_bleed(np.full((32, 32), 0.5, np.float32), mask) is False   # a flat map points nowhere
+    assert peak_on_bleed(_peak_at((32, 32), 12, 11), None) is None
+    assert peak_on_bleed(_peak_at((32, 32), 12, 11), np.zeros((32, 32), bool)) is None   # a normal slice
 
 
 def test_localization_scores_on_hand_made_maps():

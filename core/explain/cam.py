@@ -34,6 +34,7 @@ SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, t
 RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
 MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
 DEFAULT_TOLERANCE_PX = 8   # pointing-game slack on a 256 px phantom, one for every model (Zhang et al. use 15 px)
+TOLERANCE_SIDE = 256       # the side DEFAULT_TOLERANCE_PX is set on; other sizes scale it (core.engine.fit)
 
 
 @contextmanager
@@ -202,6 +203,15 @@ def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float 
     return {"pointing_game": float(cam.max() > cam.min() and distance <= tolerance),
             "energy_in_mask": float(cam[mask].sum()) / total if total > 0 else 0.0,
             "iou": float((hot & mask).sum() / (hot | mask).sum())}
+
+
+def peak_on_bleed(cam: np.ndarray, mask: np.ndarray | None) -> bool | None:
+    """Whether one map's peak hits the true bleed: the pointing game with DEFAULT_TOLERANCE_PX scaled to the map's
+    padded side, as core.engine.fit.pick_cam_layers scales it; None where there is no mask or it is empty."""
+    if mask is None or not np.any(mask):
+        return None
+    tolerance = DEFAULT_TOLERANCE_PX * max(np.shape(cam)) / TOLERANCE_SIDE
+    return localization_scores(cam, mask, tolerance=tolerance)["pointing_game"] == 1.0
 
 
 def cam_layer_on_truth(model, model_name: str, x: torch.Tensor, masks: list[np.ndarray], layers: list[str],

@@ -5,8 +5,8 @@ import streamlit as st
 from core.families import family_of_card
 from core.report import PRESETS
 from dashboard.frame import dataset_text, preset, require_dataset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, run_framing,
-                               run_windows, test_probs, truth as truth_of)
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, peak_note,
+                               run_framing, run_windows, test_probs, truth as truth_of)
 
 run = require_run()
 st.title("Errors")
@@ -55,9 +55,10 @@ for m in [m for m in models if family_of_card(run.cards[m]).explained_by_cam]:
         st.warning(f"**{run.display(m)}**: unavailable: {err}")
         continue
     heat = cam_for(run, m, image, "gradcam")[0]
-    tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}",
-                  explain.overlay(image, heat, mask=mask)))
+    tiles.append((f"{run.display(m)}: {cases.at[case, m]:.1%} → {'hemorrhage' if calls.at[case, m] else 'normal'}"
+                  + peak_note(heat, mask), explain.overlay(image, heat, mask=mask)))
 for start in range(0, len(tiles), 4):
     for col, (caption, tile) in zip(st.columns(4), tiles[start:start + 4]):
         col.image(tile, caption=caption, width="stretch")
-st.caption("Grad-CAM of the hemorrhage output at 40% opacity; the Scan page offers the other methods.")
+st.caption("Grad-CAM of the hemorrhage output at 40% opacity, the true bleed outlined in green where the dataset "
+           "knows it, with whether each map's peak fell on it; the Scan page offers the other methods.")

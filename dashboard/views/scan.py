@@ -17,8 +17,8 @@ from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
 from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, model_for,
-                               outline, read_scan, run_framing, run_windows, test_metrics, test_probs, truth as truth_of,
-                               upload_side)
+                               outline, peak_note, read_scan, run_framing, run_windows, test_metrics, test_probs,
+                               truth as truth_of, upload_side)
 
 
 def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
@@ -141,7 +141,7 @@ else:
                            help="Higher: smaller bleeds, closer to brain density.")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="ph_seed")
     phantom = generate_slice(np.random.default_rng(int(seed)), 256, subtype or None, difficulty)
-    image, mask = render(phantom.hu, windows), phantom.mask
+    image, mask = render(phantom.hu, windows), (phantom.mask if phantom.mask.any() else None)   # a normal: no outline
     facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
 
 if source != "test" and run_framing(run) != "none":   # test cases come framed from case_image
@@ -202,12 +202,16 @@ def cam_grid():
         for col, (_, r) in zip(st.columns(3), explained.iloc[start:start + 3].iterrows()):
             heat, secs = cam_for(run, r["model"], image, method)
             col.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
-                      caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s")
+                      caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s"
+                      + peak_note(heat, mask))
 
 
 st.subheader("Where the models look")
 st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
-           "the bleed is; compare with the green outline of the true bleed on phantoms. A sequence model's map "
-           "here is of this slice seen alone (a stack of one). Classical models have no map: their permutation feature "
-           "importances are on the Model cards page; ensembles inherit their members' explanations.")
+           "the bleed is. Where the dataset knows the bleed (phantoms, painted sets, CT-ICH masks, BHX boxes) it is "
+           "outlined in green on every map, and each map says whether its peak fell on it (core.explain's pointing "
+           f"game: within {explain_api().DEFAULT_TOLERANCE_PX} px on a {explain_api().TOLERANCE_SIDE} px slice, "
+           "scaled with its size). A sequence model's map here is of this slice seen alone (a stack of one). "
+           "Classical models have no map: their permutation feature importances are on the Model cards page; "
+           "ensembles inherit their members' explanations.")
 cam_grid()
