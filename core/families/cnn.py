@@ -14,7 +14,7 @@ from core.engine.fit import fit_network
 from core.families.base import Cases, Family, Predictor
 from core.io.framing import framing_of
 from core.nets.build import load_network, output_names
-from core.nets.cnn import head_architecture
+from core.engine.init import planned_architecture
 from core.nets.numerics import usable
 from core.nets.predict import predict_outputs
 
@@ -51,7 +51,7 @@ class CNNFamily(Family):
     explained_by_cam = True
 
     def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
-        return fit_network(name, data, cfg, run_dir, device, architecture=head_architecture(name, cfg.head))
+        return fit_network(name, data, cfg, run_dir, device, architecture=planned_architecture(name, cfg))
 
     def load(self, model_dir: str | Path, device: str | torch.device = "cpu") -> NetworkPredictor:
         loaded = load_network(model_dir, device)

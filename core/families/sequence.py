@@ -9,19 +9,19 @@ from core.data.splits import Prepared
 from core.data.stacks import stack_indices
 from core.engine.config import TrainConfig
 from core.engine.fit import fit_network
+from core.engine.init import planned_architecture
 from core.families.cnn import CNNFamily
-from core.nets.sequence import DEFAULT_HIDDEN
 
 
 class SequenceFamily(CNNFamily):
     key = "sequence"
 
     def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
-        architecture = {"backbone": cfg.sequence_backbone, "stack_size": cfg.stack_size, "hidden": DEFAULT_HIDDEN}
         rows = stack_indices(data.manifest, cfg.stack_size)
         split = data.manifest["split"].to_numpy()
         assert (split[rows] == split[:, None]).all(), "a stack mixes splits"
-        return fit_network(name, data, cfg, run_dir, device, rows=rows, architecture=architecture)
+        return fit_network(name, data, cfg, run_dir, device, rows=rows,
+                           architecture=planned_architecture(name, cfg))
 
     def input_line(self, card: dict) -> str:
         stack = card.get("architecture", {})
