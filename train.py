@@ -105,8 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_names(args: argparse.Namespace, preset: Preset) -> list[str]:
     """The models asked for (default: the preset's); SystemExit(2) with one line for unknown ones."""
-    names = (list(preset.models) if args.models is None else list(REGISTRY) if args.models == ["all"]
-             else args.models)
+    default = PAINTED_RECIPE["models"] if args.synthetic_bleeds else preset.models
+    names = list(default) if args.models is None else list(REGISTRY) if args.models == ["all"] else args.models
     unknown = [m for m in names if m not in REGISTRY]
     if unknown:
         print(f"hemolens: unknown model(s) {', '.join(unknown)}; available: {', '.join(REGISTRY)}", file=sys.stderr)

@@ -21,6 +21,7 @@ from core.io.framing import framing_of
 from core.nets.build import load_network
 from core.nets.numerics import usable
 from core.nets.predict import predict_probs
+from core.presets import PAINTED_RECIPE
 
 from conftest import TINY_RUN_MODELS
 
@@ -412,9 +413,11 @@ def test_a_budget_pays_for_the_resume_writes(monkeypatch):
 
 def test_the_painted_recipe_trains_at_its_measured_batch_on_a_gpu_too():
     cfg = train.resolve_config(train.parse_args(["--data", "x", "--synthetic-bleeds"]), train.demo_preset("cuda"),
-                               ["resnet18"])
+                               list(PAINTED_RECIPE["models"]))
     assert (cfg.batch_size, cfg.image_size, cfg.epochs, cfg.patience) == (16, 128, 24, None)
     assert cfg.per_model == {"mobilenet_v2": {"lr": 2e-3}}   # the painted recipe's own rate for MobileNetV2
+    args = train.parse_args(["--data", "x", "y", "--synthetic-bleeds"])
+    assert train.model_names(args, train.demo_preset("cpu")) == list(PAINTED_RECIPE["models"]) == cfg.models
     assert train.resolve_config(train.parse_args(["--data", "x", "--synthetic-bleeds", "--lr", "1e-3"]),
                                 train.demo_preset("cpu"), ["mobilenet_v2"]).per_model == {}
     plain = train.resolve_config(train.parse_args(["--data", "x"]), train.demo_preset("cuda"), ["resnet18"])
