@@ -51,7 +51,7 @@ def test_the_attention_loss_pushes_a_networks_evidence_into_the_mask():
     x, targets = torch.randn(4, 3, 64, 64), torch.ones(4, 1)
     masks = torch.zeros(4, 64, 64, dtype=torch.bool)
     masks[:, 8:24, 40:56] = True
-    loss_fn = MaskAttentionLoss(NoClassification(), model, 64, weight=1.0)   # the attention term alone
+    loss_fn = MaskAttentionLoss(NoClassification(), model, 64, weight=1.0, called_only=False)   # the attention term alone
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     shares = []
     for _ in range(8):
@@ -61,8 +61,15 @@ def test_the_attention_loss_pushes_a_networks_evidence_into_the_mask():
         optimizer.step()
         shares.append(loss.item())
     assert loss_fn.layer == "layer2" and shares[-1] < shares[0] / 2   # 0.90 -> 0.23 here
-    # Without masks the loss is the classification loss alone, and the hook is gone after remove().
+    # Without masks, or by default on bleeds the network does not call yet, the loss is the classification loss alone.
     assert loss_fn(model(x), targets).item() == 0.0
+    loss_fn.called_only = True
+    with torch.no_grad():
+        model.fc.bias.fill_(-100.0)   # every image called normal
+    assert loss_fn(model(x), targets, masks, torch.ones(4, dtype=torch.bool)).item() == 0.0
+    with torch.no_grad():
+        model.fc.bias.fill_(100.0)
+    assert loss_fn(model(x), targets, masks, torch.ones(4, dtype=torch.bool)).item() > 0.0
     loss_fn.remove()
     assert loss_fn.activations is None and not model.layer2._forward_hooks
 

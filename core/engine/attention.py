@@ -27,13 +27,15 @@ def mask_on_grid(masks: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
 
 
 class MaskAttentionLoss(torch.nn.Module):
-    """The classification loss plus `weight` x the mean outside_evidence of the batch's bleeds with a mask, from a
-    hook on the network's CAM layer (the depth rule's, choose_cam_layers). Called as the loop's loss_fn:
+    """The classification loss plus `weight` x the mean outside_evidence of the batch's bleeds with a mask (those the
+    network calls, logit > 0, with `called_only`), from a hook on the network's CAM layer (the depth rule's, choose_cam_layers). Called as the loop's loss_fn:
     (logits, targets) without masks, (logits, targets, masks, has_mask) with them."""
 
-    def __init__(self, classification: torch.nn.Module, model: torch.nn.Module, input_size: int, weight: float):
+    def __init__(self, classification: torch.nn.Module, model: torch.nn.Module, input_size: int, weight: float,
+                 called_only: bool = True):
         super().__init__()
         self.classification, self.weight, self.activations = classification, weight, None
+        self.called_only = called_only
         model.cam_layer_names = choose_cam_layers(model, input_size)["layers"]
         self.layer = model.cam_layer_names[0]
         self.handle = cam_layers(model)[0].register_forward_hook(self._keep)
@@ -45,13 +47,15 @@ class MaskAttentionLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor | None = None,
                 has_mask: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.classification(logits, targets)
-        if masks is None or not bool(has_mask.any()):
+        # Only bleeds the network already calls: asked where it looks before it can find any, it learns neither.
+        judged = has_mask & (logits[:, 0].detach() > 0) if self.called_only else has_mask
+        if masks is None or not bool(judged.any()):
             return loss
         acts = self.activations
         grads, = torch.autograd.grad(logits[:, 0].sum(), acts, create_graph=True)
         cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1).float()   # Grad-CAM before its ReLU
         inside = mask_on_grid(masks, cam.shape[-2:])
-        return loss + self.weight * outside_evidence(cam[has_mask], inside[has_mask]).mean()
+        return loss + self.weight * outside_evidence(cam[judged], inside[judged]).mean()
 
     def remove(self) -> None:
         """Unhook (the trained network is saved and explained without it)."""

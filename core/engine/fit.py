@@ -262,7 +262,8 @@ def attention_record(loss_fn: torch.nn.Module) -> dict | None:
     """The card's training.attention: the mask-attention loss's weight and CAM layer, or None when off."""
     if not isinstance(loss_fn, MaskAttentionLoss):
         return None
-    return {"weight": loss_fn.weight, "layer": loss_fn.layer, "map": "gradcam of output 0, relu, outside the mask"}
+    return {"weight": loss_fn.weight, "layer": loss_fn.layer, "map": "gradcam of output 0, relu, outside the mask",
+            "on": "training bleeds the network calls (logit > 0)" if loss_fn.called_only else "every training bleed"}
 
 
 CAM_TRUTH_BLEEDS = (10, 48)   # validation bleeds with masks a CAM layer is chosen on: at least, at most (seconds)
