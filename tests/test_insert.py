@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from core.data.splits import prepare, seen_in_training
 from core.insert.__main__ import main
 from core.insert.anatomy import PARENCHYMA_HU, estimate_intensity, read_anatomy
-from core.insert.lesions import BLOOD_HU, SUBTYPES, paint_bleed
+from core.insert.lesions import BLOOD_HU, DENSITY_HU, SUBTYPES, paint_bleed
 from core.insert.write import copies_per_normal, source_slices, write_painted
-from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, GREY, SKULL, VENTRICLE, WHITE
+from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, FALX, GREY, SKULL, VENTRICLE, WHITE
 from core.phantom.generate import render, write_dataset
 from core.presets import PAINTED_COPIES
 
@@ -23,11 +24,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256
 
 
-def normal_phantoms(n: int = 6, seed: int = 3):
+def normal_phantoms(n: int = 6, seed: int = 3, hard_negatives=None):
     """Normal phantom slices (HU, tissue truth) from central slices of ventricle-bearing heads."""
     from core.phantom.generate import generate_stack
     rng = np.random.default_rng(seed)
-    return [generate_stack(rng, SIZE, 5, None, 0.3, i)[2] for i in range(n)]
+    return [generate_stack(rng, SIZE, 5, None, 0.3, i, hard_negatives=hard_negatives)[2] for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def truth(slice_):
     inside = ~np.isin(t, [0, 1, SKULL, DIPLOE])   # air, scalp and bone are outside the intracranial space
     inside = ndimage.binary_fill_holes(~np.isin(t, [0, 1])) & inside
     return {"inside": inside, "ventricle": t == VENTRICLE, "brain": np.isin(t, [GREY, WHITE, EDEMA]),
-            "csf": np.isin(t, [CSF, VENTRICLE]), "bone": np.isin(t, [SKULL, DIPLOE, BONE])}
+            "csf": np.isin(t, [CSF, VENTRICLE]), "bone": np.isin(t, [SKULL, DIPLOE, BONE]), "falx": t == FALX}
 
 
 def test_window_estimate_recovers_the_brain_window(phantoms):
@@ -110,6 +111,144 @@ def test_painted_density_is_acute_blood(phantoms, is_hu):
             assert BLOOD_HU[0] - 5 <= inside <= BLOOD_HU[1] + 5
         else:   # the true window maps 50-90 HU to grey 159-255; the estimated one lands close
             assert 255 * BLOOD_HU[0] / 80 - 25 <= inside <= 255
+
+
+def painted(phantoms, subtype: str, is_hu: bool, difficulties=(0.0, 0.5, 1.0)):
+    """Each phantom painted with `subtype` at each difficulty, where it fits: (slice, anatomy, Painted)."""
+    for i, s in enumerate(phantoms):
+        values = s.hu if is_hu else render(s.hu)
+        a = read_anatomy(values, is_hu, FOV_MM_PX if is_hu else None)
+        for k, d in enumerate(difficulties):
+            p = paint_bleed(a, values, subtype, np.random.default_rng(100 * i + k), d)
+            if p is not None:
+                yield s, a, p
+
+
+def across_falx(s) -> np.ndarray:
+    """Every pixel's signed distance (px) from the phantom's true falx line."""
+    rows, cols = np.nonzero(truth(s)["falx"])
+    _, vectors = np.linalg.eigh(np.cov(np.stack([cols, rows]).astype(float)))
+    x, y = vectors[:, 1]
+    r, c = np.indices(s.tissue.shape)
+    return (r - rows.mean()) * x - (c - cols.mean()) * y
+
+
+def table_profile(s, mask: np.ndarray):
+    """The blood along the true inner table, leaving out what lies beside the falx: per 3 degree bin about the
+    intracranial centre over the arc it covers, its deepest and shallowest distance from the table (mm), and the
+    arc's length along the table (mm)."""
+    t, spacing = truth(s), s.pixel_spacing_mm
+    depth = ndimage.distance_transform_edt(t["inside"]) * spacing
+    rows, cols = np.nonzero(mask & (ndimage.distance_transform_edt(~t["falx"]) * spacing > 5))
+    cy, cx = ndimage.center_of_mass(t["inside"])
+    bins = ((np.degrees(np.arctan2(rows - cy, cols - cx)) + 180) // 3).astype(int) % 120
+    deep, shallow = np.zeros(120), np.full(120, np.inf)
+    np.maximum.at(deep, bins, depth[rows, cols])
+    np.minimum.at(shallow, bins, depth[rows, cols])
+    covered = np.roll(deep > 0, -int(np.argmin(deep > 0)))   # from an empty bin on: the arc is one run
+    run = np.flatnonzero(covered)
+    arc = (np.arange(run[0], run[-1] + 1) + int(np.argmin(deep > 0))) % 120
+    length = len(arc) * np.radians(3) * float(np.hypot(rows - cy, cols - cx).mean()) * spacing
+    return deep[arc], shallow[arc], length
+
+
+@pytest.mark.parametrize("subtype", ["epidural", "subdural"])
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_extra_axial_blood_lies_against_the_inner_table(phantoms, subtype, is_hu):
+    """Epidural and subdural blood fills the intracranial space from the inner table inward, all along its arc
+    (its end bins, binned about the centre rather than along the table's normals, aside), and never enters a
+    ventricle; a subdural crescent stays on one side of the falx."""
+    count = 0
+    for s, a, p in painted(phantoms, subtype, is_hu):
+        t, m = truth(s), p.mask
+        count += 1
+        assert not (m & ~ndimage.binary_dilation(t["inside"], iterations=2)).any() and not (m & t["bone"]).any()
+        assert not (m & t["ventricle"]).any()
+        deep, shallow, _ = table_profile(s, m)
+        assert (shallow[1:-1][deep[1:-1] > 0] <= 3).all(), "blood that leaves the inner table (between its ends)"
+        labels, n = ndimage.label(m)
+        bone_mm = ndimage.distance_transform_edt(~t["bone"]) * s.pixel_spacing_mm
+        assert all(bone_mm[labels == k].min() <= 5 for k in range(1, n + 1)), "every part reaches the table"
+        if subtype == "subdural":
+            side = across_falx(s)[m & (ndimage.distance_transform_edt(~t["falx"]) * s.pixel_spacing_mm > 5)]
+            assert (side > 0).all() or (side < 0).all(), "a subdural crescent does not cross the falx"
+    assert count >= len(phantoms)
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_epidural_is_a_short_lens_and_subdural_a_long_thin_crescent(phantoms, is_hu):
+    """An epidural covers at most a third of a hemisphere's convexity (60 degrees), thicker in its middle than at
+    its ends and thick for its length (at most 10 times longer than thick); a subdural runs over 50 degrees or more,
+    at most 20 mm thick, at least 6 times longer than thick."""
+    for s, _, p in painted(phantoms, "epidural", is_hu):
+        deep, _, length = table_profile(s, p.mask)
+        k = max(1, len(deep) // 5)
+        middle, ends = np.median(deep[len(deep) // 3: 2 * len(deep) // 3 + 1]), np.median(np.r_[deep[:k], deep[-k:]])
+        assert 3 * len(deep) <= 60 and middle >= 1.2 * ends and deep.max() >= length / 10
+    for s, _, p in painted(phantoms, "subdural", is_hu):
+        deep, _, length = table_profile(s, p.mask)
+        assert 3 * len(deep) >= 50 and deep.max() <= 20 and length >= 6 * deep.max()
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_intraventricular_blood_layers_in_the_dependent_horns(phantoms, is_hu):
+    """Blood inside the lateral ventricles, filling each below one horizontal level: their dependent (posterior,
+    lower) part."""
+    count = 0
+    for s, _, p in painted(phantoms, "intraventricular", is_hu):
+        t, m = truth(s), p.mask
+        count += 1
+        assert (m & ndimage.binary_dilation(t["ventricle"])).sum() >= 0.95 * m.sum()
+        rows = np.indices(m.shape)[0]
+        labels, _ = ndimage.label(t["ventricle"])
+        holding = np.isin(labels, np.unique(labels[m & t["ventricle"]])) & (labels > 0)
+        below = ndimage.binary_erosion(holding) & (rows > rows[m].min() + 1)
+        assert (below & m).sum() >= 0.9 * below.sum(), "a horizontal level, the ventricle full below it"
+        assert rows[m].mean() > rows[holding].mean(), "the dependent part"
+    assert count >= len(phantoms) // 2
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_subarachnoid_blood_fills_sulci_and_cisterns_in_thin_lines(is_hu):
+    """Without streak artifacts, whose dark bands read as CSF (docs/NOTES.md), the blood lies in the sulci."""
+    phantoms = normal_phantoms(hard_negatives=("pineal", "choroid", "skull_base"))
+    count = 0
+    for s, _, p in painted(phantoms, "subarachnoid", is_hu):
+        t, m = truth(s), p.mask
+        count += 1
+        assert (m & ndimage.binary_dilation(t["csf"] & ~t["ventricle"])).sum() >= 0.85 * m.sum()
+        assert (m & t["ventricle"]).sum() <= 0.05 * m.sum()
+        half_width = ndimage.distance_transform_edt(m)[m] * s.pixel_spacing_mm
+        assert np.percentile(half_width, 90) <= 2.5, "lines in sulci, not blobs"
+    assert count >= len(phantoms)
+
+
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_intraparenchymal_blood_is_a_compact_clot_in_one_hemisphere(phantoms, is_hu):
+    count = 0
+    for s, _, p in painted(phantoms, "intraparenchymal", is_hu):
+        t, m = truth(s), p.mask
+        count += 1
+        assert (m & t["brain"]).sum() >= 0.8 * m.sum() and (m & (t["brain"] | t["csf"])).sum() >= 0.95 * m.sum()
+        assert (m & t["ventricle"]).sum() <= 0.01 * m.sum(), "clear of the ventricles but for horn tips too thin"
+        assert (ndimage.distance_transform_edt(t["inside"]) * s.pixel_spacing_mm)[m].min() > 2
+        side = across_falx(s)[m]
+        assert (side > -1).all() or (side < 1).all(), "it does not cross the falx"
+        assert m.sum() >= 0.8 * convex_hull_image(m).sum(), "round to oval, lobulated at most"
+    assert count >= len(phantoms)
+
+
+@pytest.mark.parametrize("subtype", SUBTYPES)
+@pytest.mark.parametrize("is_hu", [True, False], ids=["HU", "windowed"])
+def test_each_subtypes_blood_has_its_density(phantoms, subtype, is_hu):
+    """Inside the mask the slice reads the subtype's acute-blood density (HU, or the grey of the window the painter
+    estimated), give or take the slice's noise."""
+    lo, hi = DENSITY_HU[subtype]
+    for _, a, p in painted(phantoms, subtype, is_hu):
+        hu = p.values[p.mask] if is_hu else a.intensity.to_hu(p.values[p.mask])
+        spread = 3 * a.noise_hu + (0 if is_hu else 1 / a.intensity.scale)
+        assert lo <= p.blood_hu <= hi and lo - 1 <= np.median(hu) <= hi + 1
+        assert lo - spread <= np.percentile(hu, 5) and np.percentile(hu, 95) <= hi + spread
 
 
 def phantom_normals(root: Path, n: int = 12) -> Path:

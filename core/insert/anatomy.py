@@ -8,8 +8,10 @@ and sulci) lie ~25 HU below it; the scale is clamped to windows 40-160 HU wide.
 Anatomy (a heuristic, tested on phantoms whose truth is known): the head is core.io.framing's; bone is what the
 window saturates, or nearly (or > 120 HU); the intracranial space is the largest hole the closed skull encloses (at the
 skull base, where the ring is open, the head eroded by the scalp and bone); ventricles are CSF-dark regions of
-some size in its central part; sulci are CSF-dark pixels within 15 mm of the inner table; the parenchyma is the
-rest at soft-tissue density. Pixel size: the DICOM's, else a 150 mm wide head.
+some size in its central part that no sulcus joins to the surface; sulci are the other CSF-dark regions (sulci,
+fissures, cisterns) that reach the surface or are large. CSF is read after a slight smoothing, so that noise does not
+pass for it, and is neither the air the ring encloses at the skull base nor a streak artifact's dark band. The
+parenchyma is the rest at soft-tissue density. Pixel size: the DICOM's, else a 150 mm wide head.
 """
 from __future__ import annotations
 
@@ -28,6 +30,14 @@ BONE_HU = 120.0
 CSF_BELOW_HU = 20.0          # darker than this inside the skull: CSF (ventricles, sulci, cisterns)
 SOFT_HU = (15.0, 55.0)       # parenchyma
 MIN_VENTRICLE_MM2 = 25.0
+CSF_SMOOTH_MM = 0.6          # CSF is read on the slice smoothed this much: single noisy pixels are not sulci
+MIN_SULCUS_MM2 = 2.0         # smaller CSF-dark specks left after smoothing are noise,
+MIN_CISTERN_MM2 = 12.0       # and so are those up to this size that never reach the brain's surface: no sulcus
+SURFACE_MM = 3.0             # CSF this close to the inner table lies on the brain's surface
+MAX_SULCUS_SPAN_MM = 60.0    # a CSF-dark band reaching the surface at points further apart is a streak artifact
+NOISE_SMOOTH_PX = 2.0        # the slice's noise: what this smoothing removes (a 3x3 median misses JPEG-blurred grain)
+AIR_HU = -100.0              # sinus and mastoid air the skull ring encloses at its base (HU input)
+AIR_GREY = 3                 # the same in a windowed slice: the window's floor, where air saturates
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ class Anatomy:
     ventricles: np.ndarray
     sulci: np.ndarray
     parenchyma: np.ndarray
-    depth_mm: np.ndarray        # float32: distance from the inner table, inside
+    depth_mm: np.ndarray        # float32: distance from the inner table, inside (calcified holes do not count)
     noise_hu: float             # the slice's pixel noise (robust std of the high-pass), HU
 
     @property
@@ -107,16 +117,33 @@ def intracranial(head: np.ndarray, bone: np.ndarray, px_per_mm: float) -> np.nda
     return ndimage.binary_opening(inside, disk(1))
 
 
-def ventricles_of(inside: np.ndarray, csf: np.ndarray, depth_mm: np.ndarray, px_mm: float) -> np.ndarray:
-    """CSF-dark regions of at least MIN_VENTRICLE_MM2 whose centre lies deep (> 35 % of the deepest point)."""
-    dark = ndimage.binary_opening(csf & (depth_mm > 0.2 * depth_mm.max()), disk(1))
-    labels, n = ndimage.label(dark)
-    keep = np.zeros(n + 1, bool)
-    for index, region in enumerate(ndimage.find_objects(labels), start=1):
-        part = labels[region] == index
-        deep = depth_mm[region][part].mean() > 0.35 * depth_mm.max()
-        keep[index] = deep and part.sum() * px_mm ** 2 >= MIN_VENTRICLE_MM2
-    return keep[labels] & inside
+def ventricles_of(csf: np.ndarray, depth_mm: np.ndarray, px_mm: float) -> np.ndarray:
+    """CSF regions of at least MIN_VENTRICLE_MM2 whose centre lies deep (> 35 % of the deepest point) and which stay
+    clear of the cortex (> 20 %): a region that reaches it is a sulcus, fissure or cistern open to the surface."""
+    labels, n = ndimage.label(ndimage.binary_opening(csf, disk(2)))   # threads (streaks, thin sulci) do not join
+    index = np.arange(1, n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:] * px_mm ** 2
+    deepest = float(depth_mm.max())
+    keep = ((area >= MIN_VENTRICLE_MM2) & (ndimage.mean(depth_mm, labels, index) > 0.35 * deepest)
+            & (ndimage.minimum(depth_mm, labels, index) > 0.2 * deepest))
+    return np.concatenate([[False], keep])[labels]
+
+
+def sulci_of(csf: np.ndarray, ventricles: np.ndarray, depth_mm: np.ndarray, px_mm: float) -> np.ndarray:
+    """The CSF regions outside the ventricles that are sulci (reaching the surface), fissures or cisterns (large); not
+    a ventricle's rim, nor the dark band of a beam-hardening streak, which runs on into a ventricle or reaches the
+    surface at points further apart than any sulcus (MAX_SULCUS_SPAN_MM)."""
+    labels, n = ndimage.label(csf & ~ventricles)
+    index = np.arange(1, n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:] * px_mm ** 2
+    at_surface = np.where(depth_mm < SURFACE_MM, labels, 0)
+    span = np.hypot(*(ndimage.maximum(axis, at_surface, index) - ndimage.minimum(axis, at_surface, index)
+                      for axis in np.indices(csf.shape))) * px_mm
+    reaches = ndimage.minimum(depth_mm, labels, index) < SURFACE_MM
+    by_ventricle = np.isin(index, labels[ndimage.binary_dilation(ventricles)])
+    keep = ((area >= MIN_SULCUS_MM2) & (reaches | (area >= MIN_CISTERN_MM2)) & (span <= MAX_SULCUS_SPAN_MM)
+            & ~by_ventricle)
+    return np.concatenate([[False], keep])[labels]
 
 
 def bone_grey(head_values: np.ndarray) -> float:
@@ -136,11 +163,13 @@ def read_anatomy(image: np.ndarray, is_hu: bool, spacing_mm: float | None = None
     inside = intracranial(head, bone, 1 / px_mm)
     intensity = HU_INTENSITY if is_hu else estimate_intensity(grey, inside)
     hu = np.asarray(image, np.float32) if is_hu else intensity.to_hu(grey)
-    depth_mm = ndimage.distance_transform_edt(inside).astype(np.float32) * px_mm
-    csf = inside & (hu < CSF_BELOW_HU)
-    ventricles = ventricles_of(inside, csf, depth_mm, px_mm) if inside.any() else np.zeros_like(inside)
-    sulci = csf & ~ventricles & (depth_mm < 15)
+    depth_mm = ndimage.distance_transform_edt(ndimage.binary_fill_holes(inside)).astype(np.float32) * px_mm
+    smooth = ndimage.gaussian_filter(hu, CSF_SMOOTH_MM / px_mm)
+    air = smooth < (AIR_HU if is_hu else intensity.to_hu(AIR_GREY))
+    csf = inside & (smooth < CSF_BELOW_HU) & ~ndimage.binary_dilation(air, disk(round(1 / px_mm)))
+    ventricles = ventricles_of(csf, depth_mm, px_mm) if inside.any() else np.zeros_like(inside)
+    sulci = sulci_of(csf, ventricles, depth_mm, px_mm)
     parenchyma = inside & ~csf & (hu >= SOFT_HU[0]) & (hu <= SOFT_HU[1])
-    high_pass = hu - ndimage.median_filter(hu, 3)
+    high_pass = hu - ndimage.gaussian_filter(hu, NOISE_SMOOTH_PX)
     noise = 1.4826 * float(np.median(np.abs(high_pass[parenchyma]))) if parenchyma.any() else 3.0
     return Anatomy(hu, intensity, float(px_mm), head, bone, inside, ventricles, sulci, parenchyma, depth_mm, noise)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from scipy import ndimage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from tqdm import tqdm
 
-from core.data.decode import decode_images
+from core.data.decode import decode_images, framed_square
 from core.data.discover import DatasetError, discover
 from core.data.splits import assign_groups, near_duplicate_pairs
 from core.insert.anatomy import read_anatomy
@@ -147,8 +146,8 @@ def _write_slice(folder: Path, kind: str, slice_id: str, values, painted, is_hu:
 
 
 def write_grid(painted: str | Path, path: str | Path, tile: int = 256) -> None:
-    """A look test: one row per subtype, the real normal slice, its painted copy, and the copy with the bleed
-    outlined in green (the first painted slice of each subtype in labels.csv)."""
+    """A look test: one row per subtype (the first painted slice of each in labels.csv), each panel framed to the
+    head: the real normal slice, its painted copy, and the copy with its mask outlined in green."""
     painted = Path(painted)
     labels = pd.read_csv(painted / "labels.csv", dtype={"id": str})
     rows = []
@@ -160,9 +159,9 @@ def write_grid(painted: str | Path, path: str | Path, tile: int = 256) -> None:
         files = {kind: next(painted.rglob(f"{kind}/{name}.*")) for kind, name in
                  (("normal", slice_id.rsplit("_b", 1)[0]), ("hemorrhage", slice_id), ("masks", slice_id))}
         normal, bleed = (load_scan(files[k]).image for k in ("normal", "hemorrhage"))
-        mask = load_scan(files["masks"]).image > 127
-        outlined = np.repeat(bleed[..., None], 3, axis=2)
-        outlined[mask & ~ndimage.binary_erosion(mask)] = (0, 255, 0)
-        panels = [np.repeat(normal[..., None], 3, axis=2), np.repeat(bleed[..., None], 3, axis=2), outlined]
-        rows.append(np.concatenate([np.asarray(Image.fromarray(q).resize((tile, tile))) for q in panels], axis=1))
+        normal = framed_square(normal, tile, "head")[0]
+        bleed, mask = framed_square(bleed, tile, "head", load_scan(files["masks"]).image > 127)
+        panels = [np.repeat(grey[..., None], 3, axis=2) for grey in (normal, bleed, bleed)]
+        panels[2][mask & ~ndimage.binary_erosion(mask)] = (0, 255, 0)
+        rows.append(np.concatenate(panels, axis=1))
     write_png(Path(path), np.concatenate(rows, axis=0))
