@@ -130,3 +130,11 @@ def test_a_pooled_run_with_the_attention_loss_records_both(two_sources, tmp_path
                        "--numerics", "fp32", "--out", str(plain)]) == 0
     assert store.load_card(plain / "resnet18")["training"]["attention"] is None
     assert json.loads((plain / "run.json").read_text())["data_roots"] == [str(two_sources[0].resolve())]
+
+
+def test_the_attention_loss_is_refused_under_torchrun_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train.main(["--models", "resnet18", "--attention", "1", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "hemolens: --attention is not supported under torchrun yet; train on one process"]
+    assert not (tmp_path / "run").exists()
