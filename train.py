@@ -166,7 +166,8 @@ def main(argv=None) -> int:
         if args.pretrained and args.init_from:
             raise SystemExit("hemolens: --pretrained and --init-from both choose the starting weights; give one")
         cfg = resolve_config(args, preset, names)
-        if cfg.attention and int(os.environ.get("WORLD_SIZE", "1")) > 1:   # double backward under DDP's gradient hooks: untested
+        # A double backward through DDP's gradient hooks is untested.
+        if cfg.attention and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("hemolens: --attention is not supported under torchrun yet; train on one process")
         check_init_from(cfg)   # every network, before anything is trained or written
     except SystemExit as stop:   # a bad flag: one line already printed, or in the exit's message

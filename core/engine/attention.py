@@ -28,7 +28,8 @@ def mask_on_grid(masks: torch.Tensor, side: tuple[int, int]) -> torch.Tensor:
 
 class MaskAttentionLoss(torch.nn.Module):
     """The classification loss plus `weight` x the mean outside_evidence of the batch's bleeds with a mask (those the
-    network calls, logit > 0, with `called_only`), from a hook on the network's CAM layer (the depth rule's, choose_cam_layers). Called as the loop's loss_fn:
+    network calls, logit > 0, with `called_only`), from a hook on the network's CAM layer (the depth rule's,
+    choose_cam_layers). Called as the loop's loss_fn:
     (logits, targets) without masks, (logits, targets, masks, has_mask) with them."""
 
     def __init__(self, classification: torch.nn.Module, model: torch.nn.Module, input_size: int, weight: float,

@@ -228,7 +228,8 @@ def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, devi
     targets = subtype_targets(data.manifest) if cfg.subtypes else labels   # (N, 6) with NaN, or (N,)
     on_device = device if device.type == "cuda" else torch.device("cpu")
     train_ds = SliceDataset(data.images, targets[part["train"]], on_device, rows=rows[part["train"]],
-                            masks=training_masks(data, part["train"], name) if cfg.attention and rows.ndim == 1 else None)
+                            masks=training_masks(data, part["train"], name)
+                            if cfg.attention and rows.ndim == 1 else None)
     session = build_session(name, train_ds, cfg, device, architecture)
     progress = resume(session, model_dir) if cfg.resume else Progress()
     started = time.perf_counter() - sum(h["seconds"] for h in progress.history)
@@ -292,7 +293,7 @@ def pick_cam_layers(model: torch.nn.Module, name: str, data: Prepared, rows: np.
     chosen = cam["layers"][0]
     finer = {side: layer for layer, side in sides.items() if side > sides[chosen]}   # the deepest of each size
     options = [chosen, *(finer[side] for side in sorted(finer)[:CAM_LAYER_OPTIONS - 1])]
-    tolerance = DEFAULT_TOLERANCE_PX * data.image_size / TOLERANCE_SIDE   # the phantom scale core.explain's slack is set on
+    tolerance = DEFAULT_TOLERANCE_PX * data.image_size / TOLERANCE_SIDE   # the scale core.explain's slack is set on
     best, scores = cam_layer_on_truth(model, name, x, [masks[i] for i in found], options, tolerance)
     model.cam_layer_names = [best]
     return {**cam, "layers": [best], "cells": sides[best],
