@@ -39,7 +39,8 @@ def evaluation_cases(run_dir: Path, data: str | None, size: int) -> tuple[pd.Dat
         changed = [p for p, h, want in zip(decoded.paths, decoded.sha256, cases["sha256"]) if h != want]
         if changed:
             raise DatasetError(f"{len(changed)} test images changed since training (first: {changed[0]}).")
-        facts = {"kind": "test split", "source": ", ".join(map(str, own_roots)) or "run split", "framing": framing, "windows": windows}
+        facts = {"kind": "test split", "source": ", ".join(map(str, own_roots)) or "run split", "framing": framing,
+                 "windows": windows}
         return cases, decoded.images, facts
     external = prepare(data, size, framing=framing, split=False, windows=windows)
     seen = seen_in_training(manifest)

@@ -33,7 +33,7 @@ class TrainConfig:
     seed: int = 0
     pretrained: bool = False
     weights_dir: str | None = None
-    init_from: str | None = None        # a run folder whose verified weights each network starts from (core.engine.init)
+    init_from: str | None = None        # a run whose verified weights each network starts from (core.engine.init)
     resume: bool = False
     data: list[str] | None = None       # the --data folder(s), pooled; None: synthetic phantoms
     framing: str = "none"               # core.io.framing: "head" crops every slice to its head before resizing

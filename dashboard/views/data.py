@@ -101,7 +101,8 @@ facts = run_json(*run.key, "run.json")
 st.caption(f"{len(manifest)} images in the split manifest (split.csv) of run **{run.path.name}**"
            + (f", from {', '.join(f'`{r}`' for r in data_roots(facts))}" if data_roots(facts) else "")
            + (" (synthetic phantoms)" if facts.get("synthetic") else "")
-           + (f": the normal slices of {', '.join(f'`{r}`' for r in facts['painted_from'])} beside copies with hemorrhages painted in "
+           + (f": the normal slices of {', '.join(f'`{r}`' for r in facts['painted_from'])} beside copies with "
+              "hemorrhages painted in "
               "(core.insert), each pair in one split" if facts.get("painted_from") else "") + "."
            + (" Every slice was framed to its head (table and letters blanked) before resizing, in training, "
               "evaluation and on the Scan page." if framing_of(facts) == "head" else "")
