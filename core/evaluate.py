@@ -13,7 +13,7 @@ from core.metrics import binary as M
 from core.data.discover import DatasetError
 from core.data.decode import decode_images
 from core.data.layouts import FLAG_COLUMNS, FLAGS
-from core.inference import load_predictor, predict_outputs_all
+from core.inference import domain_scores_all, load_predictor, predict_outputs_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest, seen_in_training
 from core.io.framing import framing_of
@@ -89,6 +89,15 @@ def subtype_aucs(cases: pd.DataFrame, outputs: np.ndarray) -> dict:
     return M.auc_per_output(FLAGS, cases[FLAG_COLUMNS].to_numpy(dtype=float), outputs[:, 1:])
 
 
+def domain_summary(predictor, scores: np.ndarray | None) -> dict | None:
+    """The share of the cases out of a model's training domain (core.metrics.domain); None without a check."""
+    if scores is None:
+        return None
+    unusual = predictor.domain.unusual(scores)
+    return {"out_of_domain": float(unusual.mean()), "n_out": int(unusual.sum()), "n": int(len(scores)),
+            "threshold": predictor.domain.threshold, "pass_rate": predictor.card["domain"]["pass_rate"]}
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str] | None = None,
                  bootstrap: int = 1000, device: str = "cpu") -> dict:
     """Predictions and a metrics report for every model of a run (see module docstring)."""
@@ -112,6 +121,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
     cases, _, facts = by_size[sizes[0]]
     outputs = predict_outputs_all(predictors, images_at, manifest=cases)
     probs = {name: o[:, 0] for name, o in outputs.items()}
+    domain = domain_scores_all({n: predictors[n] for n in names}, images_at, cases)
     y = cases["label"].to_numpy()
     per_model, predictions = {}, []
     for name in names:
@@ -127,10 +137,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
             "scan": M.scan_metrics(cases.get("series"), y, prob, card["thresholds"]),
             "subtypes": subtype_aucs(cases, outputs[name]),
             "latency": card.get("latency"), "params": card.get("params"),
+            "domain": domain_summary(predictors[name], domain.get(name)),
         }
-        predictions.append(cases.assign(model=name, prob=prob)[["model", "split", "id", "path", "label", "prob"]
-                                                               + [c for c in ("subtype", "bleed_area_mm2", "source",
-                                                                              "series") if c in cases]])
+        scored = cases.assign(model=name, prob=prob, domain_score=domain.get(name, np.nan))
+        predictions.append(scored[["model", "split", "id", "path", "label", "prob", "domain_score"]
+                                  + [c for c in ("subtype", "bleed_area_mm2", "source", "series") if c in cases]])
     preds = pd.concat(predictions, ignore_index=True)
     best = max(per_model, key=lambda m: np.nan_to_num(per_model[m]["metrics"]["default"]["roc_auc"], nan=-1))
     wide = preds.pivot_table(index="path", columns="model", values="prob")
@@ -169,6 +180,10 @@ def main(argv=None) -> int:
     else:
         where = write_report(report, Path(args.out))["report.md"].parent
     print((where / "report.md").read_text())
+    outside = [f"{m['display_name']} {m['domain']['out_of_domain']:.0%}" for m in report["models"].values()
+               if m.get("domain")]
+    if outside:
+        print("Cases outside each model's training domain (core.metrics.domain): " + ", ".join(outside) + ".")
     print(f"Stored the evaluation in {where}.")
     return 0
 

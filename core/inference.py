@@ -1,5 +1,6 @@
-"""Any saved model, whatever its family: which can be trusted (`unavailable_models`), loading (`load_predictor`)
-and P(hemorrhage) per case (`predict_all`; every output of a subtypes head: `predict_outputs_all`)."""
+"""Any saved model, whatever its family: which can be trusted (`unavailable_models`), loading (`load_predictor`),
+P(hemorrhage) per case (`predict_all`; every output of a subtypes head: `predict_outputs_all`) and how unlike its
+training data each case is (`fit_domain_check` at training time, `domain_scores_all`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +10,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.data.decode import resize_square
+from core.data.features import FEATURE_NAMES, extract_features
+from core.data.splits import Prepared
+from core.engine.cards import split_parts
 from core.families import family_of_card
 from core.families.base import Cases, Predictor
 from core.io import store
+from core.io.imaging import display_grey
+from core.metrics.domain import MAX_FIT_CASES, PASS_RATE, DomainModel, fit_domain
+
+RUN_DOMAIN = "domain.json"   # beside RUN/domain.safetensors: the run's image domain check (fit_image_domain)
 
 
 def model_problem(model_dir: str | Path, card: dict) -> str:
@@ -39,8 +48,90 @@ def unavailable_models(run_dir: str | Path, cards: dict[str, dict]) -> dict[str,
 
 
 def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """The model in model_dir, its files verified against the card's sha256 before use."""
-    return family_of_card(store.load_card(model_dir)).load(model_dir, device)
+    """The model in model_dir, its files verified against the card's sha256 before use, with its domain check's
+    statistics where the card records them (verified alike)."""
+    predictor = family_of_card(store.load_card(model_dir)).load(model_dir, device)
+    if facts := predictor.card.get("domain"):
+        tensors = store.load_weights(Path(model_dir) / store.DOMAIN, facts.get("sha256"))
+        predictor.domain = DomainModel.from_tensors({k: v.numpy() for k, v in tensors.items()})
+    return predictor
+
+
+def _cases_of(data: Prepared, rows: np.ndarray) -> Cases:
+    """Some rows of a prepared split as cases, resized only for a model that reads another size."""
+    images = data.images[rows]
+    return Cases(lambda size: images if size == data.image_size else np.stack([resize_square(i, size)
+                                                                                for i in images]),
+                 data.manifest.iloc[rows].reset_index(drop=True))
+
+
+def fit_domain_check(model_dir: str | Path, data: Prepared, device: str | torch.device = "cpu",
+                     seed: int = 0) -> dict:
+    """Fit the saved model's domain check on its run's training split (a seeded sample of at most MAX_FIT_CASES),
+    calibrated on the validation split; writes domain.safetensors and the card's "domain"; returns the card
+    (unchanged for a model with no features of its own: an ensemble)."""
+    predictor = load_predictor(model_dir, device)
+    part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
+    train = np.random.default_rng(seed).permutation(part["train"])[:MAX_FIT_CASES]
+    features = predictor.domain_features(_cases_of(data, train))
+    if features is None:
+        return predictor.card
+    domain = fit_domain(features, labels[train], predictor.domain_features(_cases_of(data, part["val"])))
+    digest = store.save_weights(Path(model_dir) / store.DOMAIN,
+                                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
+    card = {**predictor.card, "domain": {
+        "method": "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance (Lee et al. 2018)",
+        "features": int(features.shape[1]), "fitted_on": {"split": "train", "n": int(len(train))},
+        "calibrated_on": {"split": "val" if len(part["val"]) else "train", "n": int(len(domain.validation))},
+        "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}}
+    store.write_json(Path(model_dir) / store.CARD, card)
+    return card
+
+
+def _image_features(images: np.ndarray) -> np.ndarray:
+    return extract_features(np.stack([display_grey(i) for i in images]))
+
+
+def fit_image_domain(run_dir: str | Path, data: Prepared, seed: int = 0) -> dict:
+    """The run's own domain check, whatever its models: the same statistics on the hand-crafted image features
+    (core.data.features: intensities, texture, shape) of its training split, at its first image size. Writes
+    RUN/domain.safetensors and RUN/domain.json; returns the facts."""
+    part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
+    train = np.random.default_rng(seed).permutation(part["train"])[:MAX_FIT_CASES]
+    domain = fit_domain(_image_features(data.images[train]), labels[train], _image_features(data.images[part["val"]]))
+    digest = store.save_weights(Path(run_dir) / store.DOMAIN,
+                                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
+    facts = {"method": "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance, on "
+                       f"{len(FEATURE_NAMES)} hand-crafted image features", "image_size": data.image_size,
+             "fitted_on": {"split": "train", "n": int(len(train))},
+             "calibrated_on": {"split": "val" if len(part["val"]) else "train", "n": int(len(domain.validation))},
+             "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}
+    store.write_json(Path(run_dir) / RUN_DOMAIN, facts)
+    return facts
+
+
+def image_domain(run_dir: str | Path) -> tuple[DomainModel, dict] | None:
+    """The run's image domain check and its facts (verified), or None for a run written before it existed."""
+    path = Path(run_dir) / RUN_DOMAIN
+    if not path.is_file():
+        return None
+    facts = store.read_json(path)
+    tensors = store.load_weights(Path(run_dir) / store.DOMAIN, facts.get("sha256"))
+    return DomainModel.from_tensors({k: v.numpy() for k, v in tensors.items()}), facts
+
+
+def image_domain_scores(check: tuple[DomainModel, dict], images_at: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Each framed slice's score under the run's image domain check (larger: less like its training slices)."""
+    domain, facts = check
+    return domain.scores(_image_features(images_at(facts["image_size"])))
+
+
+def domain_scores_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],
+                      manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Each case's domain score under every predictor that has a domain check (larger: less like its training
+    data; above predictor.domain.threshold: out of its domain)."""
+    cases = Cases(images_at, manifest)
+    return {name: p.domain.scores(p.domain_features(cases)) for name, p in predictors.items() if p.domain}
 
 
 def predict_outputs_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],

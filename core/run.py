@@ -15,6 +15,7 @@ from core.engine.budget import RunBudget
 from core.engine.config import TrainConfig, agree, is_main, resolve_device, setup_distributed
 from core.families import family_of
 from core.families.base import FitError
+from core.inference import fit_domain_check, fit_image_domain
 from core.io import store
 from core.io.framing import framing_of
 from core.io.imaging import windows_of
@@ -140,6 +141,8 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
                 if budget and name in networks else own[name]
             cards[name] = family_of(name).fit(name, data, replace(model_cfg, on_epoch=progress.epoch), run_dir,
                                               device)
+            if cards[name]:   # rank 0: the statistics every upload is checked against (core.metrics.domain)
+                cards[name] = fit_domain_check(run_dir / name, data, device, cfg.seed)
             progress.finished(name, cards[name])
             if budget and name in networks and cards[name]:
                 budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
@@ -147,6 +150,8 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
                 dist.barrier()
         if is_main():
             cards.update(_fit_from_predictions(on_predictions, cfg, run_dir, device, progress))
+            if datasets.by_size:   # the run's own check of uploads, whatever its models (core.inference)
+                fit_image_domain(run_dir, next(iter(datasets.by_size.values())), cfg.seed)
     if dist.is_initialized():
         dist.destroy_process_group()
     return cards

@@ -13,6 +13,7 @@ import torch
 from core.data.splits import Prepared
 from core.engine.config import TrainConfig
 from core.io.store import WEIGHTS
+from core.metrics.domain import DomainModel
 from core.nets.build import output_names
 
 
@@ -41,6 +42,7 @@ class Predictor(ABC):
 
     def __init__(self, card: dict, family: "Family"):
         self.card, self.family = card, family
+        self.domain: DomainModel | None = None   # its training data's statistics (core.inference.load_predictor)
 
     @property
     def name(self) -> str:
@@ -66,6 +68,11 @@ class Predictor(ABC):
     def predict_outputs(self, cases: Cases) -> np.ndarray:
         """(N, len(outputs)) probabilities per case, column 0 P(hemorrhage)."""
         return self.predict(cases)[:, None]
+
+    def domain_features(self, cases: Cases) -> np.ndarray | None:
+        """(N, D) the model's own features of each case, which its domain check measures; None: it has none (an
+        ensemble reads probabilities, and its members are checked)."""
+        return None
 
 
 class Family(ABC):

@@ -258,6 +258,9 @@ class LoadedClassical(Predictor):
     def predict(self, cases: Cases) -> np.ndarray:
         return self.predict_images(cases.at(self.input_size))
 
+    def domain_features(self, cases: Cases) -> np.ndarray:
+        return self.features(cases.at(self.input_size))
+
 
 def load_classical(model_dir: str | Path) -> LoadedClassical:
     """A fitted pipeline with its card; raises CheckpointError on a sha256 mismatch or untrusted types."""

@@ -16,7 +16,7 @@ from core.io.framing import framing_of
 from core.nets.build import load_network, output_names
 from core.engine.init import planned_architecture
 from core.nets.numerics import usable
-from core.nets.predict import predict_outputs
+from core.nets.predict import pooled_features, predict_outputs
 
 
 class NetworkPredictor(Predictor):
@@ -43,6 +43,10 @@ class NetworkPredictor(Predictor):
             rows = stack_indices(manifest.reset_index(drop=True), self.stack_size)
         return predict_outputs(self.model, images, self.card["mean"], self.card["std"], self.device, rows=rows,
                                numerics=self.numerics)
+
+    def domain_features(self, cases: Cases) -> np.ndarray:
+        return pooled_features(self.model, cases.at(self.input_size), self.card["mean"], self.card["std"],
+                               self.device, numerics=self.numerics)
 
 
 class CNNFamily(Family):

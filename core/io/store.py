@@ -20,6 +20,7 @@ from core.io.atomic import atomic_path, atomic_write, remove_stale_temp_dirs, te
 SCHEMA_VERSION = 1
 WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
     "model.safetensors", "card.json", "history.csv", "predictions.csv", "split.csv")
+DOMAIN = "domain.safetensors"   # the model's training-data statistics for its domain check (card "domain")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "img_per_s", "data_wait_s", "compute_s"]
 PREDICTION_COLUMNS = ["split", "id", "path", "label", "prob"]
@@ -115,6 +116,17 @@ def data_roots(facts: dict) -> list[Path]:
     """The dataset folders a run read (run.json's `data_roots`; one `data_root` in runs written before pooling)."""
     roots = facts.get("data_roots", [facts["data_root"]] if "data_root" in facts else [])
     return [Path(r) for r in roots]
+
+
+def training_data_text(facts: dict) -> str:
+    """What a run was trained on, for captions: synthetic phantoms, normal slices with painted bleeds, or the
+    folders' slices (whether those are real, run.json does not know)."""
+    if facts.get("synthetic"):
+        return "synthetic phantoms"
+    if painted := facts.get("painted_from"):
+        return "the normal slices of " + ", ".join(Path(p).name for p in painted) + " with painted bleeds"
+    names = ", ".join(r.name for r in data_roots(facts))
+    return f"the slices of {names}" if names else "an unrecorded dataset (a run written before run.json)"
 
 
 def read_json(path: str | Path) -> dict:

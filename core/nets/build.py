@@ -74,6 +74,13 @@ def choose_cam_layers(model: nn.Module, input_size: int, min_cells: int = MIN_CA
     return {"layers": [chosen], "cells": sides[chosen], "input_size": input_size}
 
 
+def feature_layer(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the network that reads one slice, its deepest CAM candidate layer): where a model's own features for its
+    domain check (core.metrics.domain) are read, the last convolutional features before the classifier."""
+    cnn, name = _cnn_part(model)
+    return cnn, cnn.get_submodule(CNNS[name].cam_candidates(cnn)[-1])
+
+
 def cam_layers(model: nn.Module) -> list[nn.Module]:
     """Grad-CAM target layers: those chosen for the trained size (card "cam"), else the registry's deepest."""
     cnn, name = _cnn_part(model)
