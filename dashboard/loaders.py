@@ -20,7 +20,7 @@ from core.data.discover import DatasetError
 from core.data.layouts import box_mask
 from core.data.truth import bhx_files, bleed_mask, boxes_by_slice, sop_instance_uid
 from core.families.base import Predictor
-from core.inference import load_predictor, unavailable_models
+from core.inference import image_domain, load_predictor, unavailable_models
 from core.io import store as ckpt
 from core.io.framing import frame, framing_of
 from core.io.imaging import Scan, ScanError, display_grey, load_scan, windows_of
@@ -252,23 +252,24 @@ class ByteLRU:
 
 @st.cache_resource(show_spinner=False)
 def cam_store() -> ByteLRU:
-    """(map at the model's input size, seconds) per model, method and image, CAM_CACHE_BYTES in all."""
+    """The map at the model's input size per model, method and image, CAM_CACHE_BYTES in all."""
     return ByteLRU(CAM_CACHE_BYTES)
 
 
-def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
-    """(cam in [0, 1] at the image's size, seconds) of the hemorrhage class for one model."""
+def cam(weights_sha256: str, model_dir: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float | None]:
+    """(cam in [0, 1] at the image's size, seconds it took: None when it came from the cache) of the hemorrhage
+    class for one model."""
     key = (weights_sha256, method, image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
     hit = cam_store().get(key)
     if hit is not None:
-        return explain_api().to_original(hit[0], image.shape), hit[1]
+        return explain_api().to_original(hit, image.shape), None
     with st.spinner("Computing CAMs…"):
         result = explain_api().explain_image(loaded_model(weights_sha256, model_dir), image, method=method, target=1)
-    cam_store().put(key, (result.square, result.seconds), result.square.nbytes)
+    cam_store().put(key, result.square, result.square.nbytes)
     return result.cam, result.seconds
 
 
-def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+def cam_for(run: Run, model: str, image: np.ndarray, method: str) -> tuple[np.ndarray, float | None]:
     return cam(run.cards[model]["weights_sha256"], str(run.path / model), image, method)
 
 
@@ -334,3 +335,9 @@ def case_image(path: str, framing: str = "none",
         return None, None, f"{Path(path).name}: {err}"
     image, mask = framed(image, slice_truth(path, image.shape[:2]), framing)
     return image, (mask if mask is not None and mask.any() else None), ""
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def image_domain_of(run_dir: str, stamp: float):
+    """The run's image domain check (core.inference.image_domain), verified once per run state; None: none stored."""
+    return image_domain(run_dir)

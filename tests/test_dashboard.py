@@ -651,3 +651,20 @@ def test_a_subtypes_run_shows_per_subtype_aucs_and_each_slices_subtype_probabili
     row = split_rows(subtypes_run, "resnet18").set_index("id").loc[case]
     np.testing.assert_allclose(table.loc["ResNet-18"].to_numpy(dtype=float),
                                row[[f"p_{f}" for f in FLAGS]].to_numpy(dtype=float), atol=1e-4)
+
+def test_scan_page_warns_when_an_upload_is_unlike_the_training_data(run_dir, shared_data):
+    """The tiny run was trained on phantoms: a real normal slice from another hospital gets the banner, a phantom
+    does not, an empty image is no head CT, and every tile says what its own checks found."""
+    at = ok(page("scan"))
+    real = next(shared_data.glob("rsna_ich_dev/normal/*.png")).read_bytes()
+    at.file_uploader(key="scan_upload").upload("real.png", real, "image/png").run()
+    assert any("This scan is unlike the training data" in w.value for w in ok(at).warning), \
+        [w.value for w in at.warning]
+    notes = [c.value for c in at.caption if "training data" in c.value or "No domain check" in c.value]
+    assert len(notes) == len(MODELS) and any("⚠ Outside its training data" in n for n in notes)
+    phantom = render(generate_slice(np.random.default_rng(4), 64, "intraparenchymal", 0.3).hu)
+    at.file_uploader(key="scan_upload").clear().upload("phantom.png", png_bytes(phantom), "image/png").run()
+    assert not [w.value for w in ok(at).warning if "unlike the training data" in w.value]
+    at.file_uploader(key="scan_upload").clear().upload("blank.png", png_bytes(np.zeros((64, 64), np.uint8))).run()
+    assert any("does not look like a head CT slice" in w.value for w in ok(at).warning)
+    assert sum("⚠ saturated" in c.value for c in at.caption) == len(MODELS), "a blank upload is the blank image"

@@ -29,6 +29,7 @@ from core.io import store as ckpt
 from core.io.progress import PROGRESS, trainer_alive
 from core.phantom.generate import generate_slice, render, write_dataset
 from core.registry import get_spec
+from conftest import SHARED_DATA
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +141,10 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         garbage.write_bytes(b"this is not an image")
         page.locator("input[type=file]").set_input_files(str(garbage))
         expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
+        unlike = page.get_by_text("This scan is unlike the training data")
+        if SHARED_DATA.is_dir():   # a real normal slice from another hospital, to models trained on phantoms
+            page.locator("input[type=file]").set_input_files(str(next(SHARED_DATA.glob("rsna_ich_dev/normal/*.png"))))
+            expect(unlike).to_be_visible(timeout=120_000)
         # The README's picture: a test-split hemorrhage, its true outline beside each model's map.
         case = largest_test_bleed(run)
         page.get_by_text("Example from the test split").click()
@@ -148,6 +153,7 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         page.keyboard.press("Enter")
         expect(page.get_by_text(f"{case}, truth: hemorrhage")).to_be_visible(timeout=60_000)
         expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
+        expect(unlike).to_have_count(0)   # a phantom of the run's own test split is like its training data
         page.set_viewport_size({"width": 1500, "height": 2600})   # the app scrolls inside: show the CAM grid too
         page.wait_for_timeout(1000)
         page.screenshot(path=str(shots / "scan.png"), full_page=True)

@@ -194,9 +194,29 @@ def test_overlay_draws_the_mask_contour():
         assert tuple(out[y, x]) == MASK_COLOUR
     assert tuple(out[15, 22]) != MASK_COLOUR                 # inside it: heat, not contour
     plain = overlay(image, cam, alpha=0.4)
-    assert plain[0, 59, 0] > plain[0, 59, 2] and plain[0, 0, 2] > plain[0, 0, 0]   # jet: hot red, cold blue
+    assert plain[0, 59, 0] > plain[0, 59, 2] and tuple(plain[0, 0]) == (90, 90, 90)   # jet's hot red; low: unpainted
     with pytest.raises(ValueError, match="does not match"):
         overlay(image, cam[:, :50])
+
+
+@pytest.mark.parametrize("level", [0.0, 0.7, "nearly"])
+def test_a_flat_map_leaves_the_slice_unpainted(level):
+    """A constant map, or one whose range is noise beside its level, points nowhere: the overlay is the plain slice
+    (a min-max stretch would tint it all)."""
+    image = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+    noise = np.random.default_rng(1).random((40, 60), dtype=np.float32)
+    cam = 0.5 + 1e-3 * noise if level == "nearly" else np.full((40, 60), level, np.float32)
+    assert (overlay(image, cam, alpha=1.0) == np.repeat(image[..., None], 3, axis=2)).all()
+
+
+def test_a_peaked_map_colours_only_near_its_peak():
+    """A peak over a raised floor (a background the network gave middling evidence to): the floor stays unpainted."""
+    y, x = np.mgrid[:64, :64]
+    cam = (0.3 + np.exp(-((y - 20) ** 2 + (x - 40) ** 2) / (2 * 3.0 ** 2))).astype(np.float32)
+    out = overlay(np.full((64, 64), 90, np.uint8), cam, alpha=0.6)
+    painted = (out != 90).any(axis=2)
+    assert painted[20, 40] and out[20, 40, 0] > out[20, 40, 2]   # the peak: red
+    assert np.hypot(y[painted] - 20, x[painted] - 40).max() <= 3 * 3.0   # nothing beyond three widths of the peak
 
 
 def _peak_at(shape: tuple[int, int], y: int, x: int) -> np.ndarray:

@@ -15,7 +15,6 @@ from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, Laye
                               XGradCAM)
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.metrics.road import ROADCombined
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from core.data.decode import channels_first, resize_square, to_model_input
@@ -33,6 +32,14 @@ METHOD_NAMES: tuple[str, ...] = (*METHODS, "random")
 SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, this many at a time
 RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
 MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
+COLOURMAP = cv2.COLORMAP_JET   # overlays: blue (low) to red (high), the maps' usual key
+# A map whose range is under this share of its peak points nowhere: drawn flat, not stretched into noise that tints
+# the whole slice.
+FLAT_CONTRAST = 0.05
+# Evidence below this share of a map's range is not painted, so the slice shows through where the map is low;
+# above it the paint's opacity grows with the evidence.
+UNPAINTED_BELOW = 0.15
+KEY_GREY = 128   # what the colour key is painted over: a mid grey, like brain tissue in the brain window
 DEFAULT_TOLERANCE_PX = 8   # pointing-game slack on a 256 px phantom, one for every model (Zhang et al. use 15 px)
 TOLERANCE_SIDE = 256       # the side DEFAULT_TOLERANCE_PX is set on; other sizes scale it (core.engine.fit)
 
@@ -175,18 +182,45 @@ def explain_image(loaded, image: np.ndarray, method: str = "gradcam", target: in
     return Explanation(prob, to_original(maps[0], image.shape[:2]), method, time.perf_counter() - start, maps[0])
 
 
+def display_evidence(cam: np.ndarray) -> np.ndarray:
+    """A map as an overlay paints it, in [0, 1]: 0 at its lowest, 1 at its peak; all zeros where it is flat or
+    nearly so (range under FLAT_CONTRAST of its peak), since a min-max stretch would turn noise into colour."""
+    heat = np.maximum(np.asarray(cam, dtype=np.float32), 0)
+    low, peak = float(heat.min()), float(heat.max())
+    if peak - low <= FLAT_CONTRAST * peak:
+        return np.zeros_like(heat)
+    return (heat - low) / (peak - low)
+
+
+def _paint(rgb: np.ndarray, evidence: np.ndarray, alpha: float) -> np.ndarray:
+    """RGB uint8: COLOURMAP over `rgb`, its opacity alpha at the peak and falling to 0 at UNPAINTED_BELOW."""
+    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.rint(255 * evidence)), COLOURMAP), cv2.COLOR_BGR2RGB)
+    opacity = alpha * np.clip((evidence - UNPAINTED_BELOW) / (1 - UNPAINTED_BELOW), 0, 1)[..., None]
+    return np.rint(rgb * (1 - opacity) + colours * opacity).astype(np.uint8)
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, mask: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the jet CAM at opacity alpha over the slice (a window set's brain window), plus the
-    mask outline when given."""
+    """RGB uint8 (H, W, 3): the CAM's display_evidence in COLOURMAP at opacity up to alpha over the slice (a window
+    set's brain window), low evidence unpainted, plus the mask outline when given."""
     rgb = np.repeat(display_grey(np.asarray(image))[..., None], 3, axis=2)
     if cam.shape != rgb.shape[:2]:
         raise ValueError(f"CAM shape {cam.shape} does not match the image {rgb.shape[:2]}")
-    out = show_cam_on_image(rgb.astype(np.float32) / 255, np.clip(cam, 0, 1), use_rgb=True,
-                            image_weight=1 - alpha)
+    out = _paint(rgb.astype(np.float32), display_evidence(cam), alpha)
     if mask is not None:
         contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, MASK_COLOUR, thickness=max(1, min(out.shape[:2]) // 256))
     return out
+
+
+def colour_key_html(stops: int = 9) -> str:
+    """The overlays' colour key as inline HTML for a caption, a swatch between its words: a gradient from no evidence
+    to a map's peak, each stop the colour painted at full opacity over KEY_GREY, so its low end is the grey itself."""
+    evidence = np.linspace(0, 1, stops, dtype=np.float32)[None, :]
+    painted = _paint(np.full((1, stops, 3), KEY_GREY, np.float32), evidence, 1.0)[0]
+    gradient = ", ".join(f"rgb({r}, {g}, {b})" for r, g, b in painted)
+    return ('Colour key: low <span style="display:inline-block; width:12em; height:0.8em; vertical-align:middle; '
+            f'background:linear-gradient(to right, {gradient})"></span> high evidence for hemorrhage (low: not '
+            "painted).")
 
 
 def localization_scores(cam: np.ndarray, mask: np.ndarray, iou_threshold: float = 0.5, tolerance: float = 0.0) -> dict:

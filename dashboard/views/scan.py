@@ -10,15 +10,22 @@ from core.data.decode import resize_square
 from core.data.stacks import slice_order
 from core.families import family_of_card
 from core.families.base import Predictor
-from core.inference import lost_members, predict_outputs_all
-from core.io.imaging import WINDOW_SETS, WINDOWS, ScanError
+from core.inference import domain_scores_all, image_domain_scores, lost_members, predict_outputs_all
+from core.io import store
+from core.io.framing import head_region
+from core.io.imaging import WINDOW_SETS, WINDOWS, ScanError, display_grey
+from core.metrics.domain import input_problem, out_of_domain
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
 from core.metrics.binary import one_class_call
 from dashboard.frame import Run, preset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, model_for,
+from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, image_domain_of,
+                               model_for,
                                outline, peak_note, read_scan, run_framing, run_windows, test_metrics, test_probs,
                                truth as truth_of, upload_side)
+
+
+SATURATED = 1e-3   # a probability this close to the blank image's: the model's output ignores the input
 
 
 def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
@@ -41,19 +48,37 @@ def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = N
     slices = series if series else [image]
     manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
     loaded, failed = load_models(run)  # cached: not part of the timing
+    images_at = lambda size: np.stack([resize_square(s, size) for s in slices])
+    flags = input_flags(run, loaded, lambda size: images_at(size)[centre:centre + 1])   # not part of the timing
     start = time.perf_counter()
-    outputs = predict_outputs_all(loaded, lambda size: np.stack([resize_square(s, size) for s in slices]), manifest)
+    outputs = predict_outputs_all(loaded, images_at, manifest)
+    seconds = time.perf_counter() - start
     rows = []
     for model, out in outputs.items():
         thr, p = threshold(run.cards[model]), float(out[centre, 0])
         rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
                      "probability": p, "threshold": thr, "hemorrhage": p >= thr, "slices": out[:, 0],
-                     "subtypes": dict(zip(loaded[model].outputs[1:], out[centre, 1:].tolist()))})
-    seconds = time.perf_counter() - start
+                     "subtypes": dict(zip(loaded[model].outputs[1:], out[centre, 1:].tolist())),
+                     "saturated": abs(p - flags["blank"][model]) < SATURATED, **flags["domain"].get(model, {})})
     # What the test split says of each decision rule (cached per threshold): not part of the timing.
     one_class = [one_class_call(test_metrics(*run.key, r["model"], r["threshold"])) for r in rows]
     return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage",
-                                       "slices", "subtypes"]).assign(one_class=one_class), seconds, failed
+                                       "slices", "subtypes", "saturated", "unusual", "beyond"]
+                        ).assign(one_class=one_class), seconds, failed
+
+
+def input_flags(run: Run, loaded: dict[str, Predictor], one_slice) -> dict:
+    """What says a model's output means little for this slice: its own domain check (core.metrics.domain: unusual,
+    and beyond which share of its validation slices), and the probability it gives a blank image of the same shape
+    (computed once per run): a model that gives the slice the same is saturated, deaf to what it shows."""
+    domain = domain_scores_all(loaded, one_slice)
+    key = ("blank_probabilities", *run.key, one_slice(1).shape[1:])
+    if key not in st.session_state:
+        blank = lambda size: np.zeros_like(one_slice(size))
+        st.session_state[key] = {m: float(o[0, 0]) for m, o in predict_outputs_all(loaded, blank).items()}
+    checks = {m: {"unusual": bool(p.domain.unusual(domain[m])[0]), "beyond": float(p.domain.percentile(domain[m])[0])}
+              for m, p in loaded.items() if m in domain}
+    return {"domain": checks, "blank": st.session_state[key]}
 
 
 def most_suspicious(calls: pd.DataFrame, names: list[str], top: int = 3) -> pd.DataFrame:
@@ -66,6 +91,50 @@ def most_suspicious(calls: pd.DataFrame, names: list[str], top: int = 3) -> pd.D
                      "Scan call": "hemorrhage" if np.max(r["slices"]) >= r["threshold"] else "normal",
                      **{f"#{k + 1}": f"{names[i]} (slice {i + 1}): {r['slices'][i]:.1%}" for k, i in enumerate(best)}})
     return pd.DataFrame(rows)
+
+
+def run_finds_unusual(run: Run, image: np.ndarray) -> bool | None:
+    """Whether the run's image domain check (core.inference.image_domain) finds the framed slice unlike its training
+    slices; None for a run that stores none."""
+    check = image_domain_of(*run.key)
+    if check is None:
+        return None
+    return bool(check[0].unusual(image_domain_scores(check, lambda size: resize_square(image, size)[None]))[0])
+
+
+def domain_banner(run: Run, calls: pd.DataFrame, problem: str, run_unusual: bool | None) -> None:
+    """Whether the scan is like what the models were trained on (core.metrics.domain): a banner when it is not."""
+    checked = calls[calls["unusual"].notna()]
+    trained_on = store.training_data_text(store.run_facts(run.path))
+    outside = int(checked["unusual"].astype(bool).sum())
+    if problem:
+        st.warning(f"**This does not look like a head CT slice** ({problem}). Every model below was trained on "
+                   f"{trained_on}: their probabilities mean nothing for it.")
+    elif run_unusual is None and checked.empty:
+        st.info("This run stores no statistics of its training data (it predates the domain check), so nothing "
+                "here says whether this scan is like what the models saw. Retraining the run adds the check.")
+    elif out_of_domain(run_unusual, checked["unusual"].astype(bool).tolist()):
+        st.warning(f"**This scan is unlike the training data** ({trained_on}): "
+                   + ("its intensities and texture are outside what the run's training slices show, and " if
+                      run_unusual else "") + f"{outside} of {len(checked)} models find it outside what they "
+                   "learned. Read their probabilities as such: here a high score is not evidence of a bleed, nor a "
+                   "low one of its absence.")
+    else:
+        st.caption(f"Trained on {trained_on}. This scan's intensities and texture are like the run's training "
+                   "slices" + (f"; {outside} of {len(checked)} models find it unusual for what they learned (⚠ below)."
+                               if outside else f", and each of the {len(checked)} models that check it finds it like "
+                               "what it learned."))
+
+
+def domain_note(row: pd.Series) -> str:
+    """A tile's own checks: saturation, and where the scan falls among the model's validation slices."""
+    saturated = ("⚠ saturated: the same probability as it gives a blank image, so it says nothing of this scan. "
+                 if row["saturated"] else "")
+    if row["unusual"] is None or pd.isna(row["unusual"]):
+        return saturated + "No domain check of its own."
+    where = f"more unusual than {row['beyond']:.0%} of its validation slices"
+    return saturated + (f"⚠ Outside its training data: {where}." if row["unusual"] else
+                        f"Like its training data ({where}).")
 
 
 run = require_run()
@@ -154,22 +223,25 @@ if no_hu and windows != "brain":
     st.warning("This image holds no Hounsfield units, so it cannot be seen through the models' three CT windows: "
                "each channel is given its grey instead, unlike anything they were trained on. Read their outputs "
                "with care; a DICOM or NIfTI slice gives the real windows.")
+calls, seconds, failed = predict_all(run, image, series, centre)
+domain_banner(run, calls, input_problem(display_grey(image), head_region(display_grey(image))),
+              run_finds_unusual(run, image))
 left, right = st.columns([1, 2])
 left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
            width="stretch")
-calls, seconds, failed = predict_all(run, image, series, centre)
 right.subheader(f"{consensus(calls['hemorrhage'])}")
 right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000:.0f} ms for "
               f"{len(calls)} models on this machine.")
 for start in range(0, len(calls), 3):
     for col, (_, r) in zip(right.columns(3), calls.iloc[start:start + 3].iterrows()):
         col.metric(r["Model"], f"{r['probability']:.1%}",
-                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.2f})"
+                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.1%})"
                    + (f" ⚠ says {r['one_class']} for every test case" if r["one_class"] else ""),
                    delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off",
                    help="At this threshold the model gives every test case the same call: its decision here "
                         "says nothing; read its probability, or pick another operating point." if r["one_class"]
                    else None)
+        col.caption(domain_note(r))
 subtyped = calls[calls["subtypes"].map(bool)]
 if len(subtyped):
     right.markdown("**Subtype probabilities** of the models with a subtypes head (`train.py --subtypes`): one "
@@ -198,12 +270,18 @@ def cam_grid():
                                "forward pass per feature channel: slow on a CPU.")
     alpha = c2.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
     explained = calls[calls["cam"]]
-    for start in range(0, len(explained), 3):
-        for col, (_, r) in zip(st.columns(3), explained.iloc[start:start + 3].iterrows()):
-            heat, secs = cam_for(run, r["model"], image, method)
-            col.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
-                      caption=f"{r['Model']}: {r['probability']:.1%}, {method} in {secs:.2f} s"
-                      + peak_note(heat, mask))
+    # Every tile becomes a placeholder before any map is computed: a rerun never shows the last maps as if current.
+    tiles = [col.empty() for _ in range(0, len(explained), 3) for col in st.columns(3)][:len(explained)]
+    for tile in tiles:
+        tile.caption(f"Computing {method}…")
+    for tile, (_, r) in zip(tiles, explained.iterrows()):
+        heat, secs = cam_for(run, r["model"], image, method)
+        call = "hemorrhage" if r["hemorrhage"] else "normal"
+        tile.image(explain.overlay(image, heat, alpha=alpha, mask=mask), width="stretch",
+                   caption=f"{r['Model']}: {r['probability']:.1%} → {call} (t = {r['threshold']:.1%}), {method}"
+                           + (", cached" if secs is None else f" in {secs:.2f} s") + peak_note(heat, mask))
+    st.caption(f"{explain.colour_key_html()} Each map is scaled to its own peak, so colours compare places within "
+               "one map, not one model with another.", unsafe_allow_html=True)
 
 
 st.subheader("Where the models look")
