@@ -22,10 +22,11 @@ from core.engine.init import check_init_from
 from core.io.framing import FRAMINGS
 from core.io.imaging import WINDOW_SETS
 from core.io.progress import RunBusy, trainer_lock
+from core.nets.build import NETWORK_NAMES
 from core.nets.cnn import HEADS
 from core.nets.numerics import NAMES as NUMERICS
-from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, Preset, demo_preset,
-                          painted_root, phantom_root)
+from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR,
+                          Preset, demo_preset, painted_root, phantom_root)
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
@@ -86,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train on the normal slices of --data and copies of them with hemorrhages painted in "
                         "(core.insert; cached): a normal and its copy differ only by the bleed; defaults then "
                         f"{PAINTED_RECIPE['image_size']} px, {PAINTED_RECIPE['epochs']} epochs, no early stop")
+    p.add_argument("--warmup-phantoms", type=non_negative_int,
+                   help="with --synthetic-bleeds, the networks first train on this many phantom slices "
+                        f"({PAINTED_WARMUP['epochs']} epochs into RUN/{WARMUP_DIR}) and start from those weights; 0: "
+                        f"from scratch (default {PAINTED_WARMUP['phantoms']}; none with --init-from or --pretrained)")
     p.add_argument("--synthetic-copies", type=positive_int,
                    help=f"painted copies of each normal with --synthetic-bleeds (default {PAINTED_COPIES})")
     p.add_argument("--attention", type=non_negative_float,
@@ -155,6 +160,40 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> lis
     return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)
 
 
+def warmup_argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str] | None:
+    """The phantom run a painted run's networks start from (PAINTED_WARMUP): the same networks, size, head,
+    windows, outputs and seed, into RUN/warmup; None where there is none to run."""
+    phantoms = PAINTED_WARMUP["phantoms"] if args.warmup_phantoms is None else args.warmup_phantoms
+    networks = [m for m in cfg.models if m in NETWORK_NAMES]
+    if not (args.synthetic_bleeds and phantoms and networks) or cfg.init_from or cfg.pretrained:
+        return None
+    return ["--models", ",".join(networks), "--image-size", str(cfg.image_size), "--phantoms", str(phantoms),
+            "--epochs", str(PAINTED_WARMUP["epochs"]), "--epoch-size", str(PAINTED_WARMUP["epoch_size"]),
+            "--lr", str(PAINTED_WARMUP["lr"]), "--augment", "--head", cfg.head, "--windows", cfg.windows,
+            "--seed", str(cfg.seed), "--device", cfg.device, "--numerics", cfg.numerics,
+            "--sequence-backbone", cfg.sequence_backbone, "--stack-size", str(cfg.stack_size),
+            "--out", str(Path(cfg.out) / WARMUP_DIR)] + ["--subtypes"] * cfg.subtypes + ["--resume"] * cfg.resume
+
+
+def warm_up(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
+    """cfg starting from its phantom warm-up run (trained first), or cfg itself where there is none; SystemExit(2)
+    when the warm-up fails."""
+    argv = warmup_argv(args, cfg)
+    if argv is None:
+        return cfg
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # a nested run would tear down torchrun's process group
+        print("hemolens: no phantom warm-up under torchrun; give --init-from a phantom run of these networks",
+              file=sys.stderr)
+        return cfg
+    folder = Path(cfg.out) / WARMUP_DIR
+    print(f"Phantom warm-up of {', '.join(argv[1].split(','))} into {folder}, then the painted slices", flush=True)
+    if main(argv) != 0:
+        raise SystemExit(2)
+    warmed = replace(cfg, init_from=str(folder))
+    check_init_from(warmed)
+    return warmed
+
+
 def main(argv=None) -> int:
     start = time.perf_counter()   # a run budget counts from here: generating the phantoms is part of the run
     try:
@@ -178,12 +217,15 @@ def main(argv=None) -> int:
     lock = trainer_lock(cfg.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
         with lock:
+            cfg = warm_up(args, cfg)
             root = data_root(args, preset, names)
             cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing,
                                                               windows=cfg.windows), started=start)
     except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
+    except SystemExit as stop:   # the warm-up failed: it said why
+        return 2 if stop.code else 0
     if cards and all(cards.values()):
         print_summary(cards)
         print(f"run folder: {cfg.out}  ({time.perf_counter() - start:.0f} s in all)")

@@ -26,6 +26,10 @@ PAINTED_COPIES = 2
 PAINTED_DIFFICULTY = (0.0, 0.5)
 PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None,
                   "per_model": {"mobilenet_v2": {"lr": 2e-3}}, "models": ("resnet18", "mobilenet_v2")}
+# The painted recipe's networks first learn bleeds on phantoms, whose masks are exact, then the painted slices
+# (docs/NOTES.md, "Phantom warm-up"): RUN/warmup, a phantom run of the same networks at the same size.
+PAINTED_WARMUP = {"phantoms": 1000, "epochs": 10, "epoch_size": 640, "lr": 2e-3}
+WARMUP_DIR = "warmup"
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise

@@ -13,6 +13,7 @@ from skimage.morphology import convex_hull_image
 
 from core.data.splits import prepare, seen_in_training
 from core.insert.__main__ import main
+from core.io import store as ckpt
 from core.insert.anatomy import PARENCHYMA_HU, estimate_intensity, read_anatomy
 from core.insert.lesions import BLOOD_HU, DENSITY_HU, SUBTYPES, paint_bleed
 from core.insert.write import copies_per_normal, source_slices, write_painted
@@ -354,9 +355,15 @@ def test_train_with_synthetic_bleeds_trains_on_a_cached_painted_set(tmp_path, mo
     import train
     monkeypatch.setattr("core.presets.PAINTED_CACHE", tmp_path / "cache")
     normals = phantom_normals(tmp_path / "normals", n=48)
-    args = ["--data", str(normals), "--synthetic-bleeds", "--models", "resnet18", "--epochs", "1", "--image-size",
-            "64", "--device", "cpu", "--numerics", "fp32", "--out", str(tmp_path / "run")]
+    args = ["--data", str(normals), "--synthetic-bleeds", "--models", "resnet18,knn", "--epochs", "1", "--image-size",
+            "64", "--device", "cpu", "--numerics", "fp32", "--warmup-phantoms", "40", "--out", str(tmp_path / "run")]
     assert train.main(args) == 0
+    # The network first learned bleeds on phantoms (RUN/warmup) and started from those weights; k-NN has none.
+    warm = json.loads((tmp_path / "run" / "warmup" / "run.json").read_text())
+    assert warm["synthetic"] and ckpt.list_models(tmp_path / "run" / "warmup") == ["resnet18"]
+    card = ckpt.load_card(tmp_path / "run" / "resnet18")
+    assert card["training"]["init_from"]["run"] == str(tmp_path / "run" / "warmup")
+    assert ckpt.list_models(tmp_path / "run") == ["knn", "resnet18"]
     facts = json.loads((tmp_path / "run" / "run.json").read_text())
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and facts["data_roots"] == [str(cached[0])] and facts["painted_from"] == [str(normals.resolve())]

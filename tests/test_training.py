@@ -21,7 +21,7 @@ from core.io.framing import framing_of
 from core.nets.build import load_network
 from core.nets.numerics import usable
 from core.nets.predict import predict_probs
-from core.presets import PAINTED_RECIPE
+from core.presets import PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR
 
 from conftest import TINY_RUN_MODELS
 
@@ -441,3 +441,19 @@ def test_a_gap_head_run_records_it_and_the_saved_network_loads_with_it(tiny_phan
     assert isinstance(loaded.model.classifier, torch.nn.Linear) and loaded.model.classifier.in_features == 256
     with torch.inference_mode():
         assert loaded.model(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("flags, warms", [([], True), (["--warmup-phantoms", "0"], False),
+                                          (["--init-from", "elsewhere"], False), (["--pretrained"], False),
+                                          (["--models", "svm,knn"], False)])
+def test_a_painted_run_warms_its_networks_up_on_phantoms_unless_told_where_else_to_start(flags, warms):
+    args = train.parse_args(["--data", "x", "--synthetic-bleeds", "--head", "gap", "--seed", "3", "--out", "o",
+                             *flags])
+    cfg = train.resolve_config(args, train.demo_preset("cpu"), train.model_names(args, train.demo_preset("cpu")))
+    argv = train.warmup_argv(args, cfg)
+    assert (argv is not None) == warms
+    if warms:   # the same networks at the same size, head, windows and seed: --init-from accepts them
+        warm = train.parse_args(argv)
+        assert (warm.models, warm.image_size, warm.head, warm.windows, warm.seed, warm.data) == (
+            list(PAINTED_RECIPE["models"]), cfg.image_size, "gap", cfg.windows, 3, None)
+        assert warm.out == str(Path("o") / WARMUP_DIR) and warm.phantoms == PAINTED_WARMUP["phantoms"]
