@@ -146,7 +146,7 @@ def _rows(root: Path) -> pd.DataFrame:
         layout, table = published
         if table.empty:
             raise DatasetError(f"{root} has the {NAMES[layout]} label files, but none of the images they name "
-                               "was found beside them (README: the field's published datasets).")
+                               "was found beside them (docs/datasets.md: the field's published datasets).")
         return table
     files = _image_files(root)
     if not files:

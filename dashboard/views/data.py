@@ -1,22 +1,29 @@
 """Data: split counts, class and subtype balance, the leakage report, a sample gallery, the phantom subtypes, and
-evaluating the run on another folder (`python -m core.evaluate` in a subprocess, stored with the run)."""
+evaluating the run on another folder or an uploaded .zip of one (`python -m core.evaluate` in a subprocess, stored
+with the run)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.io.archive import MAX_BYTES, ArchiveError, extract_dataset
 from core.io.framing import framing_of
 from core.io.imaging import WINDOW_SETS, windows_of
-from core.io.store import data_roots
+from core.io.store import data_roots, evaluation_name
 from dashboard.frame import REPO, Run, require_run
 from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
 
+# A zip's upload cap: .streamlit/config.toml's server.maxUploadSize, which the server enforces on every upload
+# whatever a widget allows, so raise both together.
+ZIP_UPLOAD_MB = 50
 # leakage.json's pair fields as the table heads them (hash distances in bits: 0 is the same picture).
 PAIR_COLUMNS = {"a": "Slice", "b": "Look-alike", "phash": "pHash distance", "dhash": "dHash distance",
                 "split_a": "Slice's split", "split_b": "Look-alike's split"}
@@ -34,15 +41,24 @@ SUBTYPE_TEXT = {
 }
 
 
-def start_evaluation(run: Run, folder: Path) -> None:
+def start_evaluation(run: Run, folder: Path, shown: str | None = None, remove_after: Path | None = None) -> None:
     """`python -m core.evaluate --run RUN --data FOLDER` in its own process (never in the app's), its output in a log
-    file; the handle and the log's path live in the session, which the progress fragment polls."""
+    file; the handle, the log's path and what the page calls the data (`shown`, else the folder) live in the session,
+    which the progress fragment polls. `remove_after`, a temporary folder, is removed once the process ends."""
     fd, log = tempfile.mkstemp(prefix="hemolens-evaluate-", suffix=".log")
     with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "core.evaluate", "--run", str(run.path), "--data", str(folder)],
                                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    st.session_state["evaluation"] = {"proc": proc, "log": log, "run": run.path.name, "folder": str(folder)}
+    if remove_after is not None:
+        # A thread, not the progress fragment: the folder goes even when the browser tab is closed mid-evaluation.
+        threading.Thread(target=remove_when_done, args=(proc, remove_after), daemon=True).start()
+    st.session_state["evaluation"] = {"proc": proc, "log": log, "run": run.path.name, "folder": shown or str(folder)}
+
+
+def remove_when_done(proc: subprocess.Popen, folder: Path) -> None:
+    proc.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def log_lines(path: str, last: int = 12) -> list[str]:
@@ -64,11 +80,8 @@ def evaluation_progress() -> None:
     st.code("\n".join(log_lines(job["log"])) or "starting…", language=None)
 
 
-def evaluation_form(run: Run) -> None:
-    """Evaluate this run on another folder, then say where it is stored, or the one-line error."""
-    st.subheader("Evaluate this run on another folder")
-    job = st.session_state.get("evaluation")
-    running = job is not None and job["proc"].poll() is None
+def folder_form(run: Run, running: bool) -> bool:
+    """A dataset folder on the machine running the app, by path; True when its evaluation started."""
     with st.form("evaluate"):
         text = st.text_input("Dataset folder", key="eval_folder", placeholder="/data/another_hospital",
                              help="Any layout the training reads (class folders, a labels CSV, DICOM series). Files "
@@ -81,8 +94,46 @@ def evaluation_form(run: Run) -> None:
         st.error(f"`{text}` is not a folder on the machine running this app.")
     elif submitted:
         start_evaluation(run, folder.resolve())
-        running = True
-    if running:
+        return True
+    return False
+
+
+def zip_form(run: Run, running: bool) -> bool:
+    """A .zip of a dataset folder, extracted safely (core.io.archive) into a fresh temporary folder and evaluated like
+    a folder; True when its evaluation started. The folder is kept only while its evaluation runs: the stored
+    evaluation holds the scores and file names, not the images."""
+    with st.form("evaluate_zip"):
+        upload = st.file_uploader(f"…or a .zip of one (at most {ZIP_UPLOAD_MB} MB, {MAX_BYTES >> 20} MB unpacked)",
+                                  type="zip", key="eval_zip", max_upload_size=ZIP_UPLOAD_MB,
+                                  help="A zipped dataset folder in any layout the training reads; links, paths "
+                                       "outside the folder and decompression bombs are refused.")
+        submitted = st.form_submit_button("Evaluate the zip", key="eval_zip_start", disabled=running)
+    if submitted and upload is None:
+        st.error("Choose a .zip of a dataset folder first.")
+    elif submitted:
+        try:
+            # The system's temporary folder (TMPDIR), not the run's: a run folder holds results, never inputs.
+            folder = extract_dataset(upload, tempfile.gettempdir(), evaluation_name(Path(upload.name).stem))
+        except ArchiveError as err:
+            st.error(str(err))
+            return False
+        start_evaluation(run, folder, shown=upload.name, remove_after=folder.parent)
+        return True
+    return False
+
+
+def evaluation_form(run: Run) -> None:
+    """Evaluate this run on another dataset, a folder or a .zip, then say where it is stored, or the one-line
+    error."""
+    st.subheader("Evaluate this run on another dataset")
+    job = st.session_state.get("evaluation")
+    running = job is not None and job["proc"].poll() is None
+    by_path, by_upload = st.columns(2)
+    with by_path:
+        started = folder_form(run, running)
+    with by_upload:
+        started = zip_form(run, running) or started
+    if running or started:
         evaluation_progress()
     elif job is not None:
         lines = log_lines(job["log"])
@@ -93,7 +144,9 @@ def evaluation_form(run: Run) -> None:
         else:
             st.error(lines[-1] if lines else f"The evaluation ended with exit status {job['proc'].returncode}.")
     st.caption("Runs `python -m core.evaluate --run RUN --data FOLDER` beside the app; the evaluation is stored in "
-               "RUN/evaluations/NAME, NAME after the folder.")
+               "RUN/evaluations/NAME, NAME after the folder (a zip's one top folder, else the zip). A zip is unpacked "
+               "into a temporary folder removed when its evaluation ends: its scores stay, its images go (Errors "
+               "lists its cases without showing them).")
 
 
 run = require_run()

@@ -1,19 +1,23 @@
 """Scan: one slice (upload, test-split example or fresh phantom) through every model that loads, with CAM overlays;
-the others are rows saying why they are unavailable."""
+the others are rows saying why they are unavailable. An uploaded slice may come with its bleed (a mask image or a
+box), outlined and pointed at like a dataset's."""
+import re
 import time
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.data.decode import resize_square
+from core.data.layouts import box_mask
 from core.data.stacks import slice_order
 from core.families import family_of_card
 from core.families.base import Predictor
 from core.inference import domain_scores_all, image_domain_scores, lost_members, predict_outputs_all
 from core.io import store
 from core.io.framing import head_region
-from core.io.imaging import WINDOW_SETS, WINDOWS, ScanError, display_grey
+from core.io.imaging import WINDOW_SETS, WINDOWS, Scan, ScanError, display_grey
 from core.metrics.domain import input_problem, out_of_domain
 from core.phantom.generate import SUBTYPES, generate_slice, render
 from core.report import PRESETS
@@ -137,6 +141,64 @@ def domain_note(row: pd.Series) -> str:
                         f"Like its training data ({where}).")
 
 
+def nearest_resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean mask resized to `shape` by nearest neighbour: a bleed mask keeps hard edges at the size its slice
+    was decoded to."""
+    resized = Image.fromarray(mask.astype(np.uint8)).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized) > 0
+
+
+def mask_from_file(data: bytes, stored_shape: tuple[int, int]) -> np.ndarray:
+    """An uploaded bleed mask image (nonzero = bleed) as booleans at its full size, which must be the slice's as
+    stored; raises ScanError with one sentence."""
+    try:
+        found = read_scan(data, max_side=None)
+    except ScanError as err:
+        raise ScanError(f"The bleed mask is left out: {str(err)[:1].lower()}{str(err)[1:]}") from err
+    if found.stored_shape != stored_shape:
+        (h, w), (rows, cols) = found.stored_shape, stored_shape
+        raise ScanError(f"The bleed mask is left out: it is {w} × {h} px and the slice {cols} × {rows} px.")
+    return found.pixels > 0
+
+
+def mask_from_box(text: str, stored_shape: tuple[int, int]) -> np.ndarray:
+    """A bleed box typed as x0,y0,x1,y1 in the stored slice's pixels, as a mask of that size (every pixel it
+    touches, as core.data.layouts.box_mask draws BHX boxes); raises ScanError with one sentence."""
+    rows, cols = stored_shape
+    try:
+        x0, y0, x1, y1 = (float(n) for n in re.split(r"[\s,;]+", text.strip()))
+        inside = 0 <= x0 < x1 <= cols and 0 <= y0 < y1 <= rows   # NaN and inf fall outside
+    except ValueError:   # not four numbers
+        inside = False
+    if not inside:
+        raise ScanError(f"The bleed box is left out: type four numbers x0,y0,x1,y1 with 0 ≤ x0 < x1 ≤ {cols} and "
+                        f"0 ≤ y0 < y1 ≤ {rows}, the slice's pixels.")
+    return box_mask(pd.DataFrame({"x": [x0], "y": [y0], "width": [x1 - x0], "height": [y1 - y0]}), stored_shape)
+
+
+def upload_truth(scan: Scan) -> np.ndarray | None:
+    """The bleed given with an uploaded slice, if any (a mask image of the slice's size, else a typed box), at the
+    size the slice was decoded to; a mask that cannot be used is one warning and None, and so is an empty one."""
+    left, right = st.columns(2)
+    upload = left.file_uploader("Bleed mask (optional)", type=["png", "jpg", "jpeg"], key="scan_mask",
+                                help="A PNG or JPEG of the slice's size, nonzero where the bleed is: outlined on the "
+                                     "slice and every map, and each map says whether its peak hit it.")
+    box = right.text_input("…or a bleed box (optional)", key="scan_box", placeholder="x0,y0,x1,y1",
+                           help="Corners in the slice's own pixels; used when no mask image is given.")
+    try:
+        if upload is not None:
+            mask = mask_from_file(upload.getvalue(), scan.stored_shape)
+        elif box.strip():
+            mask = mask_from_box(box, scan.stored_shape)
+        else:
+            return None
+    except ScanError as err:
+        st.warning(str(err))
+        return None
+    mask = nearest_resized(mask, scan.image.shape[:2])
+    return mask if mask.any() else None
+
+
 run = require_run()
 st.title("Scan")
 SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
@@ -164,6 +226,7 @@ if source == "upload":
             f"{w.replace('_', ' ')} (centre {WINDOWS[w][0]:.0f}, width {WINDOWS[w][1]:.0f} HU)"))
     if scan.n_frames > 1:
         st.number_input("Frame", 0, scan.n_frames - 1, key="scan_frame")
+    mask = upload_truth(scan)
     spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
     shrunk = f", shown and scored at {image.shape[1]} × {image.shape[0]}" if scan.stored_shape != image.shape[:2] else ""
     facts = f"{scan.modality}, {scan.stored_shape[1]} × {scan.stored_shape[0]} px{shrunk}{spacing}" + (
