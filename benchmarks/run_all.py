@@ -1,8 +1,8 @@
 """`make bench`: every speed measurement, one after another, printing its figures.
 
 Each script runs in its own process so one's threads and caches do not colour the next one's figures.
-The run benchmarks (latency per model of checkpoints/demo, the Scan page's work per upload) run only
-when the demo run exists.
+The run benchmarks (latency per model of checkpoints/demo, the Scan page's work per upload, the dashboard's
+cold start to the Leaderboard) run only when the demo run exists.
 """
 import subprocess
 import sys
@@ -23,6 +23,7 @@ def main() -> int:
         steps.append(["benchmarks/scan_page.py", "--run", "checkpoints/demo"])
         steps.append(["benchmarks/huge_upload.py"])
         steps.append(["benchmarks/cam_sessions.py", "--run", "checkpoints/demo"])
+        steps.append(["benchmarks/cold_start.py", "--checkpoints", "checkpoints"])
     failed = 0
     for step in steps:
         print(f"\n$ python {' '.join(step)}", flush=True)

@@ -141,9 +141,9 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
                 if budget and name in networks else own[name]
             cards[name] = family_of(name).fit(name, data, replace(model_cfg, on_epoch=progress.epoch), run_dir,
                                               device)
+            progress.finished(name, cards[name])   # its card is on the dashboard already
             if cards[name]:   # rank 0: the statistics every upload is checked against (core.metrics.domain)
                 cards[name] = fit_domain_check(run_dir / name, data, device, cfg.seed)
-            progress.finished(name, cards[name])
             if budget and name in networks and cards[name]:
                 budget.record(time.perf_counter() - tick, cards[name]["training"]["seconds"])
             if dist.is_initialized():

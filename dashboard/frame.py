@@ -1,7 +1,9 @@
-"""What every page's frame needs: the notice, where runs live, the run selector and its health, the operating point."""
+"""What every page's frame needs: the notice, where runs live, the run selector and its health, the operating point,
+what the numbers were measured on, and the model filter the charts share."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -13,7 +15,8 @@ from core.io import store as ckpt
 from core.io.progress import LOCK, live_progress, summary, trainer_alive
 from core.registry import REGISTRY
 from core.report import PRESETS
-from dashboard.loaders import cards, evaluation_report, evaluation_stamp, scored, unavailable
+from dashboard.figures import model_colours
+from dashboard.loaders import cards, evaluation_report, evaluation_stamp, run_json, scored, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research and teaching tool, not for clinical use.** Predictions come from models "
@@ -56,6 +59,19 @@ class Run:
     def display(self, model: str) -> str:
         return self.cards[model].get("display_name", model)
 
+    @property
+    def colours(self) -> dict[str, str]:
+        """Display name -> colour, by the model's place in the registry's order (which orders every run; models it
+        lacks last): a model keeps its colour on every page and figure, whichever a filter shows or have landed."""
+        order = registry_order({*REGISTRY, *self.listed})
+        return model_colours([self.display(m) if m in self.listed else REGISTRY[m].display_name for m in order])
+
+
+def registry_order(models) -> list[str]:
+    """CNNs, sequence models, classical, ensembles, as the registry lists them; unknown names last."""
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    return sorted(models, key=lambda m: (order.get(m, len(order)), m))
+
 
 def _mtime(path: Path) -> float:
     """0 for a file gone since it was listed: a trainer's temporary file renamed in the meantime."""
@@ -68,8 +84,7 @@ def _mtime(path: Path) -> float:
 def open_run(path: Path) -> Run:
     """A run's completed models in registry order (CNNs, sequence models, classical, ensembles), verified once per
     stamp and split into the verified and the unavailable; reads (and caches) every card."""
-    order = {name: i for i, name in enumerate(REGISTRY)}
-    models = sorted(ckpt.list_models(path), key=lambda m: (order.get(m, len(order)), m))
+    models = registry_order(ckpt.list_models(path))
     # Model folders count as well as their files: deleting a weights file changes only its folder's mtime.
     files = [path / ckpt.SPLIT, *(path / m for m in models), *(f for m in models for f in (path / m).iterdir())]
     stamp = max(_mtime(f) for f in files)
@@ -215,3 +230,84 @@ def preset() -> str:
 
 def threshold(card: dict, name: str | None = None) -> float:
     return float(card["thresholds"].get(name or preset(), 0.5))
+
+
+def family_key(card: dict) -> str:
+    """A saved model's family, from the registry by its name: what a page showing stored numbers needs of
+    core.families without importing the networks behind it ("other" for a name this registry does not know)."""
+    spec = REGISTRY.get(card["model"])
+    return spec.family if spec else "other"
+
+
+def budget_cut(card: dict) -> str | None:
+    """How the run budget cut a network short (core.engine.budget: its share of the time left, below its own time
+    budget), in words; None when it did not. A card records the share (`time_budget_s`) and, in its recipe or
+    command line, the network's own budget; where neither records one, a cut shows as epochs that overran the share
+    (a budget never plans fewer than two)."""
+    training = card.get("training") or {}
+    share, run_budget = training.get("time_budget_s"), training.get("run_budget_s")
+    if share is None or not run_budget:
+        return None
+    own = (training.get("recipe") or {}).get("time_budget_s") or (training.get("args") or {}).get("time_budget")
+    if not (share < own if own else training.get("seconds", 0) > share):
+        return None
+    asked = f" (its own: {own:.0f} s)" if own else ""
+    return f"{training['epochs']} epochs on a {share:.0f} s share{asked} of the {run_budget:.0f} s run budget"
+
+
+def sample_size(run: Run, dataset: str | None) -> tuple[int, int]:
+    """(cases, cases with hemorrhage) the pages score: the test split, or the chosen stored evaluation."""
+    rows = scored(*run.key, dataset).drop_duplicates("id")
+    return len(rows), int(rows["label"].sum())
+
+
+def measured_on(run: Run, dataset: str | None) -> str:
+    """For captions: the data's kind, internal test split or external evaluation, and n."""
+    n, positive = sample_size(run, dataset)
+    trained = ckpt.training_data_text(run_json(*run.key, "run.json"))
+    count = f"n = {n} slices, {positive} with hemorrhage"
+    if dataset is None:
+        return f"the internal test split of {trained} ({count})"
+    source = evaluation_report(str(run.path), dataset, evaluation_stamp(str(run.path), dataset)).get("dataset", {})
+    folder = Path(source.get("source", dataset)).name
+    return f"{dataset_text(dataset)}, an external evaluation on folder `{folder}` ({count}; trained on {trained})"
+
+
+def chart_label(run: Run, dataset: str | None) -> str:
+    """For chart titles: what the numbers were measured on, in a few words."""
+    return f"{'test split' if dataset is None else dataset}, n = {sample_size(run, dataset)[0]}"
+
+
+def ranked_by_auc(models, aucs: dict[str, float]) -> list[str]:
+    """The models, best AUC first; a model without an AUC (one class in its cases) last."""
+    return sorted(models, key=lambda m: -aucs[m] if not math.isnan(aucs[m]) else math.inf)
+
+
+TOP_N = 5   # models a page's charts show at first: 16 curves or bars at once read as noise
+FAMILY_LABELS = {"cnn": "CNNs", "sequence": "Sequence models", "classical": "Classical", "ensemble": "Ensembles"}
+
+
+def model_filter(run: Run, ranked: list[str], key: str) -> list[str]:
+    """The models a page's charts draw, best AUC first: the top TOP_N at first, a family or all in one click, or any
+    chosen by hand in the multiselect (which then shows the choice as "by hand")."""
+    families = {m: family_key(run.cards[m]) for m in ranked}
+    in_order = dict.fromkeys(families[m] for m in registry_order(ranked))
+    picks = {"top": f"Top {TOP_N} by AUC", **{f: FAMILY_LABELS.get(f, f) for f in in_order}, "all": "All",
+             "hand": "By hand"}
+    pick_key = f"{key}_pick"
+
+    def models_of(pick: str) -> list[str]:
+        return {"top": ranked[:TOP_N], "all": ranked}.get(pick) or [m for m in ranked if families[m] == pick]
+
+    def on_hand():
+        st.session_state[pick_key] = "hand"
+
+    if st.session_state.get(pick_key) not in picks:
+        st.session_state[pick_key] = "top"
+    # Set before the widgets exist: a pick follows models landing or another dataset's ranking, and a choice by hand
+    # keeps only the models still offered.
+    pick = st.session_state[pick_key]
+    chosen = st.session_state.get(key, []) if pick == "hand" else models_of(pick)
+    st.session_state[key] = [m for m in chosen if m in ranked]
+    st.radio("Charts show", list(picks), format_func=picks.get, horizontal=True, key=pick_key)
+    return st.multiselect("Models in the charts", ranked, format_func=run.display, key=key, on_change=on_hand)

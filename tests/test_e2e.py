@@ -127,7 +127,7 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
 
         page.get_by_role("link", name="Scan").click()
-        page.locator("input[type=file]").set_input_files(str(scan))
+        page.locator("input[type=file]").first.set_input_files(str(scan))
         consensus = page.get_by_text(f"of {len(models)} models call hemorrhage")
         expect(consensus).to_be_visible(timeout=120_000)
         metrics = page.locator("[data-testid=stMetric]")
@@ -139,11 +139,11 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         expect(images).to_have_count(1 + len(cam_models), timeout=120_000)
         garbage = tmp_path / "garbage.png"
         garbage.write_bytes(b"this is not an image")
-        page.locator("input[type=file]").set_input_files(str(garbage))
+        page.locator("input[type=file]").first.set_input_files(str(garbage))
         expect(page.locator("[data-testid=stAlertContentError]").first).to_be_visible(timeout=60_000)
         unlike = page.get_by_text("This scan is unlike the training data")
         if SHARED_DATA.is_dir():   # a real normal slice from another hospital, to models trained on phantoms
-            page.locator("input[type=file]").set_input_files(str(next(SHARED_DATA.glob("rsna_ich_dev/normal/*.png"))))
+            page.locator("input[type=file]").first.set_input_files(str(next(SHARED_DATA.glob("rsna_ich_dev/normal/*.png"))))
             expect(unlike).to_be_visible(timeout=120_000)
         # The README's picture: a test-split hemorrhage, its true outline beside each model's map.
         case = largest_test_bleed(run)

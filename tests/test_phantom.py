@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from core.io.imaging import MASK_COLOUR
 from core.phantom import generate as phantom
 from core.phantom.generate import FOV_MM, LABEL_COLUMNS, SUBTYPES, TISSUES
 
@@ -130,8 +131,8 @@ def test_grid_preview(tmp_path):
     phantom.write_grid(tmp_path / "grid.png", size=64)
     grid = Image.open(tmp_path / "grid.png")
     assert grid.mode == "RGB" and grid.width == 4 * 64
-    red = np.asarray(grid)
-    assert ((red[..., 0] == 255) & (red[..., 1] == 0)).any()  # bleed outlines
+    pixels = np.asarray(grid)
+    assert (pixels == MASK_COLOUR).all(axis=-1).any()  # bleed outlines, in the colour every page uses
 
 
 @pytest.mark.parametrize("subtype", SUBTYPES)

@@ -22,7 +22,7 @@ from core.nets.build import cam_layers
 from core.nets.sharing import exclusive
 from core.nets.sequence import SequenceClassifier
 from core.io.framing import frame
-from core.io.imaging import display_grey
+from core.io.imaging import MASK_COLOUR, display_grey
 from core.phantom.generate import SUBTYPES, generate_slice, render
 
 METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
@@ -31,7 +31,6 @@ METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++
 METHOD_NAMES: tuple[str, ...] = (*METHODS, "random")
 SCORECAM_BATCH = 16        # ScoreCAM runs one forward per activation channel, this many at a time
 RANDOM_GRID = 7            # the random baseline is as coarse as a 7x7 feature map at native size
-MASK_COLOUR = (0, 255, 0)  # ground-truth contour in overlays
 COLOURMAP = cv2.COLORMAP_JET   # overlays: blue (low) to red (high), the maps' usual key
 # A map whose range is under this share of its peak points nowhere: drawn flat, not stretched into noise that tints
 # the whole slice.

@@ -22,6 +22,7 @@ class ScanError(ValueError):
     """A scan that cannot be read; the message is one readable sentence for the user."""
 
 
+MASK_COLOUR = (0, 255, 0)   # a true bleed's outline, the same on every picture (overlays, galleries, pages)
 # (center, width) in Hounsfield units. Brain/subdural/soft tissue are the RSNA 2019 winners' channels.
 WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from core.cli import Parser, folder, int_at_least, non_negative_int, positive_int, unit_float
 from core.io.atomic import atomic_write
-from core.io.imaging import WINDOW_SETS, WINDOWS, apply_window
+from core.io.imaging import MASK_COLOUR, WINDOW_SETS, WINDOWS, apply_window
 from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
                                   sample_patient)
 
@@ -148,7 +148,7 @@ def _remove_unwritten(out: Path, written: set) -> None:
 
 
 def write_grid(path: Path, size: int = 256, seed: int = 0) -> None:
-    """A labelled preview: one slice per subtype and three normals, bleeds outlined in red."""
+    """A labelled preview: one slice per subtype and three normals, bleeds outlined in MASK_COLOUR, as on every page."""
     rng = np.random.default_rng(seed)
     tiles = [(s, generate_slice(rng, size, s, 0.25, hard_negatives=())) for s in SUBTYPES]
     tiles += [("normal", generate_slice(rng, size, hard_negatives=())),
@@ -162,7 +162,7 @@ def write_grid(path: Path, size: int = 256, seed: int = 0) -> None:
     font = ImageFont.load_default(size=text)
     for i, (name, s) in enumerate(tiles):
         rgb = np.repeat(render(s.hu)[..., None], 3, axis=2)
-        rgb[s.mask & ~ndimage.binary_erosion(s.mask)] = (255, 0, 0)
+        rgb[s.mask & ~ndimage.binary_erosion(s.mask)] = MASK_COLOUR
         x0, y0 = (i % cols) * size, (i // cols) * (size + head)
         grid.paste(Image.fromarray(rgb), (x0, y0 + head))
         draw.text((x0 + 4, y0 + 2), name, fill=(255, 255, 255), font=font)
