@@ -175,9 +175,9 @@ def warmup_argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str] | None:
             "--out", str(Path(cfg.out) / WARMUP_DIR)] + ["--subtypes"] * cfg.subtypes + ["--resume"] * cfg.resume
 
 
-def warm_up(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
-    """cfg starting from its phantom warm-up run (trained first), or cfg itself where there is none; SystemExit(2)
-    when the warm-up fails."""
+def warm_up(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig | None:
+    """cfg starting from its phantom warm-up run (trained first), or cfg itself where there is none; None when the
+    warm-up fails."""
     argv = warmup_argv(args, cfg)
     if argv is None:
         return cfg
@@ -188,7 +188,7 @@ def warm_up(args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
     folder = Path(cfg.out) / WARMUP_DIR
     print(f"Phantom warm-up of {', '.join(argv[1].split(','))} into {folder}, then the painted slices", flush=True)
     if main(argv) != 0:
-        raise SystemExit(2)
+        return None
     warmed = replace(cfg, init_from=str(folder))
     check_init_from(warmed)
     return warmed
@@ -218,14 +218,14 @@ def main(argv=None) -> int:
     try:
         with lock:
             cfg = warm_up(args, cfg)
+            if cfg is None:   # the warm-up failed and said why
+                return 2
             root = data_root(args, preset, names)
             cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing,
                                                               windows=cfg.windows), started=start)
     except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2
-    except SystemExit as stop:   # the warm-up failed: it said why
-        return 2 if stop.code else 0
     if cards and all(cards.values()):
         print_summary(cards)
         print(f"run folder: {cfg.out}  ({time.perf_counter() - start:.0f} s in all)")

@@ -131,6 +131,18 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def training_line(card: dict) -> str:
+    """The card's training facts in words: epochs and starting weights for a network, a fit for the others."""
+    tr = card.get("training", {})
+    fitted = f"in {tr.get('seconds', float('nan')):.0f} s on {tr.get('device')}, seed {tr.get('seed')}"
+    if not family_of_card(card).is_network:
+        return f"- Training: fitted once {fitted}"
+    epochs = tr.get("epochs")
+    return (f"- Training: {epochs} epoch{'' if epochs == 1 else 's'} {fitted}; started from "
+            + ("ImageNet weights" if tr.get("pretrained") else "the weights of " + tr["init_from"]["run"]
+               if tr.get("init_from") else "scratch"))
+
+
 def card_markdown(card: dict) -> str:
     """A model card as readable Markdown (the JSON download carries everything)."""
     t, lat, tr, ds = card["thresholds"], card.get("latency", {}), card.get("training", {}), card.get("dataset", {})
@@ -144,8 +156,7 @@ def card_markdown(card: dict) -> str:
              f"- Latency ({lat.get('device', '?')}, batch 1): p50 {lat.get('batch1_ms_p50', float('nan')):.1f} ms, "
              f"p95 {lat.get('batch1_ms_p95', float('nan')):.1f} ms; throughput "
              f"{lat.get('throughput_img_s', float('nan')):.0f} img/s",
-             f"- Training: {tr.get('epochs')} epochs in {tr.get('seconds', float('nan')):.0f} s on {tr.get('device')}, "
-             f"pretrained {tr.get('pretrained')}, seed {tr.get('seed')}",
+             training_line(card),
              f"- Data: {ds.get('source', '?')}; " + ", ".join(
                  f"{s} {c['n']} ({c['hemorrhage']} hemorrhage)" for s, c in ds.get("counts", {}).items()),
              f"- Created: {card.get('created_at', '?')}", "",

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_RUN_CAM_MODELS
 from core.io import store as ckpt
 from core.metrics.binary import binary_metrics
-from core.report import PRESETS
+from core.report import PRESETS, card_markdown
 from test_dashboard import ok, page, run_dir, texts   # noqa: F401 (run_dir is a fixture)
 
 # "ResNet-18: 41.6% → hemorrhage (t = 39.5%)": probability and threshold at the same precision.
@@ -88,3 +88,11 @@ def test_data_page_calls_cross_split_pairs_expected_when_no_group_straddles(run_
     at = ok(page("data"))
     assert any("Groups in more than one split: 1" in w.value for w in at.warning)
     assert "No group straddles" not in " ".join(i.value for i in at.info)
+
+
+def test_a_card_says_how_its_model_was_trained_in_words(run_dir):
+    """No "pretrained False" or "1 epochs": a network's epochs and starting weights, a fit for the others."""
+    lines = {m: next(line for line in card_markdown(ckpt.load_card(run_dir / m)).splitlines()
+                     if line.startswith("- Training:")) for m in ("resnet18", "knn")}
+    assert re.match(r"- Training: 2 epochs in \d+ s on cpu, seed 0; started from scratch$", lines["resnet18"])
+    assert re.match(r"- Training: fitted once in \d+ s on cpu, seed 0$", lines["knn"])
