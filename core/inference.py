@@ -11,13 +11,12 @@ import pandas as pd
 import torch
 
 from core.data.decode import resize_square
-from core.data.features import FEATURE_NAMES, extract_features
+from core.data.features import FEATURE_NAMES
 from core.data.splits import Prepared
 from core.engine.cards import split_parts
 from core.families import family_of_card
 from core.families.base import Cases, Predictor
 from core.io import store
-from core.io.imaging import display_grey
 from core.metrics.domain import MAX_FIT_CASES, PASS_RATE, DomainModel, fit_domain
 
 RUN_DOMAIN = "domain.json"   # beside RUN/domain.safetensors: the run's image domain check (fit_image_domain)
@@ -57,12 +56,30 @@ def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") ->
     return predictor
 
 
-def _cases_of(data: Prepared, rows: np.ndarray) -> Cases:
-    """Some rows of a prepared split as cases, resized only for a model that reads another size."""
-    images = data.images[rows]
-    return Cases(lambda size: images if size == data.image_size else np.stack([resize_square(i, size)
-                                                                                for i in images]),
-                 data.manifest.iloc[rows].reset_index(drop=True))
+def _cases_of(data: Prepared, split: str, seed: int) -> Cases:
+    """A prepared split's cases for the domain checks (the training split a seeded sample of at most
+    MAX_FIT_CASES), made once per run so that every model and the run's own check share their features; resized only
+    for a model that reads another size."""
+    key = ("domain_cases", split, seed)
+    if key not in data.derived:
+        rows = split_parts(data.manifest)[split]
+        rows = np.random.default_rng(seed).permutation(rows)[:MAX_FIT_CASES] if split == "train" else rows
+        images = data.images[rows]
+        data.derived[key] = Cases(lambda size: images if size == data.image_size else np.stack(
+            [resize_square(i, size) for i in images]), data.manifest.iloc[rows].reset_index(drop=True))
+    return data.derived[key]
+
+
+def _labels(cases: Cases) -> np.ndarray:
+    return cases.manifest["label"].to_numpy()
+
+
+def _stored(domain: DomainModel, path: Path, train: Cases, val: Cases, method: str) -> dict:
+    """Write a domain check's statistics to `path` (safetensors); the facts a card or domain.json records of it."""
+    digest = store.save_weights(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
+    return {"method": method, "fitted_on": {"split": "train", "n": int(len(train.manifest))},
+            "calibrated_on": {"split": "val" if len(val.manifest) else "train", "n": int(len(domain.validation))},
+            "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}
 
 
 def fit_domain_check(model_dir: str | Path, data: Prepared, device: str | torch.device = "cpu",
@@ -71,41 +88,27 @@ def fit_domain_check(model_dir: str | Path, data: Prepared, device: str | torch.
     calibrated on the validation split; writes domain.safetensors and the card's "domain"; returns the card
     (unchanged for a model with no features of its own: an ensemble)."""
     predictor = load_predictor(model_dir, device)
-    part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
-    train = np.random.default_rng(seed).permutation(part["train"])[:MAX_FIT_CASES]
-    features = predictor.domain_features(_cases_of(data, train))
+    train, val = _cases_of(data, "train", seed), _cases_of(data, "val", seed)
+    features = predictor.domain_features(train)
     if features is None:
         return predictor.card
-    domain = fit_domain(features, labels[train], predictor.domain_features(_cases_of(data, part["val"])))
-    digest = store.save_weights(Path(model_dir) / store.DOMAIN,
-                                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
-    card = {**predictor.card, "domain": {
-        "method": "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance (Lee et al. 2018)",
-        "features": int(features.shape[1]), "fitted_on": {"split": "train", "n": int(len(train))},
-        "calibrated_on": {"split": "val" if len(part["val"]) else "train", "n": int(len(domain.validation))},
-        "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}}
+    domain = fit_domain(features, _labels(train), predictor.domain_features(val))
+    method = "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance (Lee et al. 2018)"
+    card = {**predictor.card, "domain": {**_stored(domain, Path(model_dir) / store.DOMAIN, train, val, method),
+                                         "features": int(features.shape[1])}}
     store.write_json(Path(model_dir) / store.CARD, card)
     return card
 
 
-def _image_features(images: np.ndarray) -> np.ndarray:
-    return extract_features(np.stack([display_grey(i) for i in images]))
-
-
 def fit_image_domain(run_dir: str | Path, data: Prepared, seed: int = 0) -> dict:
     """The run's own domain check, whatever its models: the same statistics on the hand-crafted image features
-    (core.data.features: intensities, texture, shape) of its training split, at its first image size. Writes
-    RUN/domain.safetensors and RUN/domain.json; returns the facts."""
-    part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
-    train = np.random.default_rng(seed).permutation(part["train"])[:MAX_FIT_CASES]
-    domain = fit_domain(_image_features(data.images[train]), labels[train], _image_features(data.images[part["val"]]))
-    digest = store.save_weights(Path(run_dir) / store.DOMAIN,
-                                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
-    facts = {"method": "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance, on "
-                       f"{len(FEATURE_NAMES)} hand-crafted image features", "image_size": data.image_size,
-             "fitted_on": {"split": "train", "n": int(len(train))},
-             "calibrated_on": {"split": "val" if len(part["val"]) else "train", "n": int(len(domain.validation))},
-             "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}
+    (core.data.features: intensities, texture, shape) of its training split, at its first image size, shared with
+    its classical models (Cases.features_at). Writes RUN/domain.safetensors and RUN/domain.json; returns the facts."""
+    train, val = _cases_of(data, "train", seed), _cases_of(data, "val", seed)
+    domain = fit_domain(train.features_at(data.image_size), _labels(train), val.features_at(data.image_size))
+    method = ("Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance, on "
+              f"{len(FEATURE_NAMES)} hand-crafted image features")
+    facts = {**_stored(domain, Path(run_dir) / store.DOMAIN, train, val, method), "image_size": data.image_size}
     store.write_json(Path(run_dir) / RUN_DOMAIN, facts)
     return facts
 
@@ -123,7 +126,7 @@ def image_domain(run_dir: str | Path) -> tuple[DomainModel, dict] | None:
 def image_domain_scores(check: tuple[DomainModel, dict], images_at: Callable[[int], np.ndarray]) -> np.ndarray:
     """Each framed slice's score under the run's image domain check (larger: less like its training slices)."""
     domain, facts = check
-    return domain.scores(_image_features(images_at(facts["image_size"])))
+    return domain.scores(Cases(images_at).features_at(facts["image_size"]))
 
 
 def domain_scores_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.ndarray],

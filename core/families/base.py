@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.data.features import extract_features
 from core.data.splits import Prepared
 from core.engine.config import TrainConfig
 from core.io.store import WEIGHTS
@@ -28,12 +29,20 @@ class Cases:
     manifest: pd.DataFrame | None = None         # `series` / `slice_index`: neighbours for sequence models
     probs: dict[str, np.ndarray] = field(default_factory=dict)   # predictions made so far (ensemble members)
     _sized: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _features: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def at(self, size: int) -> np.ndarray:
         """The slices at one size, resized once however many predictors read them."""
         if size not in self._sized:
             self._sized[size] = self.images_at(size)
         return self._sized[size]
+
+    def features_at(self, size: int) -> np.ndarray:
+        """The slices' hand-crafted features (core.data.features) at one size, computed once however many classical
+        models and domain checks read them."""
+        if size not in self._features:
+            self._features[size] = extract_features(self.at(size))
+        return self._features[size]
 
 
 class Predictor(ABC):

@@ -256,10 +256,10 @@ class LoadedClassical(Predictor):
         return _positive_probs(self.pipeline, self.features(images))
 
     def predict(self, cases: Cases) -> np.ndarray:
-        return self.predict_images(cases.at(self.input_size))
+        return _positive_probs(self.pipeline, cases.features_at(self.input_size))
 
     def domain_features(self, cases: Cases) -> np.ndarray:
-        return self.features(cases.at(self.input_size))
+        return cases.features_at(self.input_size)
 
 
 def load_classical(model_dir: str | Path) -> LoadedClassical:

@@ -76,9 +76,10 @@ def input_flags(run: Run, loaded: dict[str, Predictor], one_slice) -> dict:
     and beyond which share of its validation slices), and the probability it gives a blank image of the same shape
     (computed once per run): a model that gives the slice the same is saturated, deaf to what it shows."""
     domain = domain_scores_all(loaded, one_slice)
-    key = ("blank_probabilities", *run.key, one_slice(1).shape[1:])
+    channels = one_slice(1).shape[3:]   # a window set's (C,), else ()
+    key = ("blank_probabilities", *run.key, channels)
     if key not in st.session_state:
-        blank = lambda size: np.zeros_like(one_slice(size))
+        blank = lambda size: np.zeros((1, size, size, *channels), np.uint8)
         st.session_state[key] = {m: float(o[0, 0]) for m, o in predict_outputs_all(loaded, blank).items()}
     checks = {m: {"unusual": bool(p.domain.unusual(domain[m])[0]), "beyond": float(p.domain.percentile(domain[m])[0])}
               for m, p in loaded.items() if m in domain}
