@@ -2,11 +2,11 @@
 
     python demo.py
 
-A complete demo run (its last model, ensemble_stack, has a card) is served at once. Otherwise, unless a
-trainer is already writing checkpoints/demo, `train.py --resume` starts detached (its own session, so
-closing the app or Ctrl-C leaves it training; log in checkpoints/demo/train.log), and the app starts once
-the first model's card is written (the classical models take about a minute). Run it again after a kill:
-the trainer resumes, model by model.
+A complete demo run (its last model, ensemble_stack, has a card, and its evaluation on other-scanner phantoms,
+which train.py stores last, is there) is served at once. Otherwise, unless a trainer is already writing
+checkpoints/demo, `train.py --resume` starts detached (its own session, so closing the app or Ctrl-C leaves it
+training; log in checkpoints/demo/train.log), and the app starts once the first model's card is written (the
+classical models take about a minute). Run it again after a kill: the trainer resumes, model by model.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from core.io import store
 from core.io.progress import PROGRESS, summary, trainer_alive
+from core.phantom.scanner import OTHER
 
 REPO = Path(__file__).resolve().parent
 RUN = Path("checkpoints/demo")
@@ -60,9 +61,13 @@ def wait_for_first_model(alive) -> None:
         time.sleep(1)
 
 
+def complete() -> bool:
+    return (RUN / "ensemble_stack" / store.CARD).is_file() and OTHER.set_name in store.list_evaluations(RUN)
+
+
 def main() -> None:
     os.chdir(REPO)
-    if not (RUN / "ensemble_stack" / store.CARD).is_file():
+    if not complete():
         if trainer_alive(RUN):
             print(f"a trainer is already writing {RUN}; serving what it has written so far", flush=True)
             alive = lambda: trainer_alive(RUN)

@@ -22,11 +22,14 @@ from core.engine.init import check_init_from
 from core.io.framing import FRAMINGS
 from core.io.imaging import WINDOW_SETS
 from core.io.progress import RunBusy, trainer_lock
+from core.io.store import CheckpointError
 from core.nets.build import NETWORK_NAMES
 from core.nets.cnn import HEADS
 from core.nets.numerics import NAMES as NUMERICS
-from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, PAINTED_COPIES, PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR,
-                          Preset, demo_preset, painted_root, phantom_root)
+from core.phantom.scanner import OTHER
+from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, OTHER_SCANNER_S, OTHER_SCANNER_SEED, OTHER_SCANNER_SLICES,
+                          PAINTED_COPIES, PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR, Preset, demo_preset,
+                          evaluate_other_scanner, painted_root, phantom_root)
 from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
@@ -61,8 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "demo, none with --data or --epochs")
     p.add_argument("--run-budget", type=positive_float,
                    help="seconds for the whole run: where it falls behind, each network trains for less than its "
-                        f"time budget (its share of the time left); default: the preset's ({CPU_RUN_BUDGET_S} s on "
-                        "a CPU, none on a GPU) for the demo, none with --data, --epochs or --time-budget")
+                        "time budget (its share of the time left); default: the preset's "
+                        f"({CPU_RUN_BUDGET_S - OTHER_SCANNER_S} s on a CPU, the demo's {CPU_RUN_BUDGET_S} s less "
+                        f"{OTHER_SCANNER_S} s for its other-scanner evaluation after; none on a GPU) for the demo, "
+                        "none with --data, --epochs or --time-budget")
     p.add_argument("--epoch-size", type=positive_int,
                    help="training images per epoch, drawn afresh each epoch (default: the whole training split; "
                         "448 on the CPU preset's phantoms)")
@@ -102,6 +107,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "them; cards hold each subtype's test AUC")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last completed epoch")
     p.add_argument("--phantoms", type=positive_int, help="number of phantom slices when no --data is given")
+    p.add_argument("--other-scanner", type=non_negative_int, metavar="N",
+                   help="without --data, the finished run is evaluated on N fresh phantom slices imaged as by another "
+                        "scanner (noise, kernel, slice thickness, field of view, window; core.phantom.scanner), stored "
+                        f"with it as evaluations/{OTHER.set_name}; 0: none (default: a third of the phantoms, at most "
+                        f"{OTHER_SCANNER_SLICES})")
     p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
                    help="registry CNN that encodes each slice of cnn_gru / cnn_lstm stacks")
     p.add_argument("--stack-size", type=positive_int, default=5, help="slices per stack for the sequence models")
@@ -155,9 +165,39 @@ def data_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> lis
         if not args.synthetic_bleeds:
             return [Path(d) for d in args.data]
         return [painted_root(d, args.seed, args.synthetic_copies or PAINTED_COPIES) for d in args.data]
-    stack_size = args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
     n = preset.phantoms if args.phantoms is None else args.phantoms
-    return phantom_root(n, args.seed, preset.difficulty, stack_size, preset.twins)
+    return phantom_root(n, args.seed, preset.difficulty, phantom_stack_size(args, names), preset.twins)
+
+
+def phantom_stack_size(args: argparse.Namespace, names: list[str]) -> int:
+    return args.stack_size if any(m in SEQUENCE_NAMES for m in names) else 1
+
+
+def other_scanner_root(args: argparse.Namespace, preset: Preset, names: list[str]) -> Path | None:
+    """A phantom run's external test set (docs/NOTES.md, "Other-scanner phantoms"): fresh heads drawn as the run's
+    own, imaged as by another scanner; None on --data or where none is asked for."""
+    n = args.other_scanner
+    if n is None:
+        n = min(OTHER_SCANNER_SLICES, (preset.phantoms if args.phantoms is None else args.phantoms) // 3)
+    if args.data or n < 2:   # both classes need two slices at least
+        return None
+    return phantom_root(n, args.seed + OTHER_SCANNER_SEED, preset.difficulty, phantom_stack_size(args, names),
+                        preset.twins, OTHER)
+
+
+def other_scanner_check(args: argparse.Namespace, preset: Preset, names: list[str], cfg: TrainConfig) -> None:
+    """A finished phantom run evaluated on other_scanner_root's set, stored with it; a failure is one line, the run
+    stays complete."""
+    tick, data = time.perf_counter(), other_scanner_root(args, preset, names)
+    if data is None:
+        return
+    try:
+        gap = evaluate_other_scanner(cfg.out, data, resolve_device(cfg.device).type)
+    except (DatasetError, CheckpointError) as err:
+        print(f"hemolens: the {OTHER.set_name} evaluation failed: {err}", file=sys.stderr)
+        return
+    if gap:
+        print(f"Evaluated on {OTHER.set_name}: {gap} ({time.perf_counter() - tick:.0f} s)", flush=True)
 
 
 def warmup_argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str] | None:
@@ -171,7 +211,7 @@ def warmup_argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str] | None:
             "--epochs", str(PAINTED_WARMUP["epochs"]), "--epoch-size", str(PAINTED_WARMUP["epoch_size"]),
             "--lr", str(PAINTED_WARMUP["lr"]), "--augment", "--head", cfg.head, "--windows", cfg.windows,
             "--seed", str(cfg.seed), "--device", cfg.device, "--numerics", cfg.numerics,
-            "--sequence-backbone", cfg.sequence_backbone, "--stack-size", str(cfg.stack_size),
+            "--sequence-backbone", cfg.sequence_backbone, "--stack-size", str(cfg.stack_size), "--other-scanner", "0",
             "--out", str(Path(cfg.out) / WARMUP_DIR)] + ["--subtypes"] * cfg.subtypes + ["--resume"] * cfg.resume
 
 
@@ -223,6 +263,8 @@ def main(argv=None) -> int:
             root = data_root(args, preset, names)
             cards = train_run(cfg, root, lambda size: prepare(root, size, seed=args.seed, framing=cfg.framing,
                                                               windows=cfg.windows), started=start)
+            if cards and all(cards.values()) and os.environ.get("RANK", "0") == "0":
+                other_scanner_check(args, preset, names, cfg)
     except (DatasetError, RunBusy) as err:
         print(f"hemolens: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from core.phantom.generate import SUBTYPES, generate_stack, write_dataset  # noqa: E402
+from core.phantom.generate import generate_stack, write_dataset  # noqa: E402
+from core.subtypes import SUBTYPES  # noqa: E402
 
 
 def generation_rate(size: int, n: int, stack_size: int = 5) -> float:

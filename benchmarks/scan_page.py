@@ -3,7 +3,7 @@ probability, and one hemorrhage Grad-CAM per convolutional model.
 
     python benchmarks/scan_page.py [--run checkpoints/demo] [--repeats 5] [--threads 2]
 
-The same core calls the page makes (core.io.imaging.load_scan, core.inference.predict_all,
+The same core calls the page makes (core.io.imaging.load_scan, core.inference.score_series,
 core.explain.cam.explain_image), timed after one warm-up upload. Goal: <= 1.5 s on a 2-core CPU for
 the demo run. The median and the best of the repeats are printed, per step and in total.
 """
@@ -23,10 +23,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from core.io import store as ckpt  # noqa: E402
-from core.data.decode import resize_square  # noqa: E402
 from core.explain.cam import explain_image  # noqa: E402
 from core.io.imaging import load_scan  # noqa: E402
-from core.inference import load_predictor, predict_all  # noqa: E402
+from core.inference import load_predictor, score_series  # noqa: E402
 from core.phantom.generate import generate_slice, render  # noqa: E402
 
 GOAL_S = 1.5
@@ -45,7 +44,7 @@ def one_upload(predictors, data: bytes) -> dict[str, float]:
     image = load_scan(data).image
     times["decode"] = time.perf_counter() - start
     tick = time.perf_counter()
-    predict_all(predictors, lambda size: resize_square(image, size)[None].copy())
+    score_series(predictors, [image])
     times["probabilities"] = time.perf_counter() - tick
     tick = time.perf_counter()
     for p in predictors.values():

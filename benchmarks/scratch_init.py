@@ -26,6 +26,7 @@ from core.presets import demo_preset, phantom_root  # noqa: E402
 from core.data.splits import prepare  # noqa: E402
 from core.engine.config import TrainConfig  # noqa: E402
 from core.engine.fit import fit_network  # noqa: E402
+from core.registry import get_spec  # noqa: E402
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig(models=[args.model], out=out, epochs=args.epochs, image_size=args.size,
                               batch_size=preset.batch_size, warmup_epochs=warmup, patience=args.epochs, device="cpu")
-            fit_network(args.model, data, cfg, Path(out), torch.device("cpu"))
+            fit_network(get_spec(args.model), data, cfg, Path(out), torch.device("cpu"))
             history = pd.read_csv(Path(out) / args.model / HISTORY)
         rows.extend((init, h) for h in history.itertuples())
     width = len(args.model) + 2

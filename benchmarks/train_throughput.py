@@ -21,8 +21,8 @@ from core.nets.build import create_model  # noqa: E402
 from core.registry import CNN_NAMES  # noqa: E402
 from core.phantom.generate import write_dataset  # noqa: E402
 from core.data.splits import prepare  # noqa: E402
-from core.engine.config import resolve_device  # noqa: E402
-from core.engine.loop import train_one_epoch  # noqa: E402
+from core.engine.config import TrainConfig, resolve_device  # noqa: E402
+from core.engine.loop import Training, train_one_epoch  # noqa: E402
 from core.nets.numerics import NAMES, Numerics  # noqa: E402
 
 
@@ -34,7 +34,9 @@ def measure(name, data, size, device, epochs, batch_size, numerics):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)   # as core.training
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    runs = [train_one_epoch(model, loader, opt, sched, loss_fn, device, e, 0, numerics=numerics) for e in range(epochs)]
+    training = Training(cfg=TrainConfig(models=[name]), device=device, trainee=model, loader=loader, optimizer=opt,
+                        scheduler=sched, loss_fn=loss_fn, numerics=numerics)
+    runs = [train_one_epoch(training, e) for e in range(epochs)]
     timed = runs[1:] or runs
     seconds = sum(r["seconds"] for r in timed)
     images = sum(r["img_per_s"] * r["seconds"] for r in timed)

@@ -23,7 +23,6 @@ from core.families import family_of_card
 from core.nets.build import load_network
 from core.nets.measure import count_gmacs, measure_latency
 from core.nets.numerics import NAMES, Numerics
-from core.registry import get_spec
 
 VARIANTS = (*NAMES, "compile")   # numerics (core.nets.numerics), and torch.compile of the fp32 model
 
@@ -32,7 +31,7 @@ def _measure(model_dir: str, device: str, variants: list[str], size_mode: str, q
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     loaded = load_network(model_dir, device)
     card = loaded.card
-    size = get_spec(card["model"]).input_size if size_mode == "native" else card["input_size"]
+    size = card["native_input_size"] if size_mode == "native" else card["input_size"]
     gmacs = count_gmacs(loaded.model, size)
     out = {"model": card["model"], "device": device, "input_size": size, "params": card["params"],
            "gmacs": gmacs, "size_bytes": card["size_bytes"]}

@@ -12,12 +12,12 @@ from core.io import store as ckpt
 from core.metrics import binary as M
 from core.data.discover import DatasetError
 from core.data.decode import decode_images
-from core.data.layouts import FLAG_COLUMNS, FLAGS
 from core.inference import domain_scores_all, load_predictor, predict_outputs_all
 from core.report import write_report
 from core.data.splits import prepare, read_manifest, seen_in_training
 from core.io.framing import framing_of
 from core.io.imaging import windows_of
+from core.subtypes import flag_column
 
 # Bleed area bands (mm2): triage sensitivity drops on small bleeds (docs/NOTES.md, "Evaluation").
 AREA_BANDS = [(0, 100, "<100 mm2"), (100, 400, "100-400 mm2"), (400, float("inf"), ">=400 mm2")]
@@ -81,12 +81,14 @@ def subgroups(cases: pd.DataFrame, prob: np.ndarray, threshold: float) -> list[d
     return rows
 
 
-def subtype_aucs(cases: pd.DataFrame, outputs: np.ndarray) -> dict:
-    """A subtypes head's AUC per subtype on the cases labelled for it; {} for a one-output model or cases that carry
-    no subtype flags."""
-    if outputs.shape[1] != 1 + len(FLAGS) or not set(FLAG_COLUMNS) <= set(cases.columns):
+def subtype_aucs(cases: pd.DataFrame, outputs: np.ndarray, names: list[str]) -> dict:
+    """A subtypes head's AUC per subtype on the cases labelled for it, its outputs named as its card names them
+    (`names`, "any" first); {} for a one-output model or cases that carry no subtype flags."""
+    subtypes = names[1:]
+    columns = [flag_column(s) for s in subtypes]
+    if not subtypes or not set(columns) <= set(cases.columns):
         return {}
-    return M.auc_per_output(FLAGS, cases[FLAG_COLUMNS].to_numpy(dtype=float), outputs[:, 1:])
+    return M.auc_per_output(subtypes, cases[columns].to_numpy(dtype=float), outputs[:, 1:])
 
 
 def domain_summary(predictor, scores: np.ndarray | None) -> dict | None:
@@ -107,8 +109,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
         raise ckpt.CheckpointError(f"{run_dir} holds no completed model (no */card.json).")
     predictors = {name: load_predictor(run_dir / name, device) for name in names}
     for p in list(predictors.values()):   # an ensemble is combined from its members' predictions
-        for member in p.members:
-            predictors.setdefault(member, load_predictor(run_dir / member, device))
+        for member in set(p.members) - set(predictors):   # loaded once, not again for each ensemble
+            predictors[member] = load_predictor(run_dir / member, device)
     by_size: dict[int, tuple] = {}
 
     def images_at(size: int) -> np.ndarray:
@@ -135,7 +137,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, models: list[str]
             "subgroups": subgroups(cases, prob, card["thresholds"]["youden"]),
             # Per scan (the manifest's series): max over its slices, at every card threshold; None without scans.
             "scan": M.scan_metrics(cases.get("series"), y, prob, card["thresholds"]),
-            "subtypes": subtype_aucs(cases, outputs[name]),
+            "subtypes": subtype_aucs(cases, outputs[name], predictors[name].outputs),
             "latency": card.get("latency"), "params": card.get("params"),
             "domain": domain_summary(predictors[name], domain.get(name)),
         }

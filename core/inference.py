@@ -1,10 +1,11 @@
-"""Any saved model, whatever its family: which can be trusted (`unavailable_models`), loading (`load_predictor`),
-P(hemorrhage) per case (`predict_all`; every output of a subtypes head: `predict_outputs_all`) and how unlike its
-training data each case is (`fit_domain_check` at training time, `domain_scores_all`)."""
+"""Any saved model, whatever its family: loading (`load_predictor`; which can be trusted is
+core.io.store.unavailable_models), P(hemorrhage) per case (`predict_all`; every output of a subtypes head:
+`predict_outputs_all`; the slices of an uploaded series: `score_series`, `series_ranking`) and how unlike its training
+data each case is (`fit_domain_check` at training time, `domain_scores_all`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,33 +18,11 @@ from core.engine.cards import split_parts
 from core.families import family_of_card
 from core.families.base import Cases, Predictor
 from core.io import store
+from core.io.weights import load_weights, save_weights
+from core.metrics.binary import scan_scores
 from core.metrics.domain import MAX_FIT_CASES, PASS_RATE, DomainModel, fit_domain
 
 RUN_DOMAIN = "domain.json"   # beside RUN/domain.safetensors: the run's image domain check (fit_image_domain)
-
-
-def model_problem(model_dir: str | Path, card: dict) -> str:
-    """Why a saved model cannot be trusted, in a few words ('' when it can): the cheap checks `load` repeats,
-    made before anything is loaded (the files its family needs, the weights' sha256 against the card)."""
-    try:
-        family = family_of_card(card)
-    except store.CheckpointError as err:
-        return str(err)
-    return store.folder_problem(model_dir, family.weights_file, card.get("weights_sha256"))
-
-
-def lost_members(members: Mapping[str, Sequence[str]], available: Collection[str]) -> dict[str, str]:
-    """The models among `members` (model -> the models it needs) that need one not `available`, with why: an
-    ensemble's weights were fitted to its members' probabilities, so without one it means nothing."""
-    return {model: f"member {lost[0]} is unavailable" for model, needs in members.items()
-            if (lost := [m for m in needs if m not in available])}
-
-
-def unavailable_models(run_dir: str | Path, cards: dict[str, dict]) -> dict[str, str]:
-    """The models of a run (name -> card) that cannot be trusted, with why; the others are verified."""
-    out = {m: why for m, card in cards.items() if (why := model_problem(Path(run_dir) / m, card))}
-    needs = {m: card.get("members", ()) for m, card in cards.items() if m not in out}
-    return {**out, **lost_members(needs, set(cards) - set(out))}
 
 
 def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -51,7 +30,7 @@ def load_predictor(model_dir: str | Path, device: str | torch.device = "cpu") ->
     statistics where the card records them (verified alike)."""
     predictor = family_of_card(store.load_card(model_dir)).load(model_dir, device)
     if facts := predictor.card.get("domain"):
-        tensors = store.load_weights(Path(model_dir) / store.DOMAIN, facts.get("sha256"))
+        tensors = load_weights(Path(model_dir) / store.DOMAIN, facts.get("sha256"))
         predictor.domain = DomainModel.from_tensors({k: v.numpy() for k, v in tensors.items()})
     return predictor
 
@@ -76,7 +55,7 @@ def _labels(cases: Cases) -> np.ndarray:
 
 def _stored(domain: DomainModel, path: Path, train: Cases, val: Cases, method: str) -> dict:
     """Write a domain check's statistics to `path` (safetensors); the facts a card or domain.json records of it."""
-    digest = store.save_weights(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
+    digest = save_weights(path, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in domain.tensors().items()})
     return {"method": method, "fitted_on": {"split": "train", "n": int(len(train.manifest))},
             "calibrated_on": {"split": "val" if len(val.manifest) else "train", "n": int(len(domain.validation))},
             "pass_rate": PASS_RATE, "threshold": domain.threshold, "sha256": digest}
@@ -119,7 +98,7 @@ def image_domain(run_dir: str | Path) -> tuple[DomainModel, dict] | None:
     if not path.is_file():
         return None
     facts = store.read_json(path)
-    tensors = store.load_weights(Path(run_dir) / store.DOMAIN, facts.get("sha256"))
+    tensors = load_weights(Path(run_dir) / store.DOMAIN, facts.get("sha256"))
     return DomainModel.from_tensors({k: v.numpy() for k, v in tensors.items()}), facts
 
 
@@ -152,3 +131,30 @@ def predict_all(predictors: dict[str, Predictor], images_at: Callable[[int], np.
                 manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """P(hemorrhage) per case per predictor (ensembles after members); images_at(size) -> (N, S, S[, C]) uint8."""
     return {name: p[:, 0] for name, p in predict_outputs_all(predictors, images_at, manifest).items()}
+
+
+UPLOAD = "upload"   # the series key of an uploaded series' slices, in which a sequence model reads neighbours
+
+
+def slice_images(slices: Sequence[np.ndarray]) -> Callable[[int], np.ndarray]:
+    """images_at(size) for slices of any size ((H, W[, C]) uint8): each resized to size x size, stacked."""
+    return lambda size: np.stack([resize_square(s, size) for s in slices])
+
+
+def score_series(predictors: dict[str, Predictor], slices: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every predictor's outputs, (n, outputs) with column 0 P(hemorrhage), for one slice (n = 1) or for the slices of
+    one series in slice order: a sequence model reads each with its neighbours, every other model each alone."""
+    manifest = pd.DataFrame({"series": UPLOAD, "slice_index": range(len(slices))}) if len(slices) > 1 else None
+    return predict_outputs_all(predictors, slice_images(slices), manifest)
+
+
+def series_ranking(probs: Mapping[str, np.ndarray], top: int = 3) -> pd.DataFrame:
+    """Per model (the index), a series' scan score as the scan-level metrics compute it (`scan_score`:
+    core.metrics.binary.scan_scores, its most suspicious slice) and its `top` slices' indices, most suspicious first."""
+    rows = {}
+    for model, p in probs.items():
+        p = np.asarray(p, float)
+        # An upload's truth is unknown: only the score is read, so its labels are placeholders.
+        score = scan_scores(np.full(len(p), UPLOAD), np.zeros(len(p), int), p)[1][0]
+        rows[model] = {"scan_score": float(score), "top": np.argsort(-p, kind="stable")[:top].tolist()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["scan_score", "top"])

@@ -7,12 +7,18 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from core.io import store
 from core.io.atomic import remove_stale_temp_dirs, temp_dir
 from core.engine.config import TrainConfig
+from core.evaluate import evaluate_run
 from core.insert.lesions import PAINTER_VERSION
 from core.insert.write import write_painted
 from core.phantom.generate import write_dataset
-from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, SEQUENCE_NAMES
+from core.phantom.scanner import DEFAULT, Scanner
+from core.report import write_report
+from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, REGISTRY, SEQUENCE_NAMES, ModelSpec
 
 DATA_CACHE = Path(__file__).resolve().parents[1] / "data"
 PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
@@ -32,12 +38,28 @@ PAINTED_WARMUP = {"phantoms": 1000, "epochs": 10, "epoch_size": 640, "lr": 2e-3}
 WARMUP_DIR = "warmup"
 PHANTOM_CACHE = Path(os.environ.get("HEMOLENS_PHANTOMS", DATA_CACHE / "phantoms"))
 PHANTOM_SIZE = 256
+# The phantom demo's external test set (docs/NOTES.md, "Other-scanner phantoms"): fresh heads (the run's seed plus
+# OTHER_SCANNER_SEED) imaged as by another scanner, at most this many slices and a third of the run's phantoms.
+OTHER_SCANNER_SLICES = 200
+OTHER_SCANNER_SEED = 100_000
 CPU_BUDGET_S = 45   # per network in the CPU demo, unless CPU_RECIPES says otherwise
-# Whole CPU demo incl. phantoms; networks shrink when the run falls behind (core.engine.budget).
+# Whole CPU demo incl. phantoms; networks shrink when the run falls behind (core.engine.budget). OTHER_SCANNER_S of
+# it are kept for the other-scanner evaluation after the last model (docs/NOTES.md, "Other-scanner phantoms").
 CPU_RUN_BUDGET_S = 565
-# Slowest epochs first: the light networks at the end absorb what the heavy ones overran.
-CPU_NETWORK_ORDER = ("vgg16", "vgg16_bn", "resnet50", "xception", "inception_v3", "resnet18", "mobilenet_v2",
-                     "mobilenet_v3_large", "alexnet")
+OTHER_SCANNER_S = 40
+
+
+def cpu_network_order(cnns: list[ModelSpec]) -> tuple[str, ...]:
+    """The CPU demo's networks in training order, by each one's cpu_place: slowest epochs first, so that the light
+    networks at the end absorb what the heavy ones overran. Every CNN must hold one of the places 1 to n."""
+    order = sorted(cnns, key=lambda spec: spec.cpu_place)
+    if [spec.cpu_place for spec in order] != list(range(1, len(order) + 1)):
+        raise ValueError(f"the registry's CNNs need the CPU demo places 1 to {len(order)}, one each; they have "
+                         + ", ".join(f"{spec.name} {spec.cpu_place}" for spec in order))
+    return tuple(spec.name for spec in order)
+
+
+CPU_NETWORK_ORDER = cpu_network_order([REGISTRY[name] for name in CNN_NAMES])   # every registry CNN
 
 
 @dataclass(frozen=True)
@@ -65,29 +87,50 @@ def demo_preset(device_type: str) -> Preset:
                       models=(*CLASSICAL_NAMES, *CNN_NAMES, *SEQUENCE_NAMES, *ENSEMBLE_NAMES), time_budget_s=None)
     return Preset(phantoms=1200, image_size=64, epochs=8, batch_size=16, difficulty=(0.0, 0.25),
                   models=(*CLASSICAL_NAMES, *CPU_NETWORK_ORDER, *ENSEMBLE_NAMES),
-                  time_budget_s=CPU_BUDGET_S, run_budget_s=CPU_RUN_BUDGET_S, per_model=CPU_RECIPES,
+                  time_budget_s=CPU_BUDGET_S, run_budget_s=CPU_RUN_BUDGET_S - OTHER_SCANNER_S, per_model=CPU_RECIPES,
                   augment=False, epoch_size=448, twins=True)
 
 
-# Per-network settings of the CPU demo (docs/NOTES.md, "Per-network CPU recipes").
-CPU_RECIPES = {"alexnet": {"head": "gap", "image_size": 128, "epochs": 16, "lr": 3e-4},
-               "vgg16": {"head": "gap", "image_size": 64, "time_budget_s": 95, "warmup_epochs": 0.25},
-               "vgg16_bn": {"head": "gap", "image_size": 64, "time_budget_s": 70, "warmup_epochs": 0.25},
-               "resnet50": {"time_budget_s": 80, "lr": 3e-3},
-               "resnet18": {"time_budget_s": 30},
-               "mobilenet_v2": {"epochs": 16, "lr": 2e-3},
-               "mobilenet_v3_large": {"epochs": 16, "lr": 3e-3},
-               "inception_v3": {"lr": 2e-3},
-               "xception": {"lr": 3e-3}}
+# Per-network settings of the CPU demo, each CNN's registry cpu_recipe (docs/NOTES.md, "Per-network CPU recipes").
+CPU_RECIPES = {name: dict(REGISTRY[name].cpu_recipe) for name in CPU_NETWORK_ORDER}
 
 
 def phantom_root(n: int, seed: int, difficulty: tuple[float, float] = (0.2, 0.8), stack_size: int = 5,
-                 twins: bool = False) -> Path:
-    """The cached phantom set for (n, seed, difficulty, stack size, twins), generated atomically on first use."""
+                 twins: bool = False, scanner: Scanner = DEFAULT) -> Path:
+    """The cached phantom set for (n, seed, difficulty, stack size, twins, scanner), generated atomically on first
+    use. Another scanner's set is a folder named `scanner.set_name` (so are its stored evaluations) inside one keyed
+    by its settings."""
     lo, hi = difficulty
-    name = f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}{'_twins' * twins}"
-    return cached_set(PHANTOM_CACHE / name, lambda tmp: write_dataset(
-        tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size, difficulty=difficulty, twins=twins))
+    root = PHANTOM_CACHE / f"n{n}_s{PHANTOM_SIZE}_seed{seed}_d{lo:g}-{hi:g}_k{stack_size}{'_twins' * twins}"
+    if scanner != DEFAULT:
+        key = hashlib.sha256(repr(scanner).encode()).hexdigest()[:8]
+        root = root.with_name(f"{root.name}_{scanner.name}-{key}") / scanner.set_name
+    return cached_set(root, lambda tmp: write_dataset(tmp, n=n, size=PHANTOM_SIZE, seed=seed, stack_size=stack_size,
+                                                      difficulty=difficulty, twins=twins, scanner=scanner))
+
+
+def evaluate_other_scanner(run_dir: str | Path, data: Path, device: str = "cpu") -> str | None:
+    """The phantom demo's lesson in external validation: the finished run evaluated on `data` (phantom_root's
+    OTHER set) and stored with it (core.io.store.store_evaluation), where the dashboard's Dataset selector and
+    internal-vs-external table find it. An evaluation stored after the run's last card is kept; an older one is
+    replaced. Returns the gap in one line; None where the stored one was kept."""
+    run_dir = Path(run_dir)
+    stored = run_dir / store.EVALUATIONS / store.evaluation_name(data)
+    cards = {m: store.load_card(run_dir / m) for m in store.list_models(run_dir)}
+    newest = max(((run_dir / m / store.CARD).stat().st_mtime for m in cards), default=0.0)
+    if (stored / "report.json").is_file() and (stored / "report.json").stat().st_mtime >= newest:
+        return None
+    # No bootstrap: the dashboard bootstraps its own intervals from predictions.csv; here 1,000 resamples a model
+    # would take the demo longer than the evaluation itself.
+    report = evaluate_run(run_dir, str(data), bootstrap=0, device=device)
+    shutil.rmtree(stored, ignore_errors=True)   # this set's own evaluation, of models since retrained
+    where = store.store_evaluation(run_dir, data, lambda tmp: write_report(report, tmp))
+    drops = np.array([cards[m]["metrics"]["test"]["roc_auc"] for m in report["models"]], float) - np.array(
+        [r["metrics"]["default"]["roc_auc"] for r in report["models"].values()], float)
+    drops = drops[~np.isnan(drops)]   # a model without an AUC on one of the sets (a class missing)
+    gap = (f"median AUC drop from the test split {np.median(drops):.3f} ({drops.min():.3f} to {drops.max():.3f}, "
+           f"{len(drops)} models)" if len(drops) else "no model has an AUC on both sets")
+    return f"{report['n_cases']} slices, {gap}; stored in {where}"
 
 
 def painted_root(data: str | Path, seed: int, copies: int = PAINTED_COPIES,

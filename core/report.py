@@ -5,17 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data.layouts import FLAGS
 from core.families import family_of_card
 from core.io import store as ckpt
 from core.io.atomic import atomic_write
+from core.metrics.labels import METRIC_LABELS, PRESETS
 from core.metrics.published import ci_text
+from core.subtypes import SUBTYPES
 
-# Operating points and leaderboard metrics, as core names them -> the labels users know.
-PRESETS = {"default": "0.5", "youden": "Youden (val)", "sens95": "Sensitivity ≥ 95% (val)",
-           "spec95": "Specificity ≥ 95% (val)"}
-METRIC_LABELS = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
-                 "precision": "PPV", "npv": "NPV", "f1": "F1", "roc_auc": "AUC"}
 LEADERBOARD_METRICS = list(METRIC_LABELS)
 
 
@@ -187,4 +183,4 @@ def subtype_lines(card: dict) -> list[str]:
     lines = ["", "## Subtypes (AUC, DeLong 95% CI, on the slices labelled for each; n/a: one class there)", "",
              "| subtype | validation | test |", "|---|---|---|"]
     return lines + [f"| {flag} | {subtype_cell(val.get(flag))} | {subtype_cell(test.get(flag))} |"
-                    for flag in FLAGS]
+                    for flag in SUBTYPES]

@@ -20,7 +20,7 @@ from core.io import store
 from core.io.framing import framing_of
 from core.io.imaging import windows_of
 from core.io.progress import RunProgress
-from core.registry import get_spec
+from core.registry import ModelSpec, get_spec
 
 
 def _check_split(data: Prepared, run_dir: Path, resume: bool, subtypes: bool = False) -> None:
@@ -79,12 +79,11 @@ class _Datasets:
         return self.by_size[size]
 
 
-def _input_size(name: str, cfg: TrainConfig) -> int:
+def _input_size(spec: ModelSpec, cfg: TrainConfig) -> int:
     """The size a model trains at: asked for (or native), but never below what it accepts."""
-    spec = get_spec(name)
     size = max(cfg.image_size or spec.input_size, spec.min_input_size)
     if is_main() and size != (cfg.image_size or spec.input_size):
-        print(f"{name}: trained at {size} px, the smallest input it accepts", flush=True)
+        print(f"{spec.name}: trained at {size} px, the smallest input it accepts", flush=True)
     return size
 
 
@@ -100,17 +99,17 @@ def _budgeted(name: str, own: dict[str, TrainConfig], networks: list[str], budge
     return replace(cfg, time_budget_s=share)
 
 
-def _fit_from_predictions(names: list[str], cfg: TrainConfig, run_dir: Path, device,
+def _fit_from_predictions(specs: list[ModelSpec], cfg: TrainConfig, run_dir: Path, device,
                           progress: RunProgress) -> dict[str, dict]:
     """Models fitted on the run's saved predictions (ensembles); one that cannot be fitted is skipped."""
     cards = {}
-    for name in names:
-        progress.start(name)
+    for spec in specs:
+        progress.start(spec.name)
         try:
-            cards[name] = family_of(name).fit(name, None, cfg, run_dir, device)
+            cards[spec.name] = family_of(spec).fit(spec, None, cfg, run_dir, device)
         except FitError as err:   # e.g. a validation split too small to cross-validate a stack
-            print(f"hemolens: {name} skipped: {err}", file=sys.stderr, flush=True)
-        progress.finished(name, cards.get(name))
+            print(f"hemolens: {spec.name} skipped: {err}", file=sys.stderr, flush=True)
+        progress.finished(spec.name, cards.get(spec.name))
     return cards
 
 
@@ -120,17 +119,18 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
     Rank 0 keeps RUN/progress.json current for the dashboard (core.io.progress)."""
     device = setup_distributed(resolve_device(cfg.device))
     run_dir, datasets, cards = Path(cfg.out), _Datasets(cfg, data_root, prepare_fn), {}
+    specs = {m: get_spec(m) for m in cfg.models}   # where the run's model names become registry specs
     own = {m: replace(cfg, **cfg.per_model.get(m, {})) for m in cfg.models}   # e.g. the CPU demo's VGG input
     done = lambda m: cfg.resume and (run_dir / m / store.CARD).is_file()
-    on_images = [m for m in cfg.models if family_of(m).needs_images]
-    networks = [m for m in on_images if family_of(m).is_network and not done(m)]
+    on_images = [m for m in cfg.models if family_of(specs[m]).needs_images]
+    networks = [m for m in on_images if family_of(specs[m]).is_network and not done(m)]
     on_predictions = [m for m in cfg.models if m not in on_images]
     started = time.perf_counter() if started is None else started
     budget = RunBudget(cfg.run_budget_s, started) if cfg.run_budget_s else None
     with RunProgress(run_dir if is_main() else None, on_images + on_predictions, [m for m in cfg.models if done(m)],
                      cfg.run_budget_s, started_at=time.time() - (time.perf_counter() - started)) as progress:
         for name in on_images:
-            tick, data = time.perf_counter(), datasets.at(_input_size(name, own[name]))
+            tick, data = time.perf_counter(), datasets.at(_input_size(specs[name], own[name]))
             if done(name):
                 if is_main():
                     print(f"{name}: already complete in {run_dir}, skipped", flush=True)
@@ -139,8 +139,8 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
             progress.start(name, own[name].epochs if name in networks else None)
             model_cfg = _budgeted(name, own, networks, budget, device, cfg.run_budget_s) \
                 if budget and name in networks else own[name]
-            cards[name] = family_of(name).fit(name, data, replace(model_cfg, on_epoch=progress.epoch), run_dir,
-                                              device)
+            cards[name] = family_of(specs[name]).fit(specs[name], data, replace(model_cfg, on_epoch=progress.epoch),
+                                                     run_dir, device)
             progress.finished(name, cards[name])   # its card is on the dashboard already
             if cards[name]:   # rank 0: the statistics every upload is checked against (core.metrics.domain)
                 cards[name] = fit_domain_check(run_dir / name, data, device, cfg.seed)
@@ -149,7 +149,7 @@ def train_run(cfg: TrainConfig, data_root: str | Path | list, prepare_fn: Callab
             if dist.is_initialized():
                 dist.barrier()
         if is_main():
-            cards.update(_fit_from_predictions(on_predictions, cfg, run_dir, device, progress))
+            cards.update(_fit_from_predictions([specs[m] for m in on_predictions], cfg, run_dir, device, progress))
             if datasets.by_size:   # the run's own check of uploads, whatever its models (core.inference)
                 fit_image_domain(run_dir, next(iter(datasets.by_size.values())), cfg.seed)
     if dist.is_initialized():

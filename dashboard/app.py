@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 import streamlit as st  # noqa: E402
 
 from dashboard.frame import sidebar, watch_training  # noqa: E402
+from dashboard.preload import preload  # noqa: E402
 
 st.set_page_config(page_title="HemoLens", page_icon=":material/neurology:", layout="wide")
 PAGES = [
@@ -23,10 +24,14 @@ PAGES = [
     st.Page("views/training.py", title="Training", icon=":material/timer:"),
     st.Page("views/scan.py", title="Scan", icon=":material/radiology:"),
     st.Page("views/errors.py", title="Errors", icon=":material/search:"),
+    st.Page("views/teach.py", title="Teach", icon=":material/school:"),
     st.Page("views/data.py", title="Data", icon=":material/folder_open:"),
     st.Page("views/model_cards.py", title="Model cards", icon=":material/badge:"),
 ]
 page = st.navigation(PAGES)
 st.session_state["current_run"] = sidebar()  # shared by every page, drawn under the page list
 watch_training(st.session_state["current_run"])
-page.run()
+try:
+    page.run()
+finally:   # after the page, which it would slow: the models load in the background for the first upload
+    preload(st.session_state["current_run"])

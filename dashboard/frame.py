@@ -13,8 +13,8 @@ import streamlit as st
 
 from core.io import store as ckpt
 from core.io.progress import LOCK, live_progress, summary, trainer_alive
+from core.metrics.labels import PRESETS
 from core.registry import REGISTRY
-from core.report import PRESETS
 from dashboard.figures import model_colours
 from dashboard.loaders import cards, evaluation_report, evaluation_stamp, run_json, scored, unavailable
 

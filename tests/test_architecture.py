@@ -87,3 +87,11 @@ def test_no_function_in_core_is_longer_than_sixty_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_LINES]
     assert not long, long
+
+
+def test_the_store_verifies_the_file_each_family_loads():
+    """core.io.store verifies a run without importing the families (torch): its table of model files must name the
+    file every family's `load` reads, or a page would trust a file no family loads."""
+    from core.families import FAMILIES
+    from core.io.store import MODEL_FILES
+    assert MODEL_FILES == {key: family.weights_file for key, family in FAMILIES.items()}

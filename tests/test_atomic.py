@@ -11,7 +11,7 @@ import torch
 
 from core import presets
 from core.io.atomic import STALE_AFTER_S, atomic_write
-from core.io.store import save_weights
+from core.io.weights import save_weights
 
 SET = "n4_s256_seed0_d0.2-0.8_k1"   # the phantom set phantom_root(4, 0, stack_size=1) caches
 

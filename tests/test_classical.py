@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from core.io import store as ckpt
 from core.families.classical import (MODEL_FILE, fit_classical, load_classical, make_pipeline, permutation_importances)
 from core.data.features import FEATURE_NAMES, extract_features, slice_features
-from core.registry import CLASSICAL_NAMES
+from core.registry import CLASSICAL_NAMES, get_spec
 from core.phantom.generate import write_dataset
 from core.data.splits import prepare
 from core.engine.config import TrainConfig
@@ -39,7 +39,7 @@ def run(prepared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     cfg = TrainConfig(models=list(CLASSICAL_NAMES), out=str(out), seed=0)
     for name in CLASSICAL_NAMES:
-        fit_classical(name, prepared, cfg, out)
+        fit_classical(get_spec(name), prepared, cfg, out)
     return out
 
 

@@ -26,9 +26,9 @@ from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.phantom.generate import generate_slice, render
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ["leaderboard", "compare", "training", "scan", "errors", "data", "model_cards"]
+PAGES = ["leaderboard", "compare", "training", "scan", "errors", "teach", "data", "model_cards"]
 from conftest import TINY_RUN_CAM_MODELS, TINY_RUN_MODELS
-from dashboard.loaders import case_image
+from dashboard.models import case_image
 
 MODELS = TINY_RUN_MODELS
 PATIENT = "Doe^Secret"
@@ -447,6 +447,32 @@ def test_a_verified_model_that_fails_to_load_is_one_scan_row(run_dir, tmp_path, 
     assert rows[1] == "**Soft-voting ensemble**: unavailable: member mobilenet_v2 is unavailable"
 
 
+def test_the_app_loads_a_runs_models_in_the_background_before_the_first_upload(run_dir, tmp_path, monkeypatch):
+    """Opening the app on a run (its Leaderboard loads no model) starts loading its verified models on another
+    thread; once that is done, the Scan page's first upload loads none of them again."""
+    import threading
+
+    import dashboard.models
+    import dashboard.preload
+    from dashboard.frame import open_run
+    copy = tmp_path / "checkpoints" / run_dir.name   # a run no other test has loaded: nothing of it is cached
+    shutil.copytree(run_dir, copy)
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(copy.parent))
+    began, load_all = threading.Event(), dashboard.preload._load_all
+    monkeypatch.setattr(dashboard.preload, "_load_all", lambda *args: began.set() or load_all(*args))
+    at = ok(AppTest.from_file(APP, default_timeout=90).run())
+    assert began.wait(timeout=60), "the app's first run on the run starts loading its models"
+    loading = dashboard.preload.preload(open_run(copy))   # the thread the app started (once per run state)
+    loading.join(timeout=300)
+    assert not loading.is_alive()
+    loads = []
+    monkeypatch.setattr(dashboard.models, "load_predictor", lambda model_dir: loads.append(model_dir))
+    at.switch_page("views/scan.py").run()
+    at.file_uploader(key="scan_upload").upload("slice.png", png_bytes(render(generate_slice(
+        np.random.default_rng(2), 96, "epidural", 0.2).hu)), "image/png").run()
+    assert len(ok(at).metric) == len(MODELS) and not loads
+
+
 def test_sidebar_operating_point_changes_every_threshold(run_dir):
     at = ok(page("leaderboard"))
     at.sidebar.selectbox(key="preset").set_value("sens95").run()
@@ -457,7 +483,8 @@ def test_sidebar_operating_point_changes_every_threshold(run_dir):
 def test_read_scan_and_helpers():
     from core.metrics.published import PUBLISHED, confusion_check, rounds_to
     from dashboard.frame import checkpoints_root
-    from dashboard.loaders import consensus, read_scan
+    from dashboard.loaders import consensus
+    from dashboard.models import read_scan
 
     with pytest.raises(ScanError):
         read_scan(b"garbage")
@@ -480,10 +507,12 @@ def test_scan_page_huge_upload_is_decoded_small_and_holds_only_the_cam_budget(ru
 
     import core.data.decode
     import core.explain.cam
-    from dashboard.loaders import CAM_CACHE_BYTES, DISPLAY_MAX_SIDE, cam_store
+    import core.inference
+    from dashboard.models import CAM_CACHE_BYTES, DISPLAY_MAX_SIDE, cam_store
 
     sides = []
-    for module, name, at_arg in ((core.data.decode, "resize_square", 0), (core.explain.cam, "explain_image", 1)):
+    for module, name, at_arg in ((core.data.decode, "resize_square", 0), (core.inference, "resize_square", 0),
+                                 (core.explain.cam, "explain_image", 1)):
         def spy(*a, _f=getattr(module, name), _i=at_arg, **k):
             sides.append(max(a[_i].shape))
             return _f(*a, **k)
@@ -527,7 +556,7 @@ def test_scan_page_huge_upload_is_decoded_small_and_holds_only_the_cam_budget(ru
 
 
 def test_cam_cache_evicts_the_least_recently_used_beyond_its_byte_budget():
-    from dashboard.loaders import ByteLRU
+    from dashboard.models import ByteLRU
     lru = ByteLRU(budget=100)
     for key in "abc":
         lru.put(key, key.upper(), 40)
@@ -632,7 +661,7 @@ def test_the_data_page_evaluates_a_folder_in_a_subprocess(evaluated_copy, tmp_pa
 def test_a_subtypes_run_shows_per_subtype_aucs_and_each_slices_subtype_probabilities(subtypes_run, monkeypatch):
     """The Model cards page prints each subtype's test AUC with its DeLong CI and n; the Scan page each subtypes
     model's subtype probabilities for the slice, those of predictions.csv for a test case."""
-    from core.data.layouts import FLAGS
+    from core.subtypes import SUBTYPES
     monkeypatch.setenv("CHECKPOINTS_DIR", str(subtypes_run.parent))
     at = ok(page("model_cards"))
     at.selectbox(key="card_model").set_value("resnet18").run()
@@ -647,10 +676,10 @@ def test_a_subtypes_run_shows_per_subtype_aucs_and_each_slices_subtype_probabili
     at.radio(key="scan_source").set_value("test").run()
     case = ok(at).selectbox(key="scan_case").value
     table = at.dataframe[0].value
-    assert list(table.columns) == list(FLAGS) and len(table) == 2   # resnet18 and cnn_gru
+    assert list(table.columns) == list(SUBTYPES) and len(table) == 2   # resnet18 and cnn_gru
     row = split_rows(subtypes_run, "resnet18").set_index("id").loc[case]
     np.testing.assert_allclose(table.loc["ResNet-18"].to_numpy(dtype=float),
-                               row[[f"p_{f}" for f in FLAGS]].to_numpy(dtype=float), atol=1e-4)
+                               row[[f"p_{f}" for f in SUBTYPES]].to_numpy(dtype=float), atol=1e-4)
 
 def test_scan_page_warns_when_an_upload_is_unlike_the_training_data(run_dir, shared_data):
     """The tiny run was trained on phantoms: a real normal slice from another hospital gets the banner, a phantom
@@ -668,3 +697,72 @@ def test_scan_page_warns_when_an_upload_is_unlike_the_training_data(run_dir, sha
     at.file_uploader(key="scan_upload").clear().upload("blank.png", png_bytes(np.zeros((64, 64), np.uint8))).run()
     assert any("does not look like a head CT slice" in w.value for w in ok(at).warning)
     assert sum("⚠ saturated" in c.value for c in at.caption) == len(MODELS), "a blank upload is the blank image"
+
+
+# --- Teach and per-subtype sensitivity -------------------------------------------------------------------------
+
+TELLING = ("hemorrhage", "intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+
+
+def plotly_image(at: AppTest, i: int = 0) -> np.ndarray:
+    """The slice a Plotly chart of the page draws (its go.Image's PNG), as RGB."""
+    import base64
+    source = json.loads(at.get("plotly_chart")[i].proto.spec)["data"][0]["source"]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_teach_quiz_hides_the_case_until_revealed_then_scores_and_counts_the_answer(run_dir):
+    """The deck's order follows from its cases and seed alone, so the test finds a bleed with a mask in it; before
+    the reveal no text, chart or expander names the case, its subtype or "hemorrhage" and no outline is drawn;
+    revealing shows the truth, its outline and every network's map, and the summary counts the answer."""
+    from core.io.imaging import MASK_COLOUR
+    from core.teach import build_deck
+    from dashboard.models import case_image as image_of
+    deck = build_deck(pd.concat([split_rows(run_dir, m).assign(model=m) for m in MODELS]), dict.fromkeys(MODELS, 0.5))
+    pos, case = next((i, c) for i, c in enumerate(deck.cases.index)
+                     if deck.cases.at[c, "label"] == 1 and image_of(deck.cases.at[c, "path"])[1] is not None)
+    at = ok(page("teach"))
+    for _ in range(pos):
+        at.button(key="teach_next").click().run()
+    shown = " ".join([texts(ok(at)), *(e.label for e in at.expander), *(c.proto.spec for c in at.get("plotly_chart"))])
+    assert f"Case {pos + 1} of {len(deck)}" in shown
+    path = deck.cases.at[case, "path"]
+    assert not [w for w in (*TELLING, case, Path(path).name, Path(path).stem) if w in shown.lower()]
+    quiz = plotly_image(at)
+    assert not at.image and not (quiz == MASK_COLOUR).all(axis=2).any() and (quiz[..., 0] == quiz[..., 1]).all()
+    next(b for b in at.button if b.label == "Bleed").click().run()
+    at.button(key="teach_reveal").click().run()
+    subtype = deck.cases.at[case, "subtype"]
+    assert f"Truth: hemorrhage, {subtype}" in texts(ok(at)) and case in texts(at)
+    assert "✓ right call" in texts(at) and "✗ off the bleed" in texts(at)   # no point or box was given
+    assert (plotly_image(at) == MASK_COLOUR).all(axis=2).any(), "the reveal outlines the bleed"
+    assert len(at.image) == len(TINY_RUN_CAM_MODELS) and len(peak_captions(at)) == len(TINY_RUN_CAM_MODELS)
+    summary = next(d.value for d in at.dataframe if d.value.index.name == "Reader")
+    assert summary.loc["Learner", "sensitivity"] == "100% (21–100%), 1 of 1"
+    assert summary.loc["Learner", f"sensitivity: {subtype}"] == "100% (21–100%), 1 of 1"
+    assert summary.loc["Learner", "located"] == "0% (0–79%), 0 of 1"
+    assert "1 case answered" in texts(at)
+    at.button(key="teach_next").click().run()
+    assert "Truth:" not in texts(ok(at)) and not at.image, "the next case is a question again"
+
+
+def test_compare_shows_each_models_sensitivity_per_subtype_as_core_computes_it(run_dir):
+    import re
+    from core.metrics.binary import sensitivity_by_subtype
+    from core.subtypes import SUBTYPES
+    at = ok(page("compare"))
+    table = next(d.value for d in at.dataframe if d.value.index.name == "Model")
+    assert set(table.columns) <= set(SUBTYPES) and len(table) == len(MODELS)
+    for model in MODELS:
+        rows = split_rows(run_dir, model)
+        youden = ckpt.load_card(run_dir / model)["thresholds"]["youden"]
+        expected = sensitivity_by_subtype(rows["label"], (rows["prob"] >= youden).astype(int),
+                                          {s: rows[f"sub_{s}"] == 1 for s in SUBTYPES})
+        shown = table.loc[ckpt.load_card(run_dir / model)["display_name"]]
+        assert set(expected) == set(table.columns)
+        for subtype, e in expected.items():
+            value, low, high, k, n = map(int, re.fullmatch(r"(\d+)% \((\d+)–(\d+)%\), (\d+) of (\d+)",
+                                                            shown[subtype]).groups())
+            assert (k, n) == (e["tp"], e["n"])
+            for text, exact in zip((value, low, high), (e["sensitivity"], *e["sensitivity_ci"])):
+                assert abs(text - 100 * exact) <= 0.5 + 1e-9   # whole percents, as shown

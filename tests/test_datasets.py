@@ -16,16 +16,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 import train
 from core.data.decode import decode_images
 from core.data.discover import discover
-from core.data.layouts import BHX_FILES, FLAGS, box_mask, cq500_series, detect, read_bhx
+from core.data.layouts import BHX_FILES, box_mask, cq500_series, detect, read_bhx
 from core.data.truth import masked_slices
 from core.explain.__main__ import main as explain
 from core.io.imaging import load_scan
 from core.io.volume import mask_slice_path, parse_slice_path, slice_path
 from core.phantom.generate import generate_stack, write_dataset
+from core.subtypes import SUBTYPES
 
-SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 PATIENTS = 16            # 8 with a bleed, 8 without: enough groups for a grouped 70/15/15 split
-RSNA_FINDINGS = (*FLAGS, "any")   # the six rows per image, in the competition's order
+RSNA_FINDINGS = (*sorted(SUBTYPES), "any")   # the six rows per image, in the competition's order
 PATIENT_NAME = "Doe^Jane"
 
 
@@ -125,7 +125,7 @@ def test_rsna_rows_labels_subtype_flags_and_repeated_rows(rsna):
     for sop, t in truth.items():
         row = table.loc[f"stage_2_train/{sop}"]
         assert row["label"] == t["label"] and row["subtype"] == t["subtype"]
-        assert [row[f"sub_{f}"] for f in FLAGS] == [int(t["label"] and f == t["subtype"]) for f in FLAGS]
+        assert [row[f"sub_{f}"] for f in SUBTYPES] == [int(t["label"] and f == t["subtype"]) for f in SUBTYPES]
     assert table["group"].isna().all()                       # no patient in the labels: the DICOM header tells
 
 
@@ -142,7 +142,7 @@ def test_rsna_trains_a_subtypes_head_with_every_subtypes_test_auc(rsna):
     _, truth, out, split = rsna
     card = json.loads((out / "resnet18" / "card.json").read_text())
     test = split[split["split"] == "test"]
-    assert card["outputs"] == ["any", *FLAGS] and set(card["metrics"]["test"]["subtypes"]) == set(FLAGS)
+    assert card["outputs"] == ["any", *SUBTYPES] and set(card["metrics"]["test"]["subtypes"]) == set(SUBTYPES)
     for flag, entry in card["metrics"]["test"]["subtypes"].items():
         assert entry["n"] == len(test) and entry["n_pos"] == (test[f"sub_{flag}"].astype(float) == 1).sum() > 0
         assert 0 <= entry["roc_auc_ci"][0] <= entry["roc_auc"] <= entry["roc_auc_ci"][1] <= 1
@@ -343,7 +343,7 @@ def test_ct_ich_test_split_evaluates_and_shows_with_its_masks(ct_ich):
     """core.evaluate decodes the run's volume slices again (their digests unchanged); the dashboard's case reader
     shows one with the bleed mask of the same slice."""
     from core.evaluate import evaluate_run
-    from dashboard.loaders import case_image
+    from dashboard.models import case_image
 
     root, stacks, out, split = ct_ich
     report = evaluate_run(out, bootstrap=10)

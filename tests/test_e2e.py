@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -159,6 +160,101 @@ def test_upload_a_scan_and_see_every_probability_and_cam(server, tmp_path):
         page.screenshot(path=str(shots / "scan.png"), full_page=True)
         browser.close()
     assert (shots / "leaderboard.png").stat().st_size > 10_000 and (shots / "scan.png").stat().st_size > 10_000
+
+
+TELLING = ("hemorrhage", "intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+
+
+def first_masked_bleed(run: Path) -> tuple[int, str, np.ndarray, np.ndarray]:
+    """(place in the Teach page's deck, id, grey slice and bleed mask as shown) of the deck's first bleed with a mask:
+    the deck's order follows from its cases and seed alone (core.teach.build_deck), never from the page."""
+    from core.io.framing import framing_of
+    from core.io.imaging import display_grey, windows_of
+    from core.teach import build_deck
+    from dashboard.models import case_image
+    models = ckpt.list_models(run)
+    rows = pd.concat([pd.read_csv(run / m / ckpt.PREDICTIONS, dtype={"id": str}).assign(model=m) for m in models])
+    deck = build_deck(rows[rows["split"] == "test"], dict.fromkeys(models, 0.5))
+    settings = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    for pos, case in enumerate(deck.cases.index):
+        if deck.cases.at[case, "label"] == 1:
+            image, mask, _ = case_image(deck.cases.at[case, "path"], framing_of(settings), windows_of(settings))
+            if mask is not None:
+                return pos, case, display_grey(image), mask
+    pytest.skip("no test-split bleed of this run has a mask")
+
+
+def shown_image(page) -> np.ndarray:
+    """The slice the page's first Plotly chart draws, decoded from its data URI."""
+    import base64
+    source = page.locator(".js-plotly-plot image").first.get_attribute("href")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+def showing(page, grey: np.ndarray) -> bool:
+    """Whether the page's first chart draws exactly this grey slice."""
+    shown = shown_image(page)
+    return shown.shape[:2] == grey.shape and bool((shown == grey[..., None]).all())
+
+
+def test_a_quiz_round_on_the_teach_page(server, tmp_path):
+    """Nothing tells the case before the reveal; a click inside the bleed is scored on it; the reveal shows the
+    outline and every network's map; the session summary counts the answer. Next and Reveal by keyboard."""
+    from playwright.sync_api import expect, sync_playwright
+    from scipy import ndimage
+    from core.families import family_of_card
+    from core.io.imaging import MASK_COLOUR
+    url, run = server
+    cam_models = [m for m in ckpt.list_models(run) if family_of_card(ckpt.load_card(run / m)).explained_by_cam]
+    shots = Path(os.environ.get("E2E_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    pos, case, grey, mask = first_masked_bleed(run)
+    y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(mask)), mask.shape)   # deepest in the bleed
+    with sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(url)
+        page.get_by_role("link", name="Teach").click()
+        expect(page.get_by_text("Case 1 of ")).to_be_visible(timeout=60_000)
+        expect(page.locator(".st-key-teach_next button")).to_be_visible(timeout=60_000)
+        page.get_by_role("heading", name="Teach").click()   # the page, not the sidebar's link, takes the keys
+        for i in range(pos):
+            page.keyboard.press("n")
+            expect(page.get_by_text(f"Case {i + 2} of ")).to_be_visible(timeout=60_000)
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        expect(plot).to_be_visible(timeout=60_000)
+        # The chart shows this case's slice, bare: grey, no outline (the last case's chart may linger a moment).
+        deadline = time.time() + 60
+        while not showing(page, grey):
+            assert time.time() < deadline, "the quiz does not show the case's bare slice"
+            page.wait_for_timeout(200)
+        html = page.content().lower()
+        assert not [w for w in (*TELLING, case.lower(), Path(case).name.lower()) if w in html]
+        box = plot.bounding_box()
+        at = (box["x"] + (x + 0.5) / mask.shape[1] * box["width"], box["y"] + (y + 0.5) / mask.shape[0] * box["height"])
+        page.mouse.move(*at)
+        page.wait_for_timeout(500)   # Plotly finds the nearest click target on hover
+        page.mouse.click(*at)
+        expect(page.get_by_text("Your point is set")).to_be_visible(timeout=60_000)
+        page.keyboard.press("1")   # bleed
+        reveal = page.locator(".st-key-teach_reveal button:visible")   # a shortcut's button has a hidden twin
+        expect(reveal).to_be_enabled(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots / "teach_quiz.png"), full_page=True)
+        page.keyboard.press("v")
+        expect(page.get_by_text("✓ on the bleed")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Truth: hemorrhage")).to_be_visible()
+        expect(page.get_by_text(case)).to_be_visible()
+        expect(page.locator("[data-testid=stImage] img")).to_have_count(len(cam_models), timeout=180_000)
+        expect(page.get_by_text(re.compile("peak o(n|ff) the bleed"))).to_have_count(len(cam_models), timeout=60_000)
+        assert (shown_image(page) == MASK_COLOUR).all(axis=2).any(), "the reveal outlines the bleed"
+        expect(page.get_by_text("1 case answered")).to_be_visible()
+        expect(page.locator("[role=columnheader]", has_text="sensitivity").first).to_be_attached(timeout=60_000)
+        page.set_viewport_size({"width": 1500, "height": 2700})   # the app scrolls inside: show maps and summary
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots / "teach_reveal.png"), full_page=True)
+        browser.close()
+    assert (shots / "teach_quiz.png").stat().st_size > 10_000 and (shots / "teach_reveal.png").stat().st_size > 10_000
 
 
 def largest_test_bleed(run: Path) -> str:

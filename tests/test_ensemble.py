@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from core.io import store as ckpt
 from core.families.base import Cases
 from core.families.ensemble import EnsembleError, combine, fit_ensemble, load_ensemble
+from core.registry import get_spec
 
 CARD_KEYS = {"schema_version", "model", "display_name", "family", "classes", "members", "combine", "thresholds",
              "metrics", "metrics_at_thresholds", "params", "size_bytes", "weights_sha256", "latency", "training",
@@ -56,7 +57,7 @@ def noisy_run(tmp_path) -> Path:
 
 
 def test_soft_voting_is_the_mean_of_the_members(noisy_run):
-    card = fit_ensemble("ensemble_soft", noisy_run)
+    card = fit_ensemble(get_spec("ensemble_soft"), noisy_run)
     assert card["members"] == ["alpha", "beta", "gamma"] and card["combine"]["space"] == "probability"
     assert CARD_KEYS <= set(card) and {"default", "youden", "sens95", "spec95"} <= set(card["thresholds"])
     preds = pd.read_csv(noisy_run / "ensemble_soft" / "predictions.csv", dtype={"id": str})
@@ -73,13 +74,13 @@ def test_soft_voting_is_the_mean_of_the_members(noisy_run):
 
 
 def test_an_ensemble_never_joins_another_by_default(noisy_run):
-    fit_ensemble("ensemble_soft", noisy_run)
-    assert fit_ensemble("ensemble_stack", noisy_run)["members"] == ["alpha", "beta", "gamma"]
+    fit_ensemble(get_spec("ensemble_soft"), noisy_run)
+    assert fit_ensemble(get_spec("ensemble_stack"), noisy_run)["members"] == ["alpha", "beta", "gamma"]
 
 
 @pytest.mark.parametrize("name", ["ensemble_soft", "ensemble_stack"])
 def test_combine_replays_the_stored_test_probabilities(noisy_run, name):
-    fit_ensemble(name, noisy_run)
+    fit_ensemble(get_spec(name), noisy_run)
     loaded = load_ensemble(noisy_run / name)
     preds = pd.read_csv(noisy_run / name / "predictions.csv", dtype={"id": str})
     stored = preds.loc[preds["split"] == "test", "prob"].to_numpy()
@@ -97,7 +98,7 @@ def test_stacking_keeps_up_with_a_perfect_member(tmp_path):
     rng = np.random.default_rng(2)
     _member(tmp_path, "oracle", cases, np.clip(0.15 + 0.7 * y + rng.normal(0, 0.05, len(y)), 0, 1))
     _member(tmp_path, "coin", cases, rng.uniform(0, 1, len(y)))
-    card = fit_ensemble("ensemble_stack", tmp_path)
+    card = fit_ensemble(get_spec("ensemble_stack"), tmp_path)
     test = (cases["split"] == "test").to_numpy()
     oracle_auc = roc_auc_score(y[test], _member_probs(tmp_path, ["oracle"])["oracle"])
     assert oracle_auc == 1.0
@@ -109,7 +110,7 @@ def test_stacking_keeps_up_with_a_perfect_member(tmp_path):
 
 def test_stacking_validation_probabilities_are_out_of_fold(noisy_run):
     """The val rows come from cross-validation: they differ from what the refitted model says."""
-    fit_ensemble("ensemble_stack", noisy_run)
+    fit_ensemble(get_spec("ensemble_stack"), noisy_run)
     loaded = load_ensemble(noisy_run / "ensemble_stack")
     preds = pd.read_csv(noisy_run / "ensemble_stack" / "predictions.csv", dtype={"id": str})
     refitted = loaded.predict(Cases(None, probs=_member_probs(noisy_run, loaded.members, "val")))
@@ -121,22 +122,22 @@ def test_members_scored_on_other_cases_are_refused(noisy_run):
     other = cases.assign(id=cases["id"].where(cases.index != 5, "elsewhere"))
     _member(noisy_run, "delta", other, np.full(len(cases), 0.5))
     with pytest.raises(EnsembleError, match="not scored on the same"):
-        fit_ensemble("ensemble_soft", noisy_run)
+        fit_ensemble(get_spec("ensemble_soft"), noisy_run)
     _member(noisy_run, "delta", cases.iloc[:-1], np.full(len(cases) - 1, 0.5))
     with pytest.raises(EnsembleError, match="not scored on the same"):
-        fit_ensemble("ensemble_soft", noisy_run, members=["alpha", "delta"])
+        fit_ensemble(get_spec("ensemble_soft"), noisy_run, members=["alpha", "delta"])
     _member(noisy_run, "delta", cases.assign(label=1 - cases["label"]), np.full(len(cases), 0.5))
     with pytest.raises(EnsembleError, match="labels"):
-        fit_ensemble("ensemble_soft", noisy_run, members=["alpha", "delta"])
+        fit_ensemble(get_spec("ensemble_soft"), noisy_run, members=["alpha", "delta"])
 
 
 def test_fewer_than_two_members_are_refused(noisy_run):
     with pytest.raises(EnsembleError, match="at least 2"):
-        fit_ensemble("ensemble_soft", noisy_run, members=["alpha"])
+        fit_ensemble(get_spec("ensemble_soft"), noisy_run, members=["alpha"])
 
 
 def test_tampered_ensemble_weights_are_refused(noisy_run):
-    fit_ensemble("ensemble_stack", noisy_run)
+    fit_ensemble(get_spec("ensemble_stack"), noisy_run)
     path = noisy_run / "ensemble_stack" / "model.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01

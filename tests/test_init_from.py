@@ -17,6 +17,7 @@ from core.engine.init import planned_architecture, starting_weights
 from core.families.cnn import CNN
 from core.families.sequence import SEQUENCE
 from core.io import store
+from core.registry import get_spec
 
 # AlexNet with the GAP head: the cheapest network to train here (a few seconds at its 64 px minimum).
 MODEL, HEAD = "alexnet", ["--head", "gap"]
@@ -47,7 +48,7 @@ def test_starting_weights_are_the_source_runs_verified_file(source_run):
 
 
 def test_a_network_built_with_init_from_holds_those_weights_before_its_first_step(source_run):
-    model = build_model(MODEL, _config(init_from=str(source_run)), torch.device("cpu"), {"head": "gap"})
+    model = build_model(get_spec(MODEL), _config(init_from=str(source_run)), torch.device("cpu"), {"head": "gap"})
     saved = load_file(str(source_run / MODEL / store.WEIGHTS))
     assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
 
@@ -108,5 +109,5 @@ def test_planned_architecture_is_what_the_family_fits(monkeypatch, family, name,
     monkeypatch.setattr(f"{type(family).__module__}.fit_network",
                         lambda *args, architecture, **kw: given.update(architecture) or {})
     data = SimpleNamespace(manifest=pd.DataFrame({"split": ["train", "val"]}))
-    family.fit(name, data, cfg, Path("unused"), torch.device("cpu"))
+    family.fit(get_spec(name), data, cfg, Path("unused"), torch.device("cpu"))
     assert given == planned_architecture(name, cfg)

@@ -15,11 +15,12 @@ from core.data.splits import prepare, seen_in_training
 from core.insert.__main__ import main
 from core.io import store as ckpt
 from core.insert.anatomy import PARENCHYMA_HU, estimate_intensity, read_anatomy
-from core.insert.lesions import BLOOD_HU, DENSITY_HU, SUBTYPES, paint_bleed
+from core.insert.lesions import BLOOD_HU, DENSITY_HU, paint_bleed
 from core.insert.write import copies_per_normal, source_slices, write_painted
 from core.phantom.anatomy import BONE, CSF, DIPLOE, EDEMA, FALX, GREY, SKULL, VENTRICLE, WHITE
 from core.phantom.generate import render, write_dataset
 from core.presets import PAINTED_COPIES
+from core.subtypes import SUBTYPES
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256

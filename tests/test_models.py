@@ -1,5 +1,9 @@
 """The model registry: every entry builds, runs, back-propagates, explains, and loads ImageNet weights."""
 import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +18,11 @@ from torch import nn
 from core.nets.build import (MIN_CAM_CELLS, NETWORK_NAMES, cam_layers, choose_cam_layers, create_model,
                              init_from_scratch, load_network)
 from core.io import store as ckpt
-from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD, head_architecture
+from core.io.weights import save_model
+from core.nets.cnn import CNNS, IMAGENET_MEAN, IMAGENET_STD, cnn_build, head_architecture
 from core.nets.measure import count_gmacs, count_params
-from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
+from core.presets import CPU_NETWORK_ORDER, CPU_RECIPES, cpu_network_order, demo_preset
+from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES, Blueprint, ModelSpec
 
 # Published ballparks (conv/linear MACs of one image at native size); the counter must land within
 # 30 %. vgg16_bn: the same convolutions as vgg16; mobilenet_v3_large: 219 M in its paper.
@@ -75,6 +81,38 @@ def test_registry_lists_the_nine_cnns():
     assert {s.family for s in REGISTRY.values()} == {"cnn", "sequence", "classical", "ensemble"}
     # Every network of the registry can be built, and nothing else is a network.
     assert set(CNNS) == set(CNN_NAMES) and set(NETWORK_NAMES) == {*CNN_NAMES, *SEQUENCE_NAMES}
+
+
+def test_importing_the_registry_imports_no_torch():
+    """Pages that show stored numbers read the registry: it must stay plain data."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, core.registry; print(sorted({m.split('.')[0] for m in "
+                             "sys.modules} & {'torch', 'torchvision', 'timm', 'numpy'}))"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_every_registry_cnn_has_a_builder_and_a_place_in_the_cpu_demo():
+    assert set(CNNS) == set(CPU_NETWORK_ORDER) == set(CPU_RECIPES) == set(CNN_NAMES)
+    assert len(CPU_NETWORK_ORDER) == len(CNN_NAMES)
+    assert [m for m in demo_preset("cpu").models if m in CNN_NAMES] == list(CPU_NETWORK_ORDER)
+    assert CPU_NETWORK_ORDER[0] == "vgg16" and CPU_NETWORK_ORDER[-1] == "alexnet"   # slowest epochs first
+
+
+def test_a_cnn_registered_as_data_is_built_and_one_lacking_a_blueprint_or_a_place_is_refused():
+    new = ModelSpec("shufflenet", "ShuffleNetV2", "cnn", 224, "", "",
+                    blueprint=Blueprint("shufflenet_v2_x0_5", cam_match=r"stage\d|conv5"))
+    build = cnn_build(new)
+    model = build.builder(False)
+    assert build.cam_candidates(model) == ["stage2", "stage3", "stage4", "conv5"]
+    assert build.weights_url.endswith(".pth") and build.scratch_init is None and build.gap_head is None
+    with pytest.raises(ValueError, match="shufflenet has no blueprint"):
+        cnn_build(replace(new, blueprint=None))
+    with pytest.raises(ValueError, match="unknown cam kind 'Relu', library 'keras', scratch_init 'lsuv'"):
+        cnn_build(replace(new, blueprint=Blueprint("x", library="keras", cam_kinds=("Relu",), scratch_init="lsuv")))
+    cnns = [REGISTRY[name] for name in CNN_NAMES]
+    with pytest.raises(ValueError, match="places 1 to 10, one each; they have shufflenet 0, vgg16 1"):
+        cpu_network_order([*cnns, new])
+    assert cpu_network_order([*cnns, replace(new, cpu_place=10)]) == (*CPU_NETWORK_ORDER, "shufflenet")
 
 
 def test_forward_gives_one_finite_logit(built):
@@ -244,7 +282,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
             "input_size": spec.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "thresholds": {"default": 0.5}}
     history = pd.DataFrame(columns=ckpt.HISTORY_COLUMNS)
     predictions = pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS)
-    ckpt.save_model(tmp_path / spec.name, model.state_dict(), card, history, predictions)
+    save_model(tmp_path / spec.name, model.state_dict(), card, history, predictions)
     loaded = load_network(tmp_path / spec.name)
     x = disc_image(spec.input_size)
     with torch.inference_mode():
@@ -316,7 +354,7 @@ def test_gap_head_pools_the_last_convolutions_into_one_linear_and_loads_back(nam
     x = torch.cat([disc_image(64), disc_image(64, 0.7, 0.3)])
     card = {"model": name, "input_size": 64, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "thresholds": {"default": 0.5}, "architecture": architecture}
-    ckpt.save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
+    save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
                     pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS))
     with torch.inference_mode():
         assert model(x).shape == (2, 1) and torch.equal(model(x), load_network(tmp_path / name).model(x))

@@ -2,6 +2,7 @@
 import hashlib
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from scipy import ndimage
 
 from core.io.imaging import MASK_COLOUR
 from core.phantom import generate as phantom
-from core.phantom.generate import FOV_MM, LABEL_COLUMNS, SUBTYPES, TISSUES
+from core.phantom.generate import FOV_MM, LABEL_COLUMNS, TISSUES
+from core.subtypes import SUBTYPES
+from core.phantom.scanner import DEFAULT, OTHER, Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 T = {name: code for code, name in enumerate(TISSUES)}
@@ -157,3 +160,79 @@ def test_a_twin_dataset_pairs_every_patient_with_and_without_its_bleed(tmp_path)
     assert normal.size == (64, 64) and (tmp_path / "t" / "hemorrhage" / "ph000003_s00.png").is_file()
     again = phantom.write_dataset(tmp_path / "u", 20, size=64, seed=2, stack_size=1, twins=True)
     assert _hashes(tmp_path / "t") == _hashes(tmp_path / "u") and again.equals(table)
+
+
+# --- scanners (core.phantom.scanner) --------------------------------------------------------------------------
+
+# sha256 over (relative path, bytes) of every file write_dataset wrote before scanners existed, on these settings.
+TODAY = {(12, 64, 5, 3, False): "8cd58b8b57815bd1903bc46d30d16a651209a65cec98c4321e432f5f14b1d88b",
+         (12, 64, 6, 1, True): "d64bffa2efd9f5bfcd430753355fa441d484df604787b310fe66d8fdbb2a7c13"}
+
+
+def _digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            digest.update(str(f.relative_to(folder)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("settings", TODAY)
+def test_the_default_scanner_writes_the_same_phantoms_as_before_bit_for_bit(settings, tmp_path):
+    n, size, seed, stack_size, twins = settings
+    phantom.write_dataset(tmp_path / "a", n, size, seed, stack_size, twins=twins)
+    phantom.write_dataset(tmp_path / "b", n, size, seed, stack_size, twins=twins, scanner=Scanner())
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b") == TODAY[settings]
+
+
+def _scanned(scanner: Scanner, seed: int) -> phantom.PhantomSlice:
+    """The same head (one seed) as `scanner` images it, at 128 px."""
+    return phantom.generate_slice(np.random.default_rng(seed), 128, None, 0.2, hard_negatives=(), scanner=scanner)
+
+
+def _white_matter_noise(s) -> tuple[float, float]:
+    """(std, neighbour correlation) of the HU inside white matter, away from its edges: the noise and its grain."""
+    inside = ndimage.binary_erosion(s.tissue == T["white"], iterations=3)
+    r = s.hu - np.median(s.hu[inside])
+    pairs = inside[:, 1:] & inside[:, :-1]
+    return float(r[inside].std()), float((r[:, 1:] * r[:, :-1])[pairs].mean() / r[inside].var())
+
+
+def _edge_strength(s) -> float:
+    """Mean HU gradient inside the head's brain (ventricle, sulcus and grey-white edges), away from the skull."""
+    brain = np.isin(s.tissue, [T["grey"], T["white"], T["csf"], T["ventricle"], T["falx"]])
+    inside = ndimage.binary_erosion(ndimage.binary_fill_holes(brain), iterations=4)
+    return float(np.hypot(*np.gradient(s.hu))[inside].mean())
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_other_scanner_images_the_same_head_noisier_coarser_softer_and_smaller(seed):
+    ours, theirs = _scanned(DEFAULT, seed), _scanned(OTHER, seed)
+    (noise, grain), (other_noise, other_grain) = _white_matter_noise(ours), _white_matter_noise(theirs)
+    assert other_noise == pytest.approx(OTHER.noise * noise, rel=0.25)
+    assert grain < 0.2 and other_grain > 0.5    # white noise against correlated, coarser texture
+    # A wider field of view: the same head covers (FOV_MM / fov)^2 of the pixels, at a wider spacing.
+    head = (theirs.hu > -500).sum() / (ours.hu > -500).sum()
+    assert head == pytest.approx((FOV_MM / OTHER.fov_mm) ** 2, rel=0.03)
+    assert theirs.pixel_spacing_mm == OTHER.fov_mm / 128 > ours.pixel_spacing_mm
+    # Without noise: the smoother kernel and thick slices soften edges; a sharp kernel enhances them.
+    quiet = {name: _edge_strength(_scanned(replace(s, noise=0), seed))
+             for name, s in (("ours", DEFAULT), ("theirs", OTHER), ("sharp", Scanner(sharpen=1.0)))}
+    assert quiet["theirs"] < 0.9 * quiet["ours"] and quiet["sharp"] > 1.1 * quiet["ours"]
+
+
+def test_the_other_scanner_exports_through_its_own_window(tmp_path):
+    assert phantom.render(np.float32([[35, -15, 85]]), brain=OTHER.window).tolist() == [[128, 0, 255]]
+    assert phantom.render(np.float32([[35, -15, 85]])).tolist() == [[112, 0, 255]]   # brain 40/80
+    phantom.main(["--out", str(tmp_path / "o"), "--n", "4", "--size", "64", "--seed", "7", "--scanner", OTHER.name])
+    phantom.write_dataset(tmp_path / "d", 4, size=64, seed=7, stack_size=5)
+    table = pd.read_csv(tmp_path / "o" / "labels.csv")
+    assert np.allclose(table.pixel_spacing_mm, OTHER.fov_mm / 64)
+    assert table.label.tolist() == pd.read_csv(tmp_path / "d" / "labels.csv").label.tolist()   # the same heads
+    assert _hashes(tmp_path / "o") != _hashes(tmp_path / "d")
+
+
+def test_a_scanner_out_of_range_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^scanner 'x': out of range: noise -1, fov_mm 0$"):
+        Scanner(name="x", noise=-1, fov_mm=0)

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from core.io import store as ckpt
+from core.io.weights import save_model
 from core.data.discover import discover
 from core.engine import fit
 from core.engine.config import TrainConfig
@@ -53,7 +54,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(built, tmp_path):
     name, model = built
     architecture = {"backbone": model.backbone_name, "stack_size": model.stack_size, "hidden": model.rnn.hidden_size}
     card = {"model": name, "architecture": architecture, "input_size": 32}
-    ckpt.save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
+    save_model(tmp_path / name, model.state_dict(), card, pd.DataFrame(columns=ckpt.HISTORY_COLUMNS),
                     pd.DataFrame(columns=ckpt.PREDICTION_COLUMNS))
     loaded = load_network(tmp_path / name)
     assert (loaded.model.backbone_name, loaded.model.stack_size, loaded.model.kind) == (
@@ -187,10 +188,10 @@ def gru_run(tmp_path_factory):
     prepare_fn = lambda size: prepare(root, size, seed=0)
     train_one_epoch = fit.train_one_epoch
 
-    def killed_in_epoch_2(*args, **kwargs):
-        if args[6] == 2:   # the epoch argument
+    def killed_in_epoch_2(training, epoch, *args, **kwargs):
+        if epoch == 2:
             raise KeyboardInterrupt
-        return train_one_epoch(*args, **kwargs)
+        return train_one_epoch(training, epoch, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fit, "train_one_epoch", killed_in_epoch_2)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 import train
 from core.data.discover import subtype_flags
-from core.data.layouts import FLAG_COLUMNS, FLAGS, OUTPUTS
 from core.engine.loop import MaskedBCE
 from core.evaluate import evaluate_run, evaluation_cases
 from core.explain.cam import cam_batch
@@ -19,6 +18,7 @@ from core.io import store
 from core.metrics.stats import delong_auc
 from core.nets.build import create_model
 from core.report import markdown, leaderboard, misclassified
+from core.subtypes import FLAG_COLUMNS, OUTPUTS, SUBTYPES
 
 NAN = float("nan")
 
@@ -57,12 +57,13 @@ def test_subtype_flags_from_names_and_published_flags():
                           "subtype": ["", "subdural", "SDH+sah", "", "real", "Intraventricular"]})
     flags = subtype_flags(table)
     assert list(flags.columns) == FLAG_COLUMNS
-    expected = [[0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1], [NAN] * 5, [NAN] * 5, [0, 0, 1, 0, 0]]
+    named = [set(), {"subdural"}, {"subdural", "subarachnoid"}, None, None, {"intraventricular"}]   # None: unknown
+    expected = [[NAN] * 5 if n is None else [float(s in n) for s in SUBTYPES] for n in named]
     np.testing.assert_array_equal(flags.to_numpy(), np.array(expected, dtype=float))
     # A published layout's own flags; a bleed whose readers agreed on no subtype is unknown, not negative.
     published = pd.DataFrame({"label": [1, 1, 0], "subtype": ["subdural", "", ""],
                               **{c: [int(c == "sub_subdural"), 0, 0] for c in FLAG_COLUMNS}})
-    np.testing.assert_array_equal(subtype_flags(published).to_numpy()[:, -1], [1, NAN, 0])
+    np.testing.assert_array_equal(subtype_flags(published)["sub_subdural"].to_numpy(), [1, NAN, 0])
     assert subtype_flags(published).iloc[1].isna().all()
 
 
@@ -104,7 +105,7 @@ def test_a_subtypes_run_writes_six_outputs_per_subtype_aucs_and_p_columns(subtyp
         auc, lo, hi = delong_auc(labelled[f"sub_{flag}"].astype(int), labelled[f"p_{flag}"])
         assert entry["n"] == len(labelled) and entry["roc_auc"] == pytest.approx(auc)
         assert entry["roc_auc_ci"] == pytest.approx([lo, hi])
-    for flag in set(FLAGS) - set(subtypes):   # omitted: one class among its labelled test rows
+    for flag in set(SUBTYPES) - set(subtypes):   # omitted: one class among its labelled test rows
         assert test.loc[test[f"sub_{flag}"].notna(), f"sub_{flag}"].nunique() < 2
     assert "subtypes" in card["metrics"]["val"]
 
@@ -118,7 +119,7 @@ def test_a_loaded_subtypes_model_reproduces_its_predictions(subtypes_run):
         preds = pd.read_csv(subtypes_run / model / store.PREDICTIONS).query("split == 'test'")
         assert out.shape == (len(test), 6) and predictors[model].outputs == list(OUTPUTS)
         np.testing.assert_allclose(out[:, 0], preds["prob"], atol=1e-5)
-        np.testing.assert_allclose(out[:, 1:], preds[[f"p_{f}" for f in FLAGS]], atol=1e-5)
+        np.testing.assert_allclose(out[:, 1:], preds[[f"p_{f}" for f in SUBTYPES]], atol=1e-5)
 
 
 def test_evaluation_reports_per_subtype_aucs(subtypes_run):

@@ -17,11 +17,13 @@ import train
 from core.engine import fit
 from core.engine.config import TrainConfig
 from core.io import store as ckpt
+from core.io.weights import load_weights
 from core.io.framing import framing_of
 from core.nets.build import load_network
 from core.nets.numerics import usable
 from core.nets.predict import predict_probs
 from core.presets import PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR
+from core.registry import get_spec
 
 from conftest import TINY_RUN_MODELS
 
@@ -101,7 +103,7 @@ def test_tampered_truncated_and_corrupt_checkpoints_are_refused(run_dir, tmp_pat
         load_network(folder)
     # Without a recorded hash, a truncated file still fails cleanly as safetensors.
     with pytest.raises(ckpt.CheckpointError, match="safetensors"):
-        ckpt.load_weights(weights, expected_sha256=None)
+        load_weights(weights, expected_sha256=None)
     (folder / "card.json").write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match="JSON"):
         load_network(folder)
@@ -278,7 +280,7 @@ def test_an_epoch_can_stop_after_some_steps_and_augmentation_can_be_off():
     from torch.utils.data import DataLoader, RandomSampler
     from core.data.decode import SliceDataset, to_model_input
     from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
-    from core.engine.loop import train_one_epoch
+    from core.engine.loop import Training, train_one_epoch
     images = torch.randint(0, 256, (40, 32, 32), dtype=torch.uint8).numpy()
     ds = SliceDataset(images, np.arange(40) % 2, torch.device("cpu"))
     loader = DataLoader(ds, batch_size=4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0)),
@@ -288,8 +290,9 @@ def test_an_epoch_can_stop_after_some_steps_and_augmentation_can_be_off():
         model = _InputRecorder()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        train_one_epoch(model, loader, opt, sched, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"), 1, 0,
-                        augment=augment, steps=steps)
+        train_one_epoch(Training(cfg=TrainConfig(models=[], augment=augment), device=torch.device("cpu"), trainee=model,
+                                 loader=loader, optimizer=opt, scheduler=sched, loss_fn=torch.nn.BCEWithLogitsLoss(),
+                                 steps_per_epoch=steps), 1)
         runs[augment] = (sched.last_epoch, model.inputs)
     assert runs[False][0] == 3 and runs[True][0] == len(loader) == 10
     plain = to_model_input(torch.as_tensor(images).unsqueeze(1), IMAGENET_MEAN, IMAGENET_STD)
@@ -319,7 +322,7 @@ def _session(data, epochs: int):
     from core.engine.fit import build_session
     cfg = TrainConfig(models=["resnet18"], epochs=epochs, image_size=32, device="cpu")
     train_ds = SliceDataset(data.images, data.manifest["label"].to_numpy())
-    return build_session("resnet18", train_ds, cfg, torch.device("cpu"), {})
+    return build_session(get_spec("resnet18"), train_ds, cfg, torch.device("cpu"), {})
 
 
 def test_a_models_initial_weights_do_not_depend_on_the_models_before_it(phantoms):
@@ -379,7 +382,8 @@ def test_painted_bleeds_train_every_epoch_unless_a_patience_is_given(monkeypatch
 
 @pytest.mark.parametrize("dropout, expected", [(None, 0.5), (0.0, 0.0)])
 def test_a_recipe_dropout_sets_every_dropout_layer_and_none_keeps_the_architectures(dropout, expected):
-    model = fit.build_model("alexnet", TrainConfig(models=["alexnet"], dropout=dropout), torch.device("cpu"), {})
+    model = fit.build_model(get_spec("alexnet"), TrainConfig(models=["alexnet"], dropout=dropout), torch.device("cpu"),
+                            {})
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(rates) == 2 and set(rates) == {expected}
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import core.explain.cam
-import dashboard.loaders
+import dashboard.models
 from conftest import TINY_RUN_CAM_MODELS, TINY_RUN_MODELS
 from core.data.layouts import box_mask
 from core.io import store as ckpt
@@ -167,11 +167,11 @@ def run_dir(tiny_run, monkeypatch):
 
 
 def record_masks(monkeypatch) -> list[np.ndarray | None]:
-    """Every mask the Scan page outlines: on the slice (loaders.outline(image, mask)) and on each map
+    """Every mask the Scan page outlines: on the slice (models.outline(image, mask)) and on each map
     (core.explain.cam.overlay(..., mask=mask))."""
     seen = []
-    outline, overlay = dashboard.loaders.outline, core.explain.cam.overlay
-    monkeypatch.setattr(dashboard.loaders, "outline", lambda image, mask: seen.append(mask) or outline(image, mask))
+    outline, overlay = dashboard.models.outline, core.explain.cam.overlay
+    monkeypatch.setattr(dashboard.models, "outline", lambda image, mask: seen.append(mask) or outline(image, mask))
     monkeypatch.setattr(core.explain.cam, "overlay", lambda *a, mask=None, **k: seen.append(mask) or overlay(
         *a, mask=mask, **k))
     return seen
@@ -180,7 +180,7 @@ def record_masks(monkeypatch) -> list[np.ndarray | None]:
 def test_an_uploaded_slice_with_its_bleed_is_outlined_and_every_map_says_whether_its_peak_hit_it(run_dir, monkeypatch):
     """A 256 px slice decoded at 128 px (the display cap lowered): its mask, given as an image or a box in the slice's
     own pixels, is resized nearest-neighbour to the decoded slice and framed with it, on the slice and every map."""
-    monkeypatch.setattr(dashboard.loaders, "DISPLAY_MAX_SIDE", 128)
+    monkeypatch.setattr(dashboard.models, "DISPLAY_MAX_SIDE", 128)
     phantom = generate_slice(np.random.default_rng(4), 256, "intraparenchymal", 0.1)
     slice_png, framing = png_bytes(render(phantom.hu)), framing_of(ckpt.run_facts(run_dir))
     decoded = load_scan(slice_png, max_side=128).image

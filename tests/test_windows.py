@@ -162,7 +162,7 @@ def test_a_set_without_hu_is_refused_in_one_line_naming_its_first_such_file(rsna
 
 
 def test_the_scan_page_scores_an_uploaded_dicom_through_the_runs_three_windows(rsna3_run, monkeypatch):
-    from dashboard.loaders import case_image, read_scan
+    from dashboard.models import case_image, read_scan
 
     root, out = rsna3_run
     monkeypatch.setenv("CHECKPOINTS_DIR", str(out.parent))

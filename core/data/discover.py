@@ -7,17 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.layouts import FLAG_COLUMNS, FLAGS, NAMES, read_layout
+from core.data.layouts import NAMES, read_layout
+from core.subtypes import ABBREVIATIONS, FLAG_COLUMNS, INTRAPARENCHYMAL, SUBTYPES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
-SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 # Synonyms are matched after lower-casing and turning "_"/"-" into spaces.
 _HEMORRHAGE_WORDS = {"hemorrhagic", "hemorrhage", "haemorrhage", "haemorrhagic", "with hemorrhage",
                      "with haemorrhage", "ich", "1", "positive", "pos", "bleed", "yes"}
 _NORMAL_WORDS = {"normal", "without hemorrhage", "without haemorrhage", "no hemorrhage",
                  "no haemorrhage", "0", "negative", "neg", "healthy", "no"}
-_SUBTYPE_WORDS = {**{s: s for s in SUBTYPES}, "intracerebral": "intraparenchymal", "iph": "intraparenchymal",
-                  "sdh": "subdural", "edh": "epidural", "sah": "subarachnoid", "ivh": "intraventricular"}
+_SUBTYPE_WORDS = {**{s: s for s in SUBTYPES}, **ABBREVIATIONS, "intracerebral": INTRAPARENCHYMAL}
 _SPLIT_WORDS = {"training": "train", "train": "train", "validation": "val", "val": "val", "valid": "val",
                 "testing": "test", "test": "test"}
 # Folders that hold something other than scans (phantom masks, previews) are never walked.
@@ -159,12 +158,12 @@ def _rows(root: Path) -> pd.DataFrame:
 
 
 def _named_flags(subtype: str) -> list[float]:
-    """0/1 per FLAGS from a subtype string ("subdural", "SDH+sah"); NaN throughout when it names none, or a word
+    """0/1 per subtype from a subtype string ("subdural", "SDH+sah"); NaN throughout when it names none, or a word
     that is no subtype ("real": a source's own bleed of unknown kind)."""
     names = [_SUBTYPE_WORDS.get(_words(part)) for part in str(subtype).split("+") if part.strip()]
     if not names or None in names:
-        return [np.nan] * len(FLAGS)
-    return [float(flag in names) for flag in FLAGS]
+        return [np.nan] * len(SUBTYPES)
+    return [float(subtype in names) for subtype in SUBTYPES]
 
 
 def subtype_flags(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The field's published datasets, read as they come: RSNA 2019, CQ500 and PhysioNet CT-ICH; BHX boxes as masks.
 
 `detect(root)` names a folder's layout from its own files; `read_layout(root)` returns discover's rows for it: path,
-id, label, subtype, given_split, group, series, slice_index, and one 0/1 column per subtype (`sub_epidural` ...,
+id, label, subtype, given_split, group, series, slice_index, and one 0/1 column per subtype (core.subtypes'
 FLAG_COLUMNS) for a multi-label head. `subtype` is every positive subtype joined with "+" in alphabetical order
 (RSNA's): "subarachnoid+subdural"; "" for normals."""
 from __future__ import annotations
@@ -17,14 +17,11 @@ import numpy as np
 import pandas as pd
 
 from core.io.volume import VOLUME_SUFFIXES, slice_path
+from core.subtypes import ABBREVIATIONS, FLAG_COLUMNS, SUBTYPES, flag_column
 
-FLAGS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
-FLAG_COLUMNS = [f"sub_{s}" for s in FLAGS]
-OUTPUTS = ("any", *FLAGS)   # a subtypes head's outputs in order: P(hemorrhage) first, as every one-logit model's
 COLUMNS = ["path", "id", "label", "subtype", "given_split", "group", "series", "slice_index"]
 NAMES = {"rsna": "RSNA 2019", "cq500": "CQ500", "ct_ich": "PhysioNet CT-ICH"}
-_CQ500_FINDINGS = {"ICH": "any", "EDH": "epidural", "IPH": "intraparenchymal", "IVH": "intraventricular",
-                   "SAH": "subarachnoid", "SDH": "subdural"}
+_CQ500_FINDINGS = {"ICH": "any", **{code.upper(): subtype for code, subtype in ABBREVIATIONS.items()}}
 _CQ500_FOLDER = re.compile(r"^CQ500CT(\d+) CQ500CT\1$", re.IGNORECASE)
 _CT_ICH_CSV = "hemorrhage_diagnosis_raw_ct.csv"
 BHX_FILES = ("1_Initial_Manual_Labeling.csv", "2_Extrapolation_to_All_Series.csv",
@@ -61,7 +58,7 @@ def _finish(table: pd.DataFrame) -> pd.DataFrame:
     """Discover's columns from path, id, label, group, series, slice_index and the flags."""
     table = table.reset_index(drop=True)
     flags = table[FLAG_COLUMNS].astype(int)
-    names = ["+".join(s for s, on in zip(FLAGS, row) if on) for row in flags.to_numpy()]
+    names = ["+".join(sorted(s for s, on in zip(SUBTYPES, row) if on)) for row in flags.to_numpy()]
     table["subtype"] = [n if label == 1 else "" for n, label in zip(names, table["label"])]
     table["given_split"] = None
     return table.assign(**flags)[COLUMNS + FLAG_COLUMNS]
@@ -74,7 +71,7 @@ def read_rsna(root: Path) -> pd.DataFrame:
     labels = pd.read_csv(labels_csv, dtype={"ID": str}).drop_duplicates("ID")
     parts = labels["ID"].str.rsplit("_", n=1, expand=True)
     wide = labels.assign(image=parts[0], finding=parts[1]).pivot(index="image", columns="finding", values="Label")
-    wide = wide.reindex(columns=["any", *FLAGS]).fillna(0).astype(int)
+    wide = wide.reindex(columns=["any", *SUBTYPES]).fillna(0).astype(int)
     folder = next((f for f in (root / labels_csv.stem, root / f"{labels_csv.stem}_images") if f.is_dir()), None)
     files = {} if folder is None else {Path(e.name).stem: e.path for e in os.scandir(folder)
                                        if e.name.lower().endswith(".dcm")}
@@ -82,7 +79,7 @@ def read_rsna(root: Path) -> pd.DataFrame:
     table = pd.DataFrame({"path": [files[i] for i in wide.index],
                           "id": [f"{folder.name}/{i}" for i in wide.index],
                           "label": wide["any"].to_numpy(), "group": None, "series": None, "slice_index": None,
-                          **{f"sub_{s}": wide[s].to_numpy() for s in FLAGS}})
+                          **{flag_column(s): wide[s].to_numpy() for s in SUBTYPES}})
     return _finish(table)
 
 
@@ -126,7 +123,7 @@ def read_cq500(root: Path) -> pd.DataFrame:
         for path in sorted(p for p in series[chosen].iterdir() if p.suffix.lower() == ".dcm"):
             rows.append({"path": str(path), "id": str(path.relative_to(root).with_suffix("")),
                          "label": int(scan["any"]), "group": f"patient:{name}", "series": f"{name}/{chosen}",
-                         "slice_index": None, **{f"sub_{s}": int(scan[s]) for s in FLAGS}})
+                         "slice_index": None, **{flag_column(s): int(scan[s]) for s in SUBTYPES}})
     return _finish(pd.DataFrame(rows, columns=["path", "id", "label", "group", "series", "slice_index",
                                                *FLAG_COLUMNS]))
 
@@ -141,14 +138,13 @@ def read_ct_ich(root: Path) -> pd.DataFrame:
     table = table[table["PatientNumber"].isin(volumes.keys())].reset_index(drop=True)
     z = table["SliceNumber"].astype(int) - 1
     stems = [volumes[p].name.split(".")[0] for p in table["PatientNumber"]]
-    columns = {"Epidural": "epidural", "Intraparenchymal": "intraparenchymal", "Intraventricular": "intraventricular",
-               "Subarachnoid": "subarachnoid", "Subdural": "subdural"}
+    columns = {subtype.capitalize(): subtype for subtype in SUBTYPES}   # "Epidural" ...
     return _finish(pd.DataFrame({
         "path": [slice_path(volumes[p], k) for p, k in zip(table["PatientNumber"], z)],
         "id": [f"ct_scans/{s}#z={k}" for s, k in zip(stems, z)],
         "label": 1 - table["No_Hemorrhage"].astype(int), "group": [f"patient:{s}" for s in stems],
         "series": [f"ct_scans/{s}" for s in stems], "slice_index": z,
-        **{f"sub_{flag}": table[column].astype(int) for column, flag in columns.items()}}))
+        **{flag_column(subtype): table[column].astype(int) for column, subtype in columns.items()}}))
 
 
 READERS = {"rsna": read_rsna, "cq500": read_cq500, "ct_ich": read_ct_ich}

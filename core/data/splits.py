@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from core.io.atomic import atomic_write
 from core.data.discover import DatasetError, discover, subtype_flags
 from core.data.decode import RESIZE_POLICY, DecodedSet, decode_images
-from core.data.layouts import FLAG_COLUMNS
+from core.subtypes import FLAG_COLUMNS
 
 PHASH_MAX, DHASH_MAX = 8, 6  # calibrated on Kaggle's known duplicate pairs (shared/data/README.md)
 MANIFEST_COLUMNS = ["path", "sha256", "label", "subtype", "group", "split"]
@@ -186,7 +186,7 @@ def prepare(root: str | Path | list, size: int, seed: int = 0, workers: int | No
 
 
 def subtype_targets(manifest: pd.DataFrame) -> np.ndarray:
-    """(N, 6) targets of a subtypes head, core.data.layouts.OUTPUTS: the label, then each subtype's flag, NaN where
+    """(N, 6) targets of a subtypes head, core.subtypes.OUTPUTS: the label, then each subtype's flag, NaN where
     the row does not tell. DatasetError when no row names a subtype: such a head would learn nothing but "any"."""
     flags = manifest.reindex(columns=FLAG_COLUMNS).to_numpy(dtype=float)
     if not (flags == 1).any():

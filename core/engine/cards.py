@@ -12,12 +12,12 @@ import torch
 import torchvision
 from sklearn.metrics import log_loss
 
-from core.data.layouts import FLAGS
 from core.engine.config import TrainConfig
 from core.io import store
 from core.io.imaging import WINDOW_SETS
 from core.metrics.binary import CLASSES, auc_or_nan, auc_per_output, card_metrics
-from core.registry import get_spec
+from core.registry import ModelSpec
+from core.subtypes import SUBTYPES
 
 SPLITS = ("train", "val", "test")
 
@@ -53,12 +53,11 @@ def scan_keys(rows: pd.DataFrame, which) -> np.ndarray | None:
     return rows["series"].to_numpy()[which] if "series" in rows else None
 
 
-def model_card(name: str, labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], training: dict,
+def model_card(spec: ModelSpec, labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], training: dict,
                dataset: dict | None, scans: np.ndarray | None = None, **fields) -> dict:
     """Every family's card: identity, metrics and thresholds, the family's `fields`, training, data, versions;
     `scans` (the test rows' scan keys, `scan_keys`) adds `metrics.test.scan`."""
-    spec = get_spec(name)
-    return {"model": name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
+    return {"model": spec.name, "display_name": spec.display_name, "family": spec.family, "reference": spec.reference,
             "classes": CLASSES, **fields,
             **card_metrics(labels["val"], probs["val"], labels["test"], probs["test"], scans),
             "training": training, "dataset": dataset, "versions": versions(),
@@ -87,16 +86,16 @@ def fitted_once_history(labels: dict[str, np.ndarray], probs: dict[str, np.ndarr
 
 
 def subtype_probabilities(probs: np.ndarray) -> dict[str, np.ndarray]:
-    """predictions.csv's `p_<subtype>` columns from a subtypes head's (n, 5) subtype probabilities (FLAGS order)."""
-    return {f"p_{flag}": probs[:, i] for i, flag in enumerate(FLAGS)}
+    """predictions.csv's `p_<subtype>` columns from a subtypes head's (n, 5) subtype probabilities (SUBTYPES order)."""
+    return {f"p_{subtype}": probs[:, i] for i, subtype in enumerate(SUBTYPES)}
 
 
 def add_subtype_metrics(card: dict, targets: np.ndarray, outputs: dict[str, np.ndarray],
                         part: dict[str, np.ndarray]) -> dict:
     """metrics.{val,test}.subtypes of a subtypes head: each subtype's AUC (DeLong CI) on the rows labelled for it;
-    (N, 6) targets and per-split (n, 6) outputs, both in core.data.layouts.OUTPUTS order."""
+    (N, 6) targets and per-split (n, 6) outputs, both in core.subtypes.OUTPUTS order."""
     for s in ("val", "test"):
-        card["metrics"][s]["subtypes"] = auc_per_output(FLAGS, targets[part[s], 1:], outputs[s][:, 1:])
+        card["metrics"][s]["subtypes"] = auc_per_output(SUBTYPES, targets[part[s], 1:], outputs[s][:, 1:])
     return card
 
 

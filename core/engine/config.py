@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.distributed as dist
 
-from core.data.layouts import OUTPUTS
+from core.nets.sequence import DEFAULT_BACKBONE
+from core.subtypes import OUTPUTS
 
 
 @dataclass
@@ -38,7 +39,7 @@ class TrainConfig:
     data: list[str] | None = None       # the --data folder(s), pooled; None: synthetic phantoms
     framing: str = "none"               # core.io.framing: "head" crops every slice to its head before resizing
     windows: str = "brain"              # core.io.imaging.WINDOW_SETS: the HU windows a slice becomes, one per channel
-    sequence_backbone: str = "resnet18"  # the registry CNN a sequence model encodes slices with
+    sequence_backbone: str = DEFAULT_BACKBONE   # the registry CNN a sequence model encodes slices with
     stack_size: int = 5                 # slices per stack, the predicted one in the middle
     attention: float = 0.0              # weight of the loss on Grad-CAM evidence outside training bleeds' masks; 0: off
     subtypes: bool = False              # networks get a multi-label head: any hemorrhage + the five subtypes

@@ -19,15 +19,16 @@ from core.engine.cards import (add_subtype_metrics, dataset_facts, history_frame
                                predictions_frame, scan_keys, split_parts)
 from core.engine.config import TrainConfig, agree, is_main, world_size
 from core.engine.init import starting_weights
-from core.engine.loop import MaskedBCE, evaluate, lr_factor, set_dropout, short_run_batch_norm, train_one_epoch
-from core.io import store
+from core.engine.loop import (MaskedBCE, Training, evaluate, lr_factor, set_dropout, short_run_batch_norm,
+                              train_one_epoch)
+from core.io.weights import clear_resume_state, load_resume_state, save_model, save_resume_state
 from core.explain.cam import DEFAULT_TOLERANCE_PX, TOLERANCE_SIDE, cam_layer_on_truth
 from core.nets.build import cam_sides, choose_cam_layers, create_model, init_from_scratch
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.measure import count_gmacs, count_params, measure_latency
 from core.nets.numerics import NAMES as NUMERICS, Numerics, choose_numerics
 from core.nets.predict import predict_outputs
-from core.registry import get_spec
+from core.registry import ModelSpec, get_spec
 
 RESUME_SAVE_RATIO = 4.0   # train at least 4x as long as the last resume-state write took before the next
 # A network budgeted below this redoes its training sooner than it writes resume states (docs/NOTES.md, "Resume writes").
@@ -35,23 +36,18 @@ RESUME_MIN_BUDGET_S = 120.0
 CUDNN_AUTOTUNE_MIN_STEPS = 4000   # planned optimizer steps from which cuDNN autotuning pays back
 
 
-@dataclass
-class Session:
-    """Everything one network's training holds."""
-    name: str
-    cfg: TrainConfig
-    device: torch.device
+@dataclass(kw_only=True)
+class Session(Training):
+    """Everything one network's training holds: what its epochs step through, and the rest."""
+    spec: ModelSpec
     model: torch.nn.Module
-    trainee: torch.nn.Module            # the model, or its DistributedDataParallel wrapper
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loader: DataLoader
-    loss_fn: torch.nn.Module
-    steps_per_epoch: int
     plan: list[int]                     # [epochs to run], re-planned after every epoch
     pretrained_loaded: bool
-    numerics: Numerics
     numerics_record: dict               # the card's training.numerics: choice and timings
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
 
 @dataclass
@@ -73,14 +69,14 @@ class Progress:
             self.stale += 1
 
 
-def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture: dict) -> torch.nn.Module:
+def build_model(spec: ModelSpec, cfg: TrainConfig, device: torch.device, architecture: dict) -> torch.nn.Module:
     """The network seeded per model (init independent of earlier models), re-initialised for scratch training."""
     torch.manual_seed(cfg.seed)
-    model = create_model(name, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, num_outputs=len(cfg.outputs),
+    model = create_model(spec, pretrained=cfg.pretrained, weights_dir=cfg.weights_dir, num_outputs=len(cfg.outputs),
                          **architecture).to(device)
     model.pretrained_loaded = bool(getattr(model, "pretrained_loaded", False))
     if cfg.init_from:   # verified against this network before the run began (core.engine.init.check_init_from)
-        start = starting_weights(cfg.init_from, name, cfg, architecture)
+        start = starting_weights(cfg.init_from, spec.name, cfg, architecture)
         model.load_state_dict(start.state)
         model.init_from = start.source
     elif not model.pretrained_loaded:
@@ -90,14 +86,15 @@ def build_model(name: str, cfg: TrainConfig, device: torch.device, architecture:
     return model
 
 
-def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: torch.device,
+def build_session(spec: ModelSpec, train_ds: SliceDataset, cfg: TrainConfig, device: torch.device,
                   architecture: dict) -> Session:
     """Model, optimizer, loader and schedule of one network's training."""
-    model = build_model(name, cfg, device, architecture)
-    numerics, numerics_record = pick_numerics(name, model, train_ds, cfg, device, architecture)
+    model = build_model(spec, cfg, device, architecture)
+    numerics, numerics_record = pick_numerics(spec.name, model, train_ds, cfg, device, architecture)
     model = numerics.model(model)
-    # From scratch: the rate suiting the convolutional trunk (a sequence model's backbone).
-    lr = cfg.lr or (3e-4 if model.pretrained_loaded else get_spec(architecture.get("backbone", name)).scratch_lr)
+    # From scratch: the rate suiting the convolutional trunk (a sequence model's backbone, named in its architecture).
+    trunk = get_spec(architecture["backbone"]) if "backbone" in architecture else spec
+    lr = cfg.lr or (3e-4 if model.pretrained_loaded else trunk.scratch_lr)
     # fused: one kernel over all parameters, not a Python loop per tensor (docs/NOTES.md, "Fused AdamW").
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
     world = world_size()
@@ -120,8 +117,9 @@ def build_session(name: str, train_ds: SliceDataset, cfg: TrainConfig, device: t
         loss_fn = MaskAttentionLoss(loss_fn, model, int(train_ds.images.shape[-1]), cfg.attention)
     loss_fn = loss_fn.to(device)
     trainee = DistributedDataParallel(model) if world > 1 else model
-    return Session(name, cfg, device, model, trainee, optimizer, scheduler, loader, loss_fn, steps, plan,
-                   model.pretrained_loaded, numerics, numerics_record)
+    return Session(spec=spec, cfg=cfg, device=device, model=model, trainee=trainee, optimizer=optimizer,
+                   scheduler=scheduler, loader=loader, loss_fn=loss_fn, steps_per_epoch=steps, plan=plan,
+                   pretrained_loaded=model.pretrained_loaded, numerics=numerics, numerics_record=numerics_record)
 
 
 def pick_numerics(name: str, model: torch.nn.Module, train_ds: SliceDataset, cfg: TrainConfig,
@@ -139,7 +137,7 @@ def pick_numerics(name: str, model: torch.nn.Module, train_ds: SliceDataset, cfg
 
 def resume(session: Session, model_dir: Path) -> Progress:
     """The progress of a killed run's last saved epoch, loaded into the session; fresh if none."""
-    resumed = store.load_resume_state(model_dir)
+    resumed = load_resume_state(model_dir)
     if resumed is None:
         return Progress()
     model_state, opt_state, best_state, meta = resumed
@@ -166,7 +164,7 @@ class ResumeSaver:
         if last or self.unsaved < RESUME_SAVE_RATIO * self.cost or (budget and budget < RESUME_MIN_BUDGET_S):
             return 0.0
         tick = time.perf_counter()
-        store.save_resume_state(self.model_dir, session.model.state_dict(), session.optimizer.state_dict(),
+        save_resume_state(self.model_dir, session.model.state_dict(), session.optimizer.state_dict(),
                                 progress.best_state,
                                 {"epoch": progress.epoch, "history": progress.history, "best_auc": progress.best_auc,
                                  "stale": progress.stale, "time_budget_s": session.cfg.time_budget_s})
@@ -179,10 +177,7 @@ def train_epoch(session: Session, data: Prepared, val_labels: np.ndarray, val_ro
     """One epoch and its validation: the history row."""
     cfg, start = session.cfg, time.perf_counter()
     session.loader.sampler.set_epoch(epoch)
-    stats = train_one_epoch(session.trainee, session.loader, session.optimizer, session.scheduler,
-                            session.loss_fn, session.device, epoch, cfg.seed,
-                            desc=f"{session.name} {epoch}/{session.plan[0]}", numerics=session.numerics,
-                            augment=cfg.augment, steps=session.steps_per_epoch)
+    stats = train_one_epoch(session, epoch, desc=f"{session.name} {epoch}/{session.plan[0]}")
     val = evaluate(session.model, data.images, val_labels, session.device, rows=val_rows, numerics=session.numerics)
     return {"epoch": epoch, **stats, "val_loss": val["val_loss"], "val_acc": val["val_acc"],
             "val_auc": agree(val["val_auc"], session.device), "lr": session.scheduler.get_last_lr()[0],
@@ -218,19 +213,19 @@ def out_of_patience(progress: Progress, cfg: TrainConfig) -> bool:
     return cfg.patience is not None and progress.stale >= cfg.patience
 
 
-def fit_network(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
+def fit_network(spec: ModelSpec, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device,
                 rows: np.ndarray | None = None, architecture: dict | None = None) -> dict:
     """Train one registry network and write its folder; returns its card ({} off rank 0)."""
     architecture = architecture or {}
     rows = np.arange(len(data.manifest)) if rows is None else rows
-    model_dir = Path(run_dir) / name
+    model_dir = Path(run_dir) / spec.name
     part, labels = split_parts(data.manifest), data.manifest["label"].to_numpy()
     targets = subtype_targets(data.manifest) if cfg.subtypes else labels   # (N, 6) with NaN, or (N,)
     on_device = device if device.type == "cuda" else torch.device("cpu")
     train_ds = SliceDataset(data.images, targets[part["train"]], on_device, rows=rows[part["train"]],
-                            masks=training_masks(data, part["train"], name)
+                            masks=training_masks(data, part["train"], spec.name)
                             if cfg.attention and rows.ndim == 1 else None)
-    session = build_session(name, train_ds, cfg, device, architecture)
+    session = build_session(spec, train_ds, cfg, device, architecture)
     progress = resume(session, model_dir) if cfg.resume else Progress()
     started = time.perf_counter() - sum(h["seconds"] for h in progress.history)
     run_epochs(session, progress, data, labels[part["val"]], rows[part["val"]], ResumeSaver(model_dir))
@@ -309,7 +304,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     outputs = {s: predict_outputs(model, data.images, IMAGENET_MEAN, IMAGENET_STD, device, rows=rows[part[s]],
                                   numerics=session.numerics) for s in ("val", "test")}
     probs = {s: outputs[s][:, 0] for s in outputs}
-    native = get_spec(name).input_size
+    native = session.spec.input_size
     training = {"epochs": len(progress.history),
                 "epochs_planned": session.plan[0],
                 "time_budget_s": cfg.time_budget_s,   # under a run budget: the share it was given
@@ -322,7 +317,7 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
                 "world_size": world_size(), "best_val_auc": max((h["val_auc"] for h in progress.history), default=None),
                 "args": cfg.recorded_args()}
     card = model_card(
-        name, labels, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
+        session.spec, labels, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
         input_size=data.image_size, native_input_size=native, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         **input_windows(data.windows), resize_policy=data.resize_policy, framing=data.framing,
         outputs=cfg.outputs, **({"architecture": architecture} if architecture else {}),
@@ -332,8 +327,8 @@ def finish_network(session: Session, progress: Progress, data: Prepared, model_d
     if cfg.subtypes:
         add_subtype_metrics(card, subtype_targets(man), outputs, part)
     model.to("cpu")
-    card = store.save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
+    card = save_model(model_dir, model.state_dict(), card, history_frame(progress.history),
                             predictions_frame(man, part, probs, {s: o[:, 1:] for s, o in outputs.items()}
                                               if cfg.subtypes else None))
-    store.clear_resume_state(model_dir)
+    clear_resume_state(model_dir)
     return card

@@ -5,14 +5,16 @@ import itertools
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from core.data.decode import to_model_input, to_model_input_and_masks
-from core.engine.config import is_main
+from core.engine.config import TrainConfig, is_main
 from core.metrics.binary import auc_or_nan
 from core.nets.cnn import IMAGENET_MEAN, IMAGENET_STD
 from core.nets.numerics import Numerics
@@ -74,16 +76,30 @@ class MaskedBCE(torch.nn.Module):
         return loss / known.sum().clamp(min=1)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch: int, seed: int,
-                    desc: str = "", numerics: Numerics = Numerics(), augment: bool = True,
-                    steps: int | None = None) -> dict:
-    """One pass over the loader (or its first `steps` batches), in `numerics` (the model already in its format)."""
+@dataclass(kw_only=True)
+class Training:
+    """What an epoch of training steps through (core.engine.fit's Session is one, with more)."""
+    cfg: TrainConfig                    # an epoch reads its seed and augment
+    device: torch.device
+    trainee: torch.nn.Module            # the model in its numerics' format, or its DistributedDataParallel wrapper
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    numerics: Numerics = field(default_factory=Numerics)
+    steps_per_epoch: int | None = None  # the loader's first batches an epoch takes; None: all of them
+
+
+def train_one_epoch(training: Training, epoch: int, desc: str = "") -> dict:
+    """One pass over the loader (or its first `steps_per_epoch` batches), in the training's numerics."""
+    model, loader, device, cfg = training.trainee, training.loader, training.device, training.cfg
     model.train()
-    gen = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, AUGMENT))
-    torch.manual_seed(epoch_seed(seed, epoch, DROPOUT))   # the global generator: dropout's
+    augment_seed = epoch_seed(cfg.seed, epoch, AUGMENT)
+    generator = torch.Generator(device=device).manual_seed(augment_seed) if cfg.augment else None
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, DROPOUT))   # the global generator: dropout's
     total_loss, correct, seen, data_wait, compute = 0.0, 0, 0, 0.0, 0.0
     start = time.perf_counter()
-    steps = len(loader) if steps is None else min(steps, len(loader))
+    steps = min(training.steps_per_epoch or len(loader), len(loader))
     bar = tqdm(itertools.islice(loader, steps), total=steps, desc=desc, leave=False,
                disable=not is_main() or not sys.stderr.isatty(), unit="batch")
     tick = time.perf_counter()
@@ -91,20 +107,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, device, epoch:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         masks = [m.to(device, non_blocking=True) for m in masks]
         if masks:
-            x, masks[0] = to_model_input_and_masks(images, masks[0], IMAGENET_MEAN, IMAGENET_STD,
-                                                   generator=gen if augment else None)
+            x, masks[0] = to_model_input_and_masks(images, masks[0], IMAGENET_MEAN, IMAGENET_STD, generator=generator)
         else:
-            x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=gen if augment else None)
-        x = numerics.input(x)
+            x = to_model_input(images, IMAGENET_MEAN, IMAGENET_STD, generator=generator)
+        x = training.numerics.input(x)
         got_data = time.perf_counter()
         targets = labels.reshape(len(labels), -1)   # (B, outputs), NaN where unknown; output 0 is hemorrhage
-        with numerics.autocast(device):
+        with training.numerics.autocast(device):
             logits = model(x).float().reshape(targets.shape)
-        loss = loss_fn(logits, targets, *masks)
-        optimizer.zero_grad(set_to_none=True)
+        loss = training.loss_fn(logits, targets, *masks)
+        training.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
+        training.optimizer.step()
+        training.scheduler.step()
         total_loss += loss.item() * len(labels)
         correct += int(((logits[:, 0] > 0).float() == targets[:, 0]).sum())
         seen += len(labels)

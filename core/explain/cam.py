@@ -23,7 +23,8 @@ from core.nets.sharing import exclusive
 from core.nets.sequence import SequenceClassifier
 from core.io.framing import frame
 from core.io.imaging import MASK_COLOUR, display_grey
-from core.phantom.generate import SUBTYPES, generate_slice, render
+from core.phantom.generate import generate_slice, render
+from core.subtypes import SUBTYPES
 
 METHODS: dict[str, type] = {"gradcam": GradCAM, "hirescam": HiResCAM, "gradcam++": GradCAMPlusPlus,
                             "xgradcam": XGradCAM, "layercam": LayerCAM, "eigencam": EigenCAM,

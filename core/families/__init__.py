@@ -7,14 +7,14 @@ from core.families.cnn import CNN
 from core.families.ensemble import ENSEMBLE
 from core.families.sequence import SEQUENCE
 from core.io.store import CheckpointError
-from core.registry import get_spec
+from core.registry import ModelSpec
 
 FAMILIES: dict[str, Family] = {f.key: f for f in (CNN, SEQUENCE, CLASSICAL, ENSEMBLE)}
 
 
-def family_of(name: str) -> Family:
+def family_of(spec: ModelSpec) -> Family:
     """The family of a registry model."""
-    return FAMILIES[get_spec(name).family]
+    return FAMILIES[spec.family]
 
 
 def family_of_card(card: dict) -> Family:

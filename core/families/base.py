@@ -16,6 +16,7 @@ from core.engine.config import TrainConfig
 from core.io.store import WEIGHTS
 from core.metrics.domain import DomainModel
 from core.nets.build import output_names
+from core.registry import ModelSpec
 
 
 class FitError(ValueError):
@@ -93,7 +94,8 @@ class Family(ABC):
     weights_file: ClassVar[str] = WEIGHTS
 
     @abstractmethod
-    def fit(self, name: str, data: Prepared | None, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+    def fit(self, spec: ModelSpec, data: Prepared | None, cfg: TrainConfig, run_dir: Path,
+            device: torch.device) -> dict:
         """Fit one model, write its folder and return its card ({} on DDP ranks other than 0)."""
 
     @abstractmethod

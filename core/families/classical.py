@@ -30,7 +30,7 @@ from core.families.base import Cases, Family, Predictor
 from core.io import store
 from core.io.atomic import atomic_path
 from core.io.imaging import display_grey
-from core.registry import CLASSICAL_NAMES, get_spec
+from core.registry import CLASSICAL_NAMES, ModelSpec
 
 MODEL_FILE = "model.skops"
 # Types beyond skops' trusted defaults that the fitted pipelines hold; anything else fails to load.
@@ -199,11 +199,12 @@ def _fitted_pipeline(name: str, features: np.ndarray, labels: np.ndarray, seed: 
     return pipeline
 
 
-def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) -> dict:
+def fit_classical(spec: ModelSpec, data: Prepared, cfg: TrainConfig, run_dir: Path) -> dict:
     """Fit one classical model on train and write its folder; returns its card ({} off rank 0)."""
     if not is_main():
         return {}
-    model_dir, man = Path(run_dir) / name, data.manifest
+    name, man = spec.name, data.manifest
+    model_dir = Path(run_dir) / name
     part = split_parts(man)
     y = {s: man["label"].to_numpy().astype(int)[part[s]] for s in part}
     features, feature_seconds = split_features(data, part)
@@ -221,8 +222,8 @@ def fit_classical(name: str, data: Prepared, cfg: TrainConfig, run_dir: Path) ->
                 "fit_seconds": fit_seconds, "device": "cpu", "pretrained": False, "seed": cfg.seed, "world_size": 1,
                 "best_val_auc": history["val_auc"][0], "args": cfg.recorded_args()}
     card = model_card(
-        name, y, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
-        input_size=data.image_size, native_input_size=get_spec(name).input_size, window="brain", channels="grey",
+        spec, y, probs, training, dataset_facts(cfg, man, part), scan_keys(man, part["test"]),
+        input_size=data.image_size, native_input_size=spec.input_size, window="brain", channels="grey",
         windows=data.windows, resize_policy=data.resize_policy, framing=data.framing, weights_file=MODEL_FILE,
         params=params, params_detail=params_detail,
         hyperparameters={k: v for k, v in pipeline["clf"].get_params().items()
@@ -298,8 +299,8 @@ class ClassicalFamily(Family):
     key = "classical"
     weights_file = MODEL_FILE
 
-    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
-        return fit_classical(name, data, cfg, run_dir)
+    def fit(self, spec: ModelSpec, data: Prepared, cfg: TrainConfig, run_dir: Path, device=None) -> dict:
+        return fit_classical(spec, data, cfg, run_dir)
 
     def load(self, model_dir: str | Path, device="cpu") -> LoadedClassical:
         return load_classical(model_dir)

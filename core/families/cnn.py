@@ -17,6 +17,7 @@ from core.nets.build import load_network, output_names
 from core.engine.init import planned_architecture
 from core.nets.numerics import usable
 from core.nets.predict import pooled_features, predict_outputs
+from core.registry import ModelSpec
 
 
 class NetworkPredictor(Predictor):
@@ -54,8 +55,8 @@ class CNNFamily(Family):
     is_network = True
     explained_by_cam = True
 
-    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
-        return fit_network(name, data, cfg, run_dir, device, architecture=planned_architecture(name, cfg))
+    def fit(self, spec: ModelSpec, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+        return fit_network(spec, data, cfg, run_dir, device, architecture=planned_architecture(spec.name, cfg))
 
     def load(self, model_dir: str | Path, device: str | torch.device = "cpu") -> NetworkPredictor:
         loaded = load_network(model_dir, device)

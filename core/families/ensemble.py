@@ -15,7 +15,8 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from core.engine.cards import fitted_once_history, model_card, scan_keys
 from core.families.base import Cases, Family, FitError, Predictor
 from core.io import store
-from core.registry import ENSEMBLE_NAMES, get_spec
+from core.io.weights import load_weights, save_model
+from core.registry import ENSEMBLE_NAMES, ModelSpec
 
 EPS = 1e-6
 STACK_FOLDS = 5
@@ -130,11 +131,13 @@ def _members_of(name: str, run_dir: Path, members: list[str] | None) -> tuple[li
     return members, cards
 
 
-def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = None, seed: int | None = None) -> dict:
+def fit_ensemble(spec: ModelSpec, run_dir: str | Path, members: list[str] | None = None,
+                 seed: int | None = None) -> dict:
     """Combine `members`' saved predictions and write the ensemble's folder; returns its card."""
     started = time.perf_counter()
+    name = spec.name
     if name not in ENSEMBLE_NAMES:
-        raise EnsembleError(f"{name} is a {get_spec(name).family} model, not an ensemble.")
+        raise EnsembleError(f"{name} is a {spec.family} model, not an ensemble.")
     run_dir = Path(run_dir)
     members, cards = _members_of(name, run_dir, members)
     if seed is None:
@@ -157,7 +160,7 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
     training = {"epochs": 1, "epochs_planned": 1, "seconds": seconds, "device": "cpu", "pretrained": False,
                 "seed": seed, "world_size": 1, "best_val_auc": history["val_auc"][0], "args": {"members": members}}
     card = model_card(
-        name, {"val": y[val], "test": y[test]}, {"val": probs[val], "test": probs[test]}, training,
+        spec, {"val": y[val], "test": y[test]}, {"val": probs[val], "test": probs[test]}, training,
         cards[members[0]].get("dataset"), scan_keys(rows, test), **card, input_size=None,
         member_input_sizes={m: c.get("input_size") for m, c in cards.items()},
         member_families={m: c.get("family") for m, c in cards.items()},
@@ -167,7 +170,7 @@ def fit_ensemble(name: str, run_dir: str | Path, members: list[str] | None = Non
         params_detail={"combiner": len(members) + 1, "members": member_params},
         size_bytes_members=int(sum(c.get("size_bytes") or 0 for c in cards.values())), latency=_latency(cards))
     print(f"{name}: val_auc {history['val_auc'][0]:.3f} over {', '.join(members)}", flush=True)
-    return store.save_model(run_dir / name, state, card, history, rows.assign(prob=probs))
+    return save_model(run_dir / name, state, card, history, rows.assign(prob=probs))
 
 
 class LoadedEnsemble(Predictor):
@@ -193,15 +196,15 @@ def load_ensemble(model_dir: str | Path) -> LoadedEnsemble:
         raise store.CheckpointError(f"{model_dir} holds {card.get('model')!r}, not an ensemble.")
     if not card.get("weights_sha256"):
         raise store.CheckpointError(f"{model_dir}/card.json has no sha256 for its weights; refusing to load them.")
-    return LoadedEnsemble(card, store.load_weights(Path(model_dir) / store.WEIGHTS, card["weights_sha256"]))
+    return LoadedEnsemble(card, load_weights(Path(model_dir) / store.WEIGHTS, card["weights_sha256"]))
 
 
 class EnsembleFamily(Family):
     key = "ensemble"
     needs_images = False
 
-    def fit(self, name: str, data, cfg, run_dir: Path, device=None) -> dict:
-        return fit_ensemble(name, run_dir)
+    def fit(self, spec: ModelSpec, data, cfg, run_dir: Path, device=None) -> dict:
+        return fit_ensemble(spec, run_dir)
 
     def load(self, model_dir: str | Path, device="cpu") -> LoadedEnsemble:
         return load_ensemble(model_dir)

@@ -11,17 +11,18 @@ from core.engine.config import TrainConfig
 from core.engine.fit import fit_network
 from core.engine.init import planned_architecture
 from core.families.cnn import CNNFamily
+from core.registry import ModelSpec
 
 
 class SequenceFamily(CNNFamily):
     key = "sequence"
 
-    def fit(self, name: str, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
+    def fit(self, spec: ModelSpec, data: Prepared, cfg: TrainConfig, run_dir: Path, device: torch.device) -> dict:
         rows = stack_indices(data.manifest, cfg.stack_size)
         split = data.manifest["split"].to_numpy()
         assert (split[rows] == split[:, None]).all(), "a stack mixes splits"
-        return fit_network(name, data, cfg, run_dir, device, rows=rows,
-                           architecture=planned_architecture(name, cfg))
+        return fit_network(spec, data, cfg, run_dir, device, rows=rows,
+                           architecture=planned_architecture(spec.name, cfg))
 
     def input_line(self, card: dict) -> str:
         stack = card.get("architecture", {})

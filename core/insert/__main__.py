@@ -6,8 +6,8 @@ import sys
 
 from core.cli import Parser, folder, name_list, non_negative_int, positive_int, unit_range
 from core.data.discover import DatasetError
-from core.insert.lesions import SUBTYPES
 from core.insert.write import write_grid, write_painted
+from core.subtypes import SUBTYPES
 
 
 def main(argv=None) -> int:

@@ -11,14 +11,14 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from core.insert.anatomy import SURFACE_MM, Anatomy, disk
+from core.subtypes import EPIDURAL, INTRAPARENCHYMAL, INTRAVENTRICULAR, SUBARACHNOID, SUBDURAL
 
 PAINTER_VERSION = 4         # part of the painted-set cache key: bump it when what is painted or written changes
-SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
 # each subtype's acute-blood density, HU (docs/NOTES.md, "Painted bleeds: what each subtype looks like")
-DENSITY_HU = {"intraparenchymal": (60.0, 90.0), "subdural": (50.0, 80.0), "epidural": (50.0, 80.0),
-              "subarachnoid": (45.0, 70.0), "intraventricular": (50.0, 80.0)}
+DENSITY_HU = {INTRAPARENCHYMAL: (60.0, 90.0), SUBDURAL: (50.0, 80.0), EPIDURAL: (50.0, 80.0),
+              SUBARACHNOID: (45.0, 70.0), INTRAVENTRICULAR: (50.0, 80.0)}
 BLOOD_HU = (min(lo for lo, _ in DENSITY_HU.values()), max(hi for _, hi in DENSITY_HU.values()))   # any subtype
-EXTRA_AXIAL = ("subdural", "epidural")   # blood against the inner table: its partial volume with bone is painted too
+EXTRA_AXIAL = (SUBDURAL, EPIDURAL)   # blood against the inner table: its partial volume with bone is painted too
 EDEMA_DROP_HU = (4.0, 10.0)  # the hypodense rim some intraparenchymal bleeds get, and its width
 EDEMA_MM = (1.0, 4.0)
 MIN_AREA_MM2 = 8.0           # a painted bleed smaller than this is not drawn (the subtype does not fit)
@@ -262,8 +262,8 @@ def intraparenchymal(a: Anatomy, rng, difficulty: float) -> np.ndarray | None:
     return (np.hypot(u, v) < radius * outline) & a.inside & (from_ventricles > 3) & one_side
 
 
-SHAPES = {"intraparenchymal": intraparenchymal, "subdural": subdural, "epidural": epidural,
-          "subarachnoid": subarachnoid, "intraventricular": intraventricular}
+SHAPES = {INTRAPARENCHYMAL: intraparenchymal, SUBDURAL: subdural, EPIDURAL: epidural, SUBARACHNOID: subarachnoid,
+          INTRAVENTRICULAR: intraventricular}
 
 
 def _field(rng, shape, smooth_px: float, std: float) -> np.ndarray:
@@ -296,7 +296,7 @@ def paint(a: Anatomy, values: np.ndarray, region: np.ndarray, subtype: str, rng,
     alpha = np.maximum(region, halo) * a.inside + 0.5 * rim
     clot = np.clip(blood + _field(rng, a.hu.shape, 4.0, 3.0), lo, hi)
     hu = a.hu.copy()
-    if subtype == "intraparenchymal" and rng.uniform() < 0.5:
+    if subtype == INTRAPARENCHYMAL and rng.uniform() < 0.5:
         hu -= _edema(a, region, rng) * (alpha < 0.5)
     blended = hu * (1 - alpha) + alpha * (clot + _field(rng, hu.shape, 0.7, a.noise_hu))
     hu = np.where(rim, np.maximum(hu, blended), blended)

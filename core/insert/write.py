@@ -22,10 +22,11 @@ from core.data.decode import decode_images, framed_square
 from core.data.discover import DatasetError, discover
 from core.data.splits import assign_groups, near_duplicate_pairs
 from core.insert.anatomy import read_anatomy
-from core.insert.lesions import SUBTYPES, paint_bleed
+from core.insert.lesions import paint_bleed
 from core.io.atomic import atomic_write
 from core.io.imaging import ScanError, load_scan
 from core.phantom.generate import write_png
+from core.subtypes import SUBTYPES
 
 # source_sha256: the source file's, so an evaluation on the source folder drops what a run trained on in any form
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "blood_hu", "source", "patient_id",

@@ -1,4 +1,5 @@
-"""Run folders (checkpoints/README.md): safetensors + JSON card + CSVs; atomic, sha256-verified, no pickle."""
+"""Run folders (checkpoints/README.md): JSON cards, CSVs, listing, and which models can be trusted (sha256); atomic, no
+pickle. Tensors (weights, resume states) are core.io.weights'; this module imports no torch."""
 from __future__ import annotations
 
 import hashlib
@@ -7,19 +8,20 @@ import math
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from core.io.atomic import atomic_path, atomic_write, remove_stale_temp_dirs, temp_dir
+from core.io.atomic import atomic_write, remove_stale_temp_dirs, temp_dir
+from core.registry import REGISTRY
 
 SCHEMA_VERSION = 1
 WEIGHTS, CARD, HISTORY, PREDICTIONS, SPLIT = (
     "model.safetensors", "card.json", "history.csv", "predictions.csv", "split.csv")
+# The model file each family's `load` reads beside card.json, by the registry's family key: the family names it, never
+# the card, which could name a pickle (core.families' Family.weights_file; tests/test_architecture.py holds them equal).
+MODEL_FILES = {"cnn": WEIGHTS, "sequence": WEIGHTS, "classical": "model.skops", "ensemble": WEIGHTS}
 DOMAIN = "domain.safetensors"   # the model's training-data statistics for its domain check (card "domain")
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "img_per_s", "data_wait_s", "compute_s"]
@@ -58,15 +60,6 @@ def to_jsonable(value):
     return value
 
 
-def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> str:
-    """Atomically write a safetensors file; returns its sha256."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-        digest = sha256_file(tmp)
-    return digest
-
-
 def file_problem(path: str | Path, expected_sha256: str | None) -> str:
     """What is wrong with a model file, in a few words; '' when it exists and, given a digest, matches it."""
     path = Path(path)
@@ -94,12 +87,28 @@ def folder_problem(model_dir: str | Path, weights_name: str, expected_sha256: st
     return next((p for p in problems if p), "")
 
 
-def load_weights(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    path = verify_file(path, expected_sha256)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"Weights file {path} is not a readable safetensors file ({err}).") from None
+def model_problem(model_dir: str | Path, card: dict) -> str:
+    """Why a saved model cannot be trusted, in a few words ('' when it can), before anything is loaded: the cheap
+    checks `load` repeats (the model file its family reads, the weights' sha256 against the card, the CSVs)."""
+    spec = REGISTRY.get(card.get("model"))
+    if spec is None:
+        return f"the registry has no model {card.get('model')!r}"
+    return folder_problem(model_dir, MODEL_FILES[spec.family], card.get("weights_sha256"))
+
+
+def lost_members(members: Mapping[str, Sequence[str]], available: Collection[str]) -> dict[str, str]:
+    """The models among `members` (model -> the models it needs) that need one not `available`, with why: an
+    ensemble's weights were fitted to its members' probabilities, so without one it means nothing."""
+    return {model: f"member {lost[0]} is unavailable" for model, needs in members.items()
+            if (lost := [m for m in needs if m not in available])}
+
+
+def unavailable_models(run_dir: str | Path, cards: dict[str, dict]) -> dict[str, str]:
+    """The models of a run (name -> card) that cannot be trusted, with why; the others are verified. It hashes and
+    imports no network: the pages that show stored numbers verify a run without torch."""
+    out = {m: why for m, card in cards.items() if (why := model_problem(Path(run_dir) / m, card))}
+    needs = {m: card.get("members", ()) for m, card in cards.items() if m not in out}
+    return {**out, **lost_members(needs, set(cards) - set(out))}
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -142,13 +151,6 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write(path, frame.to_csv(index=False))
 
 
-def save_model(model_dir: str | Path, state_dict, card: dict, history: pd.DataFrame,
-               predictions: pd.DataFrame) -> dict:
-    """Write one model's folder; the card is written last, so a folder with a card is complete."""
-    digest = save_weights(Path(model_dir) / WEIGHTS, state_dict)
-    return finish_model_folder(model_dir, WEIGHTS, digest, card, history, predictions)
-
-
 def finish_model_folder(model_dir: str | Path, weights_name: str, digest: str, card: dict,
                         history: pd.DataFrame, predictions: pd.DataFrame) -> dict:
     """History, predictions, then the card, beside a model file already written with sha256 `digest`."""
@@ -168,38 +170,6 @@ def load_card(model_dir: str | Path) -> dict:
         raise CheckpointError(f"{model_dir}: card schema {card.get('schema_version')!r} is not "
                               f"the supported {SCHEMA_VERSION}.")
     return card
-
-
-def save_resume_state(model_dir: str | Path, model_state: dict, optimizer_state: dict,
-                      best_state: dict, meta: dict) -> None:
-    """`--resume` state as safetensors ("opt.<param>.<name>" keys) + JSON param_groups, written last."""
-    tensors = {f"model.{k}": v for k, v in model_state.items()}
-    tensors.update({f"best.{k}": v for k, v in best_state.items()})
-    for pid, slots in optimizer_state["state"].items():
-        tensors.update({f"opt.{pid}.{name}": torch.as_tensor(value) for name, value in slots.items()})
-    digest = save_weights(Path(model_dir) / "last.safetensors", tensors)
-    write_json(Path(model_dir) / "last.json", {**meta, "weights_sha256": digest,
-                                               "param_groups": optimizer_state["param_groups"]})
-
-
-def load_resume_state(model_dir: str | Path) -> tuple[dict, dict, dict, dict] | None:
-    """(model_state, optimizer_state, best_state, meta) of the last completed epoch, or None."""
-    if not (Path(model_dir) / "last.json").is_file():
-        return None
-    meta = read_json(Path(model_dir) / "last.json")
-    tensors = load_weights(Path(model_dir) / "last.safetensors", meta["weights_sha256"])
-    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    opt_state: dict[int, dict] = {}
-    for key, value in part("opt.").items():
-        pid, name = key.split(".", 1)
-        opt_state.setdefault(int(pid), {})[name] = value
-    optimizer_state = {"state": opt_state, "param_groups": meta.pop("param_groups")}
-    return part("model."), optimizer_state, part("best."), meta
-
-
-def clear_resume_state(model_dir: str | Path) -> None:
-    for name in ("last.json", "last.safetensors"):
-        (Path(model_dir) / name).unlink(missing_ok=True)
 
 
 def list_runs(root: str | Path = "checkpoints") -> list[Path]:

@@ -12,7 +12,8 @@ from core.metrics.stats import bootstrap_ci, check_labels, check_scores, delong_
 
 __all__ = ["from_confusion", "binary_metrics", "choose_thresholds", "ppv_npv_at_prevalence", "reliability_bins",
            "per_class_report", "roc_points", "pr_points", "wilson_interval", "delong_auc", "delong_test",
-           "mcnemar_test", "bootstrap_ci", "scan_scores", "scan_metrics", "auc_per_output", "CLASSES"]
+           "mcnemar_test", "bootstrap_ci", "scan_scores", "scan_metrics", "auc_per_output", "sensitivity_by_subtype",
+           "CLASSES"]
 
 CLASSES = ["normal", "hemorrhage"]
 NAN = float("nan")
@@ -104,6 +105,24 @@ def auc_per_output(names, y_true, prob) -> dict[str, dict]:
         if 0 < labels.sum() < len(labels):
             auc, lo, hi = delong_auc(labels, p[known, i])
             out[name] = {"roc_auc": auc, "roc_auc_ci": (lo, hi), "n": int(known.sum()), "n_pos": int(labels.sum())}
+    return out
+
+
+def sensitivity_by_subtype(y_true, pred, members) -> dict[str, dict]:
+    """{subtype: {sensitivity, sensitivity_ci (Wilson 95%), tp, n}} over each subtype's bleeds, n of them: `members`
+    maps a subtype to one boolean per case (a case with two subtypes counts in both), `pred` holds the 0/1 calls. A
+    subtype with no bleed among the cases is left out."""
+    y = check_labels(y_true)
+    called = check_labels(pred) == 1
+    out = {}
+    for name, member in members.items():
+        member = np.asarray(member, dtype=bool)
+        if member.shape != y.shape:
+            raise ValueError(f"subtype {name!r} has {member.size} memberships for {len(y)} cases")
+        bleeds = member & (y == 1)
+        n, tp = int(bleeds.sum()), int((bleeds & called).sum())
+        if n:
+            out[name] = {"sensitivity": tp / n, "sensitivity_ci": wilson_interval(tp, n), "tp": tp, "n": n}
     return out
 
 

@@ -1,4 +1,5 @@
-"""What the source studies reported (see REFERENCE.md), for labelled "published" reference rows.
+"""What the source studies reported (see REFERENCE.md), for labelled "published" reference rows. Each study is
+cited as REFERENCE.md names it, by kind and year (it gives no authors); "A" and "B" are only keys here.
 
 Figures are stored as fractions like every metric in core.metrics (the papers print percent).
 Keys are the studies' own model names and metric words: study A says "recall" without saying
@@ -14,7 +15,8 @@ from core.metrics.binary import from_confusion, wilson_interval
 
 PUBLISHED = {
     "A": {
-        "citation": "Study A (undergraduate thesis, 2024): five CNNs, Keras transfer learning, 10 epochs",
+        "cited_as": "undergraduate thesis, 2024",
+        "about": "five CNNs, Keras transfer learning, 10 epochs",
         "test_set": {"n": 511, "normal": 194, "hemorrhage": 317},
         "models": {
             "ResNet": {"accuracy": 0.73, "precision": 0.71, "recall": 0.96, "f1": 0.82},
@@ -29,7 +31,8 @@ PUBLISHED = {
                                     "accuracy": 0.9843}},
     },
     "B": {
-        "citation": "Study B (journal paper, 2025): MobileNet, ResNet, VGG16 and a web app",
+        "cited_as": "journal paper, 2025",
+        "about": "MobileNet, ResNet, VGG16 and a web app",
         "test_set": {"n": 1016, "normal": 406, "hemorrhage": 610},
         "models": {
             "MobileNet": {"accuracy": 0.9951, "sensitivity": 0.918, "specificity": 0.932, "inference_ms": 12},
@@ -49,10 +52,12 @@ RECOMPUTED = "recomputed from the published confusion matrix"
 
 
 def published_rows() -> pd.DataFrame:
-    """One row per study and model as published, plus rows recomputed from any published matrix."""
-    rows = [{"study": study, "model": model, "figures": "published", **figures}
+    """One row per study and model as published, plus rows recomputed from any published matrix; `cited_as` names
+    the study."""
+    rows = [{"study": study, "cited_as": entry["cited_as"], "model": model, "figures": "published", **figures}
             for study, entry in PUBLISHED.items() for model, figures in entry["models"].items()]
-    rows += [{"study": study, "model": model, "figures": RECOMPUTED, **from_confusion(**matrix)}
+    rows += [{"study": study, "cited_as": entry["cited_as"], "model": model, "figures": RECOMPUTED,
+              **from_confusion(**matrix)}
              for study, entry in PUBLISHED.items() for model, matrix in entry.get("confusion", {}).items()]
     return pd.DataFrame(rows)
 

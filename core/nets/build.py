@@ -8,28 +8,29 @@ import torch
 from torch import nn
 
 from core.io import store
+from core.io.weights import load_weights
 from core.nets.cnn import CNNS, create_cnn
 from core.nets.sequence import KINDS, SequenceClassifier, build_sequence_model
-from core.registry import get_spec
+from core.registry import ModelSpec, get_spec
 
 NETWORK_NAMES = (*CNNS, *KINDS)
 MIN_CAM_CELLS = 7   # the classic Grad-CAM map (a ResNet's layer4 at 224 px); at 2x2 cells every map is a blob
 
 
-def create_model(name: str, pretrained: bool = False, weights_dir: str | Path | None = None,
+def create_model(model: ModelSpec | str, pretrained: bool = False, weights_dir: str | Path | None = None,
                  num_outputs: int = 1, **architecture) -> nn.Module:
-    """A classifier with `num_outputs` logits, output 0 the hemorrhage one (1, or 6 for a subtypes head:
-    core.data.layouts.OUTPUTS); `model.pretrained_loaded` says whether ImageNet weights loaded."""
-    spec = get_spec(name)
-    if name in KINDS:
-        model = build_sequence_model(KINDS[name], pretrained=pretrained, weights_dir=weights_dir,
-                                     num_outputs=num_outputs, **architecture)
-    elif name in CNNS:
-        model = create_cnn(name, pretrained, weights_dir, num_outputs, **architecture)
+    """A registry network (its spec, or its name) with `num_outputs` logits, output 0 the hemorrhage one (1, or 6
+    for a subtypes head: core.subtypes.OUTPUTS); `model.pretrained_loaded` says whether ImageNet weights loaded."""
+    spec = get_spec(model) if isinstance(model, str) else model
+    if spec.name in KINDS:
+        network = build_sequence_model(KINDS[spec.name], pretrained=pretrained, weights_dir=weights_dir,
+                                       num_outputs=num_outputs, **architecture)
+    elif spec.name in CNNS:
+        network = create_cnn(spec.name, pretrained, weights_dir, num_outputs, **architecture)
     else:
-        raise ValueError(f"{name} is a {spec.family} model, not a neural network")
-    model.registry_name = name
-    return model
+        raise ValueError(f"{spec.name} is a {spec.family} model, not a neural network")
+    network.registry_name = spec.name
+    return network
 
 
 def init_from_scratch(model: nn.Module) -> None:
@@ -106,7 +107,7 @@ def output_names(card: dict) -> list[str]:
 def load_network(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """An eval-ready network with its card; the weights' sha256 is checked before a tensor is read."""
     card = store.load_card(model_dir)
-    state = store.load_weights(Path(model_dir) / store.WEIGHTS, card.get("weights_sha256"))
+    state = load_weights(Path(model_dir) / store.WEIGHTS, card.get("weights_sha256"))
     model = create_model(card["model"], num_outputs=len(output_names(card)), **card.get("architecture", {}))
     try:
         model.load_state_dict(state)

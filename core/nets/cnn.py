@@ -1,7 +1,8 @@
-"""The registry CNNs: stock torchvision / timm models with one logit (or a subtypes head's six); missing ImageNet
-weights are not fatal."""
+"""The registry CNNs: stock torchvision / timm models built from each one's registry blueprint, with one logit (or a
+subtypes head's six); missing ImageNet weights are not fatal. No network is named here: the registry holds them."""
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -16,6 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
 from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+
+from core.registry import CNN_NAMES, REGISTRY, Blueprint, ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,48 +69,51 @@ def pooled_features_head(model: nn.Module) -> None:
     model.avgpool, model.classifier = nn.AdaptiveAvgPool2d(1), nn.Linear(channels, 1000)
 
 
-def _build_torchvision(arch: str, pretrained: bool) -> nn.Module:
-    return tvm.get_model(arch, weights="DEFAULT" if pretrained else None)
+SCRATCH_INITS = {"he_fan_in": he_fan_in_init, "zero_residual_bn": zero_init_residual_bn}   # Blueprint.scratch_init
 
 
-def _build_inception_v3(pretrained: bool) -> nn.Module:
-    # transform_input fixed on: same function whether built to train or to load a checkpoint.
-    model = tvm.inception_v3(weights="DEFAULT" if pretrained else None, transform_input=True, init_weights=False)
-    # The auxiliary head is dropped after building: torchvision rejects aux_logits=False with weights.
-    model.aux_logits, model.AuxLogits = False, None
+def _torchvision(blueprint: Blueprint, pretrained: bool) -> nn.Module:
+    model = tvm.get_model(blueprint.arch, weights="DEFAULT" if pretrained else None, **dict(blueprint.options))
+    if blueprint.drop_aux:
+        model.aux_logits, model.AuxLogits = False, None
     return model
 
 
-def _torchvision(arch: str, cam_candidates, scratch_init=None, gap_head=None) -> CNNBuild:
-    return CNNBuild(partial(_build_torchvision, arch), cam_candidates, tvm.get_model_weights(arch).DEFAULT.url,
-                    scratch_init, gap_head)
+def _timm(blueprint: Blueprint, pretrained: bool) -> nn.Module:
+    return timm.create_model(blueprint.arch, pretrained=pretrained, **dict(blueprint.options))
 
 
-def _features(kinds: tuple[type, ...] = (nn.Module,)):
-    """CAM candidates among the children of `model.features` of the given kinds."""
-    return lambda model: [f"features.{n}" for n, m in model.features.named_children() if isinstance(m, kinds)]
+# Blueprint.library -> (builder(blueprint, pretrained), the URL of its ImageNet weights).
+LIBRARIES = {"torchvision": (_torchvision, lambda arch: tvm.get_model_weights(arch).DEFAULT.url),
+             "timm": (_timm, lambda arch: timm.get_pretrained_cfg(arch).url)}
 
 
-_activations = _features((nn.ReLU, nn.MaxPool2d))   # AlexNet / VGG: after each ReLU and pool
-_blocks = _features()                               # MobileNets: every block
-_resnet = lambda model: ["layer1", "layer2", "layer3", "layer4"]
-CNNS: dict[str, CNNBuild] = {
-    "alexnet": _torchvision("alexnet", _activations, gap_head=pooled_features_head),
-    "vgg16": _torchvision("vgg16", _activations, he_fan_in_init, pooled_features_head),
-    "vgg16_bn": _torchvision("vgg16_bn", _activations, gap_head=pooled_features_head),
-    "resnet18": _torchvision("resnet18", _resnet),
-    "resnet50": _torchvision("resnet50", _resnet),
-    "mobilenet_v2": _torchvision("mobilenet_v2", _blocks, zero_init_residual_bn),
-    "mobilenet_v3_large": _torchvision("mobilenet_v3_large", _blocks, zero_init_residual_bn),
-    # The stem's last convolutions too: finer maps a layer chosen on masks can take (docs/NOTES.md).
-    "inception_v3": CNNBuild(_build_inception_v3, lambda m: [n for n, _ in m.named_children()
-                                                             if n.startswith(("Conv2d_2b", "Conv2d_3b", "Conv2d_4a",
-                                                                              "Mixed"))],
-                             tvm.get_model_weights("inception_v3").DEFAULT.url),
-    "xception": CNNBuild(partial(timm.create_model, "legacy_xception"),
-                         lambda m: [*(f"block{i}" for i in range(1, 13)), "act3", "act4"],
-                         timm.get_pretrained_cfg("legacy_xception").url),
-}
+def cam_candidates(blueprint: Blueprint) -> Callable[[nn.Module], list[str]]:
+    """The blueprint's Grad-CAM candidates of a built model: children of `cam_in` by name and kind."""
+    kinds = tuple(getattr(nn, kind) for kind in blueprint.cam_kinds) or (nn.Module,)
+    prefix = f"{blueprint.cam_in}." if blueprint.cam_in else ""
+    return lambda model: [prefix + name for name, child in model.get_submodule(blueprint.cam_in).named_children()
+                          if re.fullmatch(blueprint.cam_match, name) and isinstance(child, kinds)]
+
+
+def cnn_build(spec: ModelSpec) -> CNNBuild:
+    """A registry CNN's blueprint made into its builder, CAM candidates, weights URL and quirks."""
+    blueprint = spec.blueprint
+    if blueprint is None:
+        raise ValueError(f"the registry's CNN {spec.name} has no blueprint: core.nets cannot build it")
+    unknown = [f"cam kind {kind!r}" for kind in blueprint.cam_kinds if not hasattr(nn, kind)]
+    if blueprint.library not in LIBRARIES:
+        unknown.append(f"library {blueprint.library!r}")
+    if blueprint.scratch_init and blueprint.scratch_init not in SCRATCH_INITS:
+        unknown.append(f"scratch_init {blueprint.scratch_init!r}")
+    if unknown:
+        raise ValueError(f"the registry's {spec.name} names an unknown {', '.join(unknown)}")
+    builder, weights_url = LIBRARIES[blueprint.library]
+    return CNNBuild(partial(builder, blueprint), cam_candidates(blueprint), weights_url(blueprint.arch),
+                    SCRATCH_INITS.get(blueprint.scratch_init), pooled_features_head if blueprint.gap_head else None)
+
+
+CNNS: dict[str, CNNBuild] = {name: cnn_build(REGISTRY[name]) for name in CNN_NAMES}   # every registry CNN
 
 
 def head_architecture(name: str, head: str) -> dict:
@@ -156,7 +162,8 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
     state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
                                                                               weights_only=True)
     try:
-        # strict=False for inception_v3's unused aux head only; every model parameter must be present.
+        # strict=False for a dropped auxiliary head's weights only (Blueprint.drop_aux); every model parameter must
+        # be present.
         missing = model.load_state_dict(state, strict=False).missing_keys
     except RuntimeError as err:   # shape mismatch
         raise ValueError(f"{path} does not fit {type(model).__name__}: {str(err).splitlines()[-1].strip()}") from None

@@ -5,9 +5,9 @@ import functools
 import math
 
 import numpy as np
-from scipy import ndimage
 
-SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+from core.subtypes import EPIDURAL, INTRAPARENCHYMAL, INTRAVENTRICULAR, SUBARACHNOID, SUBDURAL, SUBTYPES
+
 FOV_MM = 230.0   # field of view across the image; pixel spacing = FOV_MM / size
 SLICE_MM = 5.0   # distance between adjacent slices of a stack, as in routine head CT
 HARD_NEGATIVES = ("pineal", "choroid", "streaks", "skull_base")
@@ -56,7 +56,7 @@ def sample_patient(rng, subtype, difficulty, k, hard_negatives=None) -> dict:
     hu[[CSF, VENTRICLE]] = u(2, 8)
     hu[BLOOD] = np.clip(85 - 30 * difficulty + u(-3, 3), 51, 90)  # harder = lower contrast, ~85 -> ~50 HU
     # Stack centre, mm above the ventricle bodies (in view for a ventricular bleed).
-    zc = u(-10, 10) if subtype == "intraventricular" else u(-15, 25)
+    zc = u(-10, 10) if subtype == INTRAVENTRICULAR else u(-15, 25)
     n_sulci = int(rng.integers(28, 40))
     p = dict(
         hu=hu, angle=u(-0.17, 0.17), shift_mm=u(-8, 8, 2), axes=(u(68, 80), u(85, 97)),
@@ -95,19 +95,19 @@ def _sample_bleed(rng, subtype, p) -> dict:
     k = len(p["z"])  # an ellipsoid in z centred on one slice: a contiguous run of slices
     j = int(rng.integers(max(0, k // 2 - 1), min(k, k // 2 + 2)))  # near the middle: most slices bleed
     # Half heights in mm: a subdural runs far up and down the convexity, a haematoma is a lump.
-    z_half = {"intraparenchymal": u(5, 15), "subdural": u(10, 25), "epidural": u(6, 15),
-              "subarachnoid": u(8, 20), "intraventricular": u(8, 15)}[subtype]
+    z_half = {INTRAPARENCHYMAL: u(5, 15), SUBDURAL: u(10, 25), EPIDURAL: u(6, 15),
+              SUBARACHNOID: u(8, 20), INTRAVENTRICULAR: u(8, 15)}[subtype]
     b = dict(z=p["z"][j] + u(-1.5, 1.5), z_half=z_half * (1 - 0.4 * p["difficulty"]),
              scale=1 - 0.65 * p["difficulty"])
-    if subtype == "intraparenchymal":
+    if subtype == INTRAPARENCHYMAL:
         b.update(phi=u(-np.pi, np.pi), rho=u(0.25, 0.65), radius=u(8, 20), elong=u(0.6, 1), tilt=u(0, np.pi),
                  lobe=u(0.05, 0.2), lobe_phase=u(0, 2 * np.pi), edema=u(2, 5) if u() < 0.6 else 0.0)
-    elif subtype == "subdural":  # crescent: long and thin, stays on one side of the falx
+    elif subtype == SUBDURAL:  # crescent: long and thin, stays on one side of the falx
         span = u(0.6, 1.2)
         b.update(span=span, thick=u(5, 14), phi=rng.choice([0, np.pi]) + u(-1, 1) * (1.45 - span))
-    elif subtype == "epidural":  # lens: short and thick
+    elif subtype == EPIDURAL:  # lens: short and thick
         b.update(span=u(0.25, 0.5), thick=u(8, 22), phi=u(-np.pi, np.pi))
-    elif subtype == "subarachnoid":  # sylvian fissure, interhemispheric fissure or a convexity
+    elif subtype == SUBARACHNOID:  # sylvian fissure, interhemispheric fissure or a convexity
         b.update(phi=[-0.35, np.pi + 0.35, -np.pi / 2, u(-np.pi, np.pi)][int(rng.integers(4))],
                  span=u(0.3, 0.8), widen=u(0.3, 1.0))
     else:
@@ -203,7 +203,7 @@ def _paint_midline_and_ventricles(p, size, z, sp, tissue, d_in, bleed_scale):
         calcs.append((0.0, vt + 10 * deep, p["calc_r"][2] * deep))
     for cu, cv, rad in calcs:
         t[_ellipse(u, v, cu, cv, max(rad, 0.6 * sp), max(rad, 0.6 * sp))] = CALCIFICATION
-    if b is not None and p["subtype"] == "intraventricular" and bleed_scale > 0 and sides:
+    if b is not None and p["subtype"] == INTRAVENTRICULAR and bleed_scale > 0 and sides:
         # Supine patient: blood settles posteriorly, below a fluid level that is level in the image.
         vent = np.logical_or.reduce([sides[s] for s in b["sides"]])
         rows = np.flatnonzero(vent.any(1))
@@ -216,7 +216,7 @@ def _paint_midline_and_ventricles(p, size, z, sp, tissue, d_in, bleed_scale):
 def _paint_bleed(p, size, sp, tissue, d_in, pial, phi, inner, bz):
     b, tb = p["bleed"], _grid(size)[3]
     sub, scale = p["subtype"], b["scale"] * bz
-    if sub == "intraparenchymal":
+    if sub == INTRAPARENCHYMAL:
         rho = b["rho"] * np.interp(b["phi"], phi, inner, period=2 * np.pi)
         cu, cv, ra = rho * np.cos(b["phi"]), rho * np.sin(b["phi"]), max(b["radius"] * scale, 1.5 * sp)
         reach = ra * 1.3 + b["edema"]
@@ -230,21 +230,22 @@ def _paint_bleed(p, size, sp, tissue, d_in, pial, phi, inner, bz):
         if b["edema"]:
             t[(q < 1 + b["edema"] / ra) & brain & ((t == GREY) | (t == WHITE))] = EDEMA
         t[(q < 1) & brain] = BLOOD
-    elif sub in ("subdural", "epidural"):
+    elif sub in (SUBDURAL, EPIDURAL):
         tt = _wrap(phi - b["phi"]) / b["span"]
-        profile = 1 - tt ** 4 if sub == "subdural" else np.sqrt(np.clip(1 - tt ** 2, 0, None))
+        profile = 1 - tt ** 4 if sub == SUBDURAL else np.sqrt(np.clip(1 - tt ** 2, 0, None))
         thick = np.where(np.abs(tt) < 1, np.maximum(b["thick"] * scale * profile, 1.5 * sp), 0)
         tissue[(d_in > 0) & (d_in < np.take(thick.astype(np.float32), tb))] = BLOOD
-    elif sub == "subarachnoid":
+    elif sub == SUBARACHNOID:
         sector = np.abs(_wrap(phi - b["phi"])) < max(b["span"] * scale, 0.12)
         region = np.take(sector, tb) & (d_in > 0)
         # Blood fills and distends the sulci and fissures of the sector.
         tissue[region & ((tissue == CSF) | ((pial < b["widen"]) & (tissue == GREY)))] = BLOOD
 
 
-def paint_slice(p: dict, j: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """HU image (float32) and tissue map (uint8) of slice j of patient p."""
-    sp, z = FOV_MM / size, p["z"][j]
+def paint_anatomy(p: dict, z: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patient p's HU image (float32) and tissue map (uint8) at height z mm, before the scanner blurs, adds noise
+    and centres it (core.phantom.scanner)."""
+    sp = FOV_MM / size
     x, y = _grid(size)[:2]
     tissue, d_in, pial, phi, inner = _layers(p, size, z, sp)
     b = p.get("bleed")
@@ -258,14 +259,10 @@ def paint_slice(p: dict, j: int, size: int, rng: np.random.Generator) -> tuple[n
             a, c = max(along * skull_base, sp / 2), max(across * skull_base, sp / 2)
             box, u, v = _roi(p, size, cu - a, cu + a, cv - a, cv + a)
             tissue[box][_ellipse(u, v, cu, cv, a, c, ang + np.pi / 2) & (d_in[box] > 0)] = BONE
-    if bz > 0 and p["subtype"] != "intraventricular":
+    if bz > 0 and p["subtype"] != INTRAVENTRICULAR:
         _paint_bleed(p, size, sp, tissue, d_in, pial, phi, inner, bz)
     hu = np.take(p["hu"], tissue)
     if "streaks" in p["hard"]:  # beam hardening: thin dark (sometimes bright) bands across the head
         for ang, offset, width, amp in p["streaks"]:
             hu += amp * np.exp(-((x * math.cos(ang) + y * math.sin(ang) - offset) / width) ** 2)
-    bone = np.maximum(hu - 100, 0)  # blur only up to 100 HU, or bone would lift thin layers out of range
-    hu = ndimage.gaussian_filter(hu - bone, p["blur"], truncate=3.0, mode="nearest") + bone
-    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(p["noise"])
-    shift = tuple(np.rint(np.asarray(p["shift_mm"]) / sp).astype(int))
-    return np.roll(hu, shift, (0, 1)), np.roll(tissue, shift, (0, 1))
+    return hu, tissue

@@ -16,11 +16,13 @@ from tqdm import tqdm
 from core.cli import Parser, folder, int_at_least, non_negative_int, positive_int, unit_float
 from core.io.atomic import atomic_write
 from core.io.imaging import MASK_COLOUR, WINDOW_SETS, WINDOWS, apply_window
-from core.phantom.anatomy import (BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, SUBTYPES, TISSUES, paint_slice,
-                                  sample_patient)
+from core.phantom.anatomy import BLOOD, FOV_MM, HARD_NEGATIVES, SLICE_MM, TISSUES, sample_patient
+from core.phantom.scanner import DEFAULT, SCANNERS, Scanner, scan_slice
+from core.subtypes import INTRAPARENCHYMAL, SUBTYPES
 
 __all__ = ["SUBTYPES", "FOV_MM", "SLICE_MM", "TISSUES", "HARD_NEGATIVES", "LABEL_COLUMNS", "PhantomSlice",
-           "generate_slice", "generate_stack", "generate_twins", "render", "write_dataset", "write_grid", "main"]
+           "Scanner", "SCANNERS", "generate_slice", "generate_stack", "generate_twins", "render", "write_dataset",
+           "write_grid", "main"]
 LABEL_COLUMNS = ["id", "label", "subtype", "bleed_area_mm2", "difficulty", "stack_id", "slice_index",
                  "pixel_spacing_mm"]
 
@@ -36,27 +38,30 @@ class PhantomSlice:
     stack_id: int
     slice_index: int
     tissue: np.ndarray | None = field(default=None, repr=False)  # uint8 HxW, index into TISSUES
+    fov_mm: float = FOV_MM    # the scanner's field of view across the image
 
     @property
     def pixel_spacing_mm(self) -> float:
-        return FOV_MM / self.hu.shape[1]
+        return self.fov_mm / self.hu.shape[1]
 
 
 def generate_stack(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str | None = None,
-                   difficulty: float = 0.5, stack_id: int = 0, *, hard_negatives=None) -> list[PhantomSlice]:
+                   difficulty: float = 0.5, stack_id: int = 0, *, hard_negatives=None,
+                   scanner: Scanner = DEFAULT) -> list[PhantomSlice]:
     """k adjacent slices of one patient (bleed over a contiguous run); higher difficulty = smaller, fainter bleeds."""
-    return _paint_stack(_patient(rng, subtype, difficulty, k, hard_negatives), rng, size, k, stack_id)
+    return _paint_stack(_patient(rng, subtype, difficulty, k, hard_negatives), rng, size, k, stack_id, scanner)
 
 
-def generate_twins(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str = "intraparenchymal",
-                   difficulty: float = 0.5, stack_id: int = 0) -> tuple[list[PhantomSlice], list[PhantomSlice]]:
+def generate_twins(rng: np.random.Generator, size: int = 256, k: int = 5, subtype: str = INTRAPARENCHYMAL,
+                   difficulty: float = 0.5, stack_id: int = 0,
+                   scanner: Scanner = DEFAULT) -> tuple[list[PhantomSlice], list[PhantomSlice]]:
     """One patient's stack with its bleed and the same stack without it (same anatomy, same noise):
     a pair whose only difference is the bleed."""
     p = _patient(rng, subtype, difficulty, k, None)
     state = rng.bit_generator.state
-    with_bleed = _paint_stack(p, rng, size, k, stack_id)
+    with_bleed = _paint_stack(p, rng, size, k, stack_id, scanner)
     rng.bit_generator.state = state
-    without = _paint_stack({**p, "bleed": None, "subtype": ""}, rng, size, k, stack_id)
+    without = _paint_stack({**p, "bleed": None, "subtype": ""}, rng, size, k, stack_id, scanner)
     return with_bleed, without
 
 
@@ -66,29 +71,31 @@ def _patient(rng, subtype, difficulty, k, hard_negatives) -> dict:
     return sample_patient(rng, subtype, float(np.clip(difficulty, 0, 1)), k, hard_negatives)
 
 
-def _paint_stack(p: dict, rng: np.random.Generator, size: int, k: int, stack_id: int) -> list[PhantomSlice]:
-    spacing = FOV_MM / size
+def _paint_stack(p: dict, rng: np.random.Generator, size: int, k: int, stack_id: int,
+                 scanner: Scanner) -> list[PhantomSlice]:
+    spacing = scanner.fov_mm / size
     slices = []
     for j in range(k):
-        hu, tissue = paint_slice(p, j, size, rng)
+        hu, tissue = scan_slice(p, j, size, rng, scanner)
         mask = tissue == BLOOD
         label = int(mask.any())
         slices.append(PhantomSlice(hu=hu, mask=mask, label=label, subtype=p["subtype"] if label else "",
                                    difficulty=p["difficulty"], bleed_area_mm2=float(mask.sum()) * spacing ** 2,
-                                   stack_id=stack_id, slice_index=j, tissue=tissue))
+                                   stack_id=stack_id, slice_index=j, tissue=tissue, fov_mm=scanner.fov_mm))
     return slices
 
 
 def generate_slice(rng: np.random.Generator, size: int = 256, subtype: str | None = None,
-                   difficulty: float = 0.5, *, hard_negatives=None) -> PhantomSlice:
+                   difficulty: float = 0.5, *, hard_negatives=None, scanner: Scanner = DEFAULT) -> PhantomSlice:
     """One axial slice; a hemorrhagic one always shows its bleed."""
-    return generate_stack(rng, size, 1, subtype, difficulty, hard_negatives=hard_negatives)[0]
+    return generate_stack(rng, size, 1, subtype, difficulty, hard_negatives=hard_negatives, scanner=scanner)[0]
 
 
-def render(hu: np.ndarray, windows: str = "brain") -> np.ndarray:
-    """uint8 display image through the brain window, as real scans are rendered; (H, W, C) through a run's window
-    set (core.io.imaging.WINDOW_SETS)."""
-    images = [(apply_window(hu, *WINDOWS[w]) * 255 + 0.5).astype(np.uint8) for w in WINDOW_SETS[windows]]
+def render(hu: np.ndarray, windows: str = "brain", brain: tuple[float, float] = WINDOWS["brain"]) -> np.ndarray:
+    """uint8 display image through the brain window (`brain`: a site's own centre and width), as real scans are
+    rendered; (H, W, C) through a run's window set (core.io.imaging.WINDOW_SETS)."""
+    images = [(apply_window(hu, *(brain if w == "brain" else WINDOWS[w])) * 255 + 0.5).astype(np.uint8)
+              for w in WINDOW_SETS[windows]]
     return images[0] if len(images) == 1 else np.stack(images, -1)
 
 
@@ -100,13 +107,15 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size: int = 5,
-                  hemorrhage_fraction: float = 0.5, difficulty=(0.2, 0.8), twins: bool = False) -> pd.DataFrame:
+                  hemorrhage_fraction: float = 0.5, difficulty=(0.2, 0.8), twins: bool = False,
+                  scanner: Scanner = DEFAULT) -> pd.DataFrame:
     """Write n slices as stacks into OUT/{hemorrhage,normal,masks}/<id>.png plus OUT/labels.csv. With
     `twins`, every patient is written twice, with its bleed (ids ..._s<j>) and without it (..._t<j>),
-    in one group, so that the bleed is all that separates the classes."""
+    in one group, so that the bleed is all that separates the classes. `scanner`: how the slices are imaged
+    and exported (core.phantom.scanner); the same seed gives the same heads on every scanner."""
     if n < 1 or stack_size < 1:
         raise ValueError("need n >= 1 slices and stack_size >= 1")
-    out, sp = Path(out), FOV_MM / size
+    out, sp = Path(out), scanner.fov_mm / size
     for folder in ("hemorrhage", "normal", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     copies = 2 if twins else 1
@@ -121,13 +130,13 @@ def write_dataset(out: Path, n: int, size: int = 256, seed: int = 0, stack_size:
             rng = np.random.default_rng(np.random.SeedSequence([seed, sid]))  # order-independent
             d = float(rng.uniform(*difficulty))
             k = min(stack_size, -(-(n - sid * stack_size * copies) // copies))  # the last stack may be shorter
-            stacks = (zip("st", generate_twins(rng, size, k, subtype_of[sid], d, sid)) if twins
-                      else [("s", generate_stack(rng, size, k, subtype_of.get(sid), d, sid))])
+            stacks = (zip("st", generate_twins(rng, size, k, subtype_of[sid], d, sid, scanner)) if twins
+                      else [("s", generate_stack(rng, size, k, subtype_of.get(sid), d, sid, scanner=scanner))])
             for tag, stack in stacks:
                 for s in stack:
                     slice_id = f"ph{sid:06d}_{tag}{s.slice_index:02d}"
                     folder = "hemorrhage" if s.label else "normal"
-                    write_png(out / folder / f"{slice_id}.png", render(s.hu))
+                    write_png(out / folder / f"{slice_id}.png", render(s.hu, brain=scanner.window))
                     write_png(out / "masks" / f"{slice_id}.png", s.mask.astype(np.uint8) * 255)
                     written |= {(folder, slice_id), ("masks", slice_id)}
                     rows.append((slice_id, s.label, s.subtype, round(s.bleed_area_mm2, 2), round(d, 4), sid,
@@ -181,6 +190,9 @@ def main(argv=None) -> None:
     ap.add_argument("--hemorrhage-fraction", type=unit_float, default=0.5, help="share of hemorrhagic stacks")
     ap.add_argument("--difficulty", type=unit_float, nargs=2, default=(0.2, 0.8), metavar=("LO", "HI"))
     ap.add_argument("--twins", action="store_true", help="write every patient with and without its bleed")
+    ap.add_argument("--scanner", choices=list(SCANNERS), default=DEFAULT.name,
+                    help="how the heads are imaged: the default, or another site's noise, kernel, slice thickness, "
+                         "field of view and window (core.phantom.scanner)")
     ap.add_argument("--grid", type=Path, help="also write a labelled preview grid PNG here")
     args = ap.parse_args(argv)
     lo, hi = args.difficulty
@@ -194,7 +206,7 @@ def main(argv=None) -> None:
     if args.out:
         start = time.perf_counter()
         table = write_dataset(args.out, args.n, args.size, args.seed, args.stack_size,
-                              args.hemorrhage_fraction, (lo, hi), args.twins)
+                              args.hemorrhage_fraction, (lo, hi), args.twins, SCANNERS[args.scanner])
         seconds = time.perf_counter() - start
         counts = table[table.label == 1].subtype.value_counts()
         per_subtype = ", ".join(f"{s} {counts.get(s, 0)}" for s in SUBTYPES)

@@ -1,14 +1,16 @@
-"""Compare: ROC/PR curves, a live threshold and prevalence, calibration and DeLong tests (test split or a stored
-external evaluation, chosen in the sidebar) of the models the filter picks, at first the sidebar's operating point."""
+"""Compare: ROC/PR curves, a live threshold and prevalence, sensitivity per subtype, calibration and DeLong tests (test
+split or a stored external evaluation, chosen in the sidebar) of the models the filter picks, at first the sidebar's
+operating point."""
 import pandas as pd
 import streamlit as st
 
 from core.metrics import binary as M
-from core.report import PRESETS
+from core.metrics.labels import PRESETS
+from core.teach import share_table, subtype_members, subtype_rows
 from dashboard import figures
 from dashboard.frame import (chart_label, measured_on, model_filter, preset, ranked_by_auc, require_dataset,
                              require_run, threshold)
-from dashboard.loaders import delong_matrix, test_metrics, test_probs
+from dashboard.loaders import delong_matrix, scored, test_metrics, test_probs
 
 run = require_run()
 st.title("Compare models")
@@ -71,6 +73,26 @@ def operating_point():
 
 
 operating_point()
+
+
+def subtype_sensitivity() -> None:
+    """Models x subtypes: each model's sensitivity on each subtype's bleeds at its sidebar threshold (core.teach)."""
+    st.subheader("Sensitivity per subtype")
+    facts = scored(*run.key, dataset).drop_duplicates("id").set_index("id").reindex(probs.index)
+    members = subtype_members(facts)
+    rows = [r for m in models for r in subtype_rows(names[m], y, (probs[m] >= threshold(run.cards[m])).astype(int),
+                                                    members)]
+    if not rows:
+        st.caption("The subtypes of these bleeds are not known.")
+        return
+    table = share_table(pd.DataFrame(rows)).rename(columns=lambda c: c.removeprefix("sensitivity: "))
+    st.dataframe(table.rename_axis(index="Model", columns=None), width="stretch")
+    st.caption(f"Each model at its **{PRESETS[preset()]}** threshold (sidebar): the share of a subtype's bleeds it "
+               "calls hemorrhage, with its Wilson 95% interval, caught of n; a bleed of two subtypes counts in both. "
+               f"On the {measured}.")
+
+
+subtype_sensitivity()
 
 st.subheader("Calibration and paired tests")
 left, right = st.columns(2)

@@ -19,7 +19,8 @@ from core.io.framing import framing_of
 from core.io.imaging import WINDOW_SETS, windows_of
 from core.io.store import data_roots, evaluation_name
 from dashboard.frame import REPO, Run, require_run
-from dashboard.loaders import case_image, outline, run_json, split_manifest, truth as truth_of
+from dashboard.loaders import run_json, truth as truth_of
+from dashboard.models import case_image, outline, split_manifest
 
 # A zip's upload cap: .streamlit/config.toml's server.maxUploadSize, which the server enforces on every upload
 # whatever a widget allows, so raise both together.

@@ -3,10 +3,11 @@ import pandas as pd
 import streamlit as st
 
 from core.families import family_of_card
-from core.report import PRESETS
+from core.metrics.labels import PRESETS
 from dashboard.frame import dataset_text, preset, require_dataset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, peak_note,
-                               run_framing, run_windows, test_probs, truth as truth_of)
+from dashboard.loaders import test_probs, truth as truth_of
+from dashboard.models import (LOAD_ERRORS, case_image, cam_for, explain_api, model_for, outline, peak_note, run_framing,
+                              run_windows)
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 

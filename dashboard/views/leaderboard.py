@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from core.metrics import binary as M
+from core.metrics.labels import METRIC_LABELS as METRICS, PRESETS
 from core.metrics.published import PUBLISHED, ci_text, published_rows
 from core.metrics.stats import delong_test
-from core.report import METRIC_LABELS as METRICS, PRESETS
 from dashboard import figures
 from dashboard.frame import (Run, budget_cut, chart_label, family_key, measured_on, model_filter, preset,
                              ranked_by_auc, require_dataset, require_run, threshold)
@@ -92,25 +92,27 @@ def generalization(run: Run) -> pd.DataFrame:
 
 
 def published_board() -> pd.DataFrame:
-    """core.published rows, labelled, with the leaderboard's column names."""
+    """core.published rows, each labelled with its study's citation, with the leaderboard's column names; what a
+    study did not report is left empty (show_board's placeholder)."""
     pub = published_rows()
     out = pd.DataFrame({
-        "Model": [f"{m} (study {s}, {'published' if f == 'published' else 'recomputed'})"
-                  for s, m, f in zip(pub["study"], pub["model"], pub["figures"])],
+        "Model": [f"{m} ({cited}; {'published' if f == 'published' else 'recomputed'})"
+                  for cited, m, f in zip(pub["cited_as"], pub["model"], pub["figures"])],
         "Source": ["published" if f == "published" else "published matrix, recomputed here" for f in pub["figures"]]})
     for key, label in METRICS.items():
         if key in pub:
             out[label] = pub[key].to_numpy()
-    out["Recall (as printed)"] = pub.get("recall")  # study A does not say which class its recall is
+    out["Recall (as printed)"] = pub.get("recall")  # the 2024 thesis does not say which class its recall is
     out["Latency p50 (ms)"] = pub.get("inference_ms")
     out["Test n"] = [PUBLISHED[s]["test_set"]["n"] for s in pub["study"]]
     return out
 
 
 def show_board(slot, board: pd.DataFrame, published: bool) -> None:
-    """The leaderboard in its slot, with the published reference rows under it when asked for."""
+    """The leaderboard in its slot, with the published reference rows under it when asked for; a cell with no
+    figure is blank (a study that did not report it, a model without a scan AUC), never "None"."""
     table = pd.concat([board, published_board()], ignore_index=True) if published else board
-    slot.dataframe(table, hide_index=True, width="stretch", height="content", column_config=COLUMNS)
+    slot.dataframe(table, hide_index=True, width="stretch", height="content", column_config=COLUMNS, placeholder="")
 
 
 def caption(run: Run, dataset: str | None) -> str:
@@ -147,13 +149,14 @@ board, mets = leaderboard(run, models, dataset, BOOTSTRAP)
 show_board(slot, board, show_published)
 if show_published:
     st.caption("Rows marked **published** are the studies' own figures on their own data and hardware, not "
-               "computed here; *recomputed* rows score study B's printed confusion matrices with the same code as "
-               "this run, and disagree with its summary table (see Model cards → Check a published table).")
+               "computed here; *recomputed* rows score the 2025 journal paper's printed confusion matrices with the "
+               "same code as this run, and disagree with its summary table (see Model cards → Check a published "
+               "table). Blank: not reported.")
 
 if run.evaluations:
     st.subheader("Internal vs external")
     gaps = generalization(run)
-    st.dataframe(gaps, hide_index=True, width="stretch",
+    st.dataframe(gaps, hide_index=True, width="stretch", placeholder="",
                  column_config={c: number(format="%+.3f" if c.endswith("gap") else "%.3f")
                                 for c in gaps.columns if c != "Model" and "CI" not in c})
     st.caption("AUC with DeLong 95% intervals on the run's own test split and on each stored evaluation; the gap is "

@@ -3,98 +3,98 @@ the others are rows saying why they are unavailable. An uploaded slice may come 
 box), outlined and pointed at like a dataset's."""
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.data.decode import resize_square
 from core.data.layouts import box_mask
 from core.data.stacks import slice_order
 from core.families import family_of_card
 from core.families.base import Predictor
-from core.inference import domain_scores_all, image_domain_scores, lost_members, predict_outputs_all
+from core.inference import domain_scores_all, image_domain_scores, score_series, series_ranking, slice_images
 from core.io import store
 from core.io.framing import head_region
 from core.io.imaging import WINDOW_SETS, WINDOWS, Scan, ScanError, display_grey
-from core.metrics.domain import input_problem, out_of_domain
-from core.phantom.generate import SUBTYPES, generate_slice, render
-from core.report import PRESETS
 from core.metrics.binary import one_class_call
+from core.metrics.domain import input_problem, out_of_domain
+from core.metrics.labels import PRESETS
+from core.phantom.generate import generate_slice, render
+from core.subtypes import SUBTYPES
 from dashboard.frame import Run, preset, require_run, threshold
-from dashboard.loaders import (LOAD_ERRORS, case_image, cam_for, consensus, explain_api, framed, image_domain_of,
-                               model_for,
-                               outline, peak_note, read_scan, run_framing, run_windows, test_metrics, test_probs,
-                               truth as truth_of, upload_side)
-
+from dashboard.loaders import consensus, test_metrics, test_probs, truth as truth_of
+from dashboard.models import (blank_probabilities, cam_for, case_image, explain_api, framed, image_domain_of,
+                              load_models, outline, peak_note, read_scan, run_framing, run_windows, upload_side)
 
 SATURATED = 1e-3   # a probability this close to the blank image's: the model's output ignores the input
+SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
+           "phantom": "Fresh phantom"}
+CALL_COLUMNS = ["model", "Model", "cam", "probability", "threshold", "hemorrhage", "slices", "subtypes", "saturated"]
 
 
-def load_models(run: Run) -> tuple[dict[str, Predictor], dict[str, str]]:
-    """The verified models that load (cached), and those that do not, with why; an ensemble needs every member."""
-    loaded, failed = {}, {}
-    for model in run.models:
-        try:
-            loaded[model] = model_for(run, model)
-        except LOAD_ERRORS as err:
-            failed[model] = str(err)
-    failed.update(lost := lost_members({m: p.members for m, p in loaded.items()}, loaded))
-    return {m: p for m, p in loaded.items() if m not in lost}, failed
+@dataclass
+class Shown:
+    """The slice the page scores and draws, with what the caption says of it."""
+    image: np.ndarray                        # (H, W[, C]) uint8
+    facts: str
+    mask: np.ndarray | None = None           # its known bleed
+    series: list[np.ndarray] | None = None   # an uploaded series in slice order, image = series[centre]
+    centre: int = 0
+    names: list[str] | None = None           # the series' slices, in the same order
+    no_hu: bool = False                      # decoded without Hounsfield units
+    framed: bool = False                     # already framed as the run's models saw their slices
 
 
-def predict_all(run: Run, image: np.ndarray, series: list[np.ndarray] | None = None,
-                centre: int = 0) -> tuple[pd.DataFrame, float, dict[str, str]]:
-    """Every loaded model's probability, decision at its threshold and (a subtypes head's) subtype probabilities
-    for one uint8 (H, W[, C]) slice, seconds, and the models that did not load, with why. A sequence model reads
-    `series` around `centre` (image = series[centre]), else the slice alone; an ensemble its members."""
-    slices = series if series else [image]
-    manifest = pd.DataFrame({"series": "upload", "slice_index": range(len(slices))}) if series else None
-    loaded, failed = load_models(run)  # cached: not part of the timing
-    images_at = lambda size: np.stack([resize_square(s, size) for s in slices])
-    flags = input_flags(run, loaded, lambda size: images_at(size)[centre:centre + 1])   # not part of the timing
+def score(run: Run, shown: Shown) -> tuple[pd.DataFrame, float, dict[str, str], dict[str, Predictor]]:
+    """Every loaded model's call on the shown slice (core.inference.score_series; a sequence model reads the series
+    around it), the seconds the models took, the models that did not load, with why, and those that did."""
+    with st.spinner("Loading models…"):   # shown only while the background loading (dashboard/preload.py) runs
+        loaded, failed = load_models(run)   # cached: not part of the timing
     start = time.perf_counter()
-    outputs = predict_outputs_all(loaded, images_at, manifest)
+    outputs = score_series(loaded, shown.series or [shown.image])
     seconds = time.perf_counter() - start
+    return calls_table(run, loaded, outputs, shown), seconds, failed, loaded
+
+
+def calls_table(run: Run, loaded: dict[str, Predictor], outputs: dict[str, np.ndarray], shown: Shown) -> pd.DataFrame:
+    """One row per model: its probability for the shown slice, decision at its threshold, every slice's probability,
+    (a subtypes head's) subtype probabilities, and whether it is saturated: it gives a blank image of the same shape
+    (once per run state) the same probability, deaf to what the slice shows. Its domain check comes later
+    (`with_domain_checks`)."""
+    blank = blank_probabilities(*run.key, shown.image.shape[2:], loaded)
     rows = []
     for model, out in outputs.items():
-        thr, p = threshold(run.cards[model]), float(out[centre, 0])
+        thr, p = threshold(run.cards[model]), float(out[shown.centre, 0])
         rows.append({"model": model, "Model": run.display(model), "cam": family_of_card(run.cards[model]).explained_by_cam,
                      "probability": p, "threshold": thr, "hemorrhage": p >= thr, "slices": out[:, 0],
-                     "subtypes": dict(zip(loaded[model].outputs[1:], out[centre, 1:].tolist())),
-                     "saturated": abs(p - flags["blank"][model]) < SATURATED, **flags["domain"].get(model, {})})
-    # What the test split says of each decision rule (cached per threshold): not part of the timing.
+                     "subtypes": dict(zip(loaded[model].outputs[1:], out[shown.centre, 1:].tolist())),
+                     "saturated": abs(p - blank[model]) < SATURATED})
+    # What the test split says of each decision rule (cached per threshold).
     one_class = [one_class_call(test_metrics(*run.key, r["model"], r["threshold"])) for r in rows]
-    return pd.DataFrame(rows, columns=["model", "Model", "cam", "probability", "threshold", "hemorrhage",
-                                       "slices", "subtypes", "saturated", "unusual", "beyond"]
-                        ).assign(one_class=one_class), seconds, failed
+    return pd.DataFrame(rows, columns=CALL_COLUMNS).assign(one_class=one_class)
 
 
-def input_flags(run: Run, loaded: dict[str, Predictor], one_slice) -> dict:
-    """What says a model's output means little for this slice: its own domain check (core.metrics.domain: unusual,
-    and beyond which share of its validation slices), and the probability it gives a blank image of the same shape
-    (computed once per run): a model that gives the slice the same is saturated, deaf to what it shows."""
-    domain = domain_scores_all(loaded, one_slice)
-    channels = one_slice(1).shape[3:]   # a window set's (C,), else ()
-    key = ("blank_probabilities", *run.key, channels)
-    if key not in st.session_state:
-        blank = lambda size: np.zeros((1, size, size, *channels), np.uint8)
-        st.session_state[key] = {m: float(o[0, 0]) for m, o in predict_outputs_all(loaded, blank).items()}
-    checks = {m: {"unusual": bool(p.domain.unusual(domain[m])[0]), "beyond": float(p.domain.percentile(domain[m])[0])}
-              for m, p in loaded.items() if m in domain}
-    return {"domain": checks, "blank": st.session_state[key]}
+def with_domain_checks(calls: pd.DataFrame, loaded: dict[str, Predictor], image: np.ndarray) -> pd.DataFrame:
+    """The calls with each model's own domain check of the slice (core.metrics.domain): `unusual`, and `beyond`
+    which share of its validation slices; NaN for a model without one."""
+    domain = domain_scores_all(loaded, slice_images([image]))
+    unusual = {m: bool(loaded[m].domain.unusual(scores)[0]) for m, scores in domain.items()}
+    beyond = {m: float(loaded[m].domain.percentile(scores)[0]) for m, scores in domain.items()}
+    return calls.assign(unusual=calls["model"].map(unusual), beyond=calls["model"].map(beyond))
 
 
-def most_suspicious(calls: pd.DataFrame, names: list[str], top: int = 3) -> pd.DataFrame:
-    """Per model, a series' scan score (its most suspicious slice, as core.metrics.binary.scan_scores) and the `top`
-    slices by probability, named "file (slice k)"."""
+def series_table(calls: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Per model, the series' scan score and call at its threshold, and its three most suspicious slices
+    (core.inference.series_ranking), named "file (slice k): probability"."""
+    ranking = series_ranking(dict(zip(calls["model"], calls["slices"])))
     rows = []
     for _, r in calls.iterrows():
-        best = np.argsort(-np.asarray(r["slices"]), kind="stable")[:top]
-        rows.append({"Model": r["Model"], "Scan score (max)": float(np.max(r["slices"])),
-                     "Scan call": "hemorrhage" if np.max(r["slices"]) >= r["threshold"] else "normal",
-                     **{f"#{k + 1}": f"{names[i]} (slice {i + 1}): {r['slices'][i]:.1%}" for k, i in enumerate(best)}})
+        scan_score, top = ranking.at[r["model"], "scan_score"], ranking.at[r["model"], "top"]
+        rows.append({"Model": r["Model"], "Scan score (max)": scan_score,
+                     "Scan call": "hemorrhage" if scan_score >= r["threshold"] else "normal",
+                     **{f"#{k + 1}": f"{names[i]} (slice {i + 1}): {r['slices'][i]:.1%}" for k, i in enumerate(top)}})
     return pd.DataFrame(rows)
 
 
@@ -104,7 +104,7 @@ def run_finds_unusual(run: Run, image: np.ndarray) -> bool | None:
     check = image_domain_of(*run.key)
     if check is None:
         return None
-    return bool(check[0].unusual(image_domain_scores(check, lambda size: resize_square(image, size)[None]))[0])
+    return bool(check[0].unusual(image_domain_scores(check, slice_images([image])))[0])
 
 
 def domain_banner(run: Run, calls: pd.DataFrame, problem: str, run_unusual: bool | None) -> None:
@@ -200,15 +200,17 @@ def upload_truth(scan: Scan) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-run = require_run()
-st.title("Scan")
-SOURCES = {"upload": "Upload a file", "series": "Upload a series", "test": "Example from the test split",
-           "phantom": "Fresh phantom"}
-source = st.radio("Scan", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="scan_source")
-mask, facts, series, centre, no_hu = None, "", None, 0, False
-windows = run_windows(run)   # a set of several: decoded through them, shown in the first (brain); no window choice
+def upload_facts(scan: Scan) -> str:
+    """The caption of an uploaded slice: modality, stored and shown size, pixel spacing, window, frame."""
+    image = scan.image
+    spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
+    shrunk = f", shown and scored at {image.shape[1]} × {image.shape[0]}" if scan.stored_shape != image.shape[:2] else ""
+    return f"{scan.modality}, {scan.stored_shape[1]} × {scan.stored_shape[0]} px{shrunk}{spacing}" + (
+        f", {scan.window} window" if scan.window in WINDOWS else "") + (
+        f", frame {st.session_state.get('scan_frame', 0) + 1} of {scan.n_frames}" if scan.n_frames > 1 else "")
 
-if source == "upload":
+
+def from_upload(run: Run, windows: str) -> Shown:
     # No `type=` filter: DICOM files often have no extension and arrive as application/octet-stream;
     # load_scan decides from the content.
     upload = st.file_uploader("PNG, JPEG, TIFF, BMP or DICOM (one axial slice)", key="scan_upload")
@@ -221,22 +223,19 @@ if source == "upload":
     except ScanError as err:
         st.error(str(err))
         st.stop()
-    image, no_hu = scan.image, not scan.is_hu
     if scan.is_hu and windows == "brain":
         st.selectbox("CT window", list(WINDOWS), key="scan_window", format_func=lambda w: (
             f"{w.replace('_', ' ')} (centre {WINDOWS[w][0]:.0f}, width {WINDOWS[w][1]:.0f} HU)"))
     if scan.n_frames > 1:
         st.number_input("Frame", 0, scan.n_frames - 1, key="scan_frame")
     mask = upload_truth(scan)
-    spacing = f", {scan.pixel_spacing[0]:.2f} × {scan.pixel_spacing[1]:.2f} mm pixels" if scan.pixel_spacing else ""
-    shrunk = f", shown and scored at {image.shape[1]} × {image.shape[0]}" if scan.stored_shape != image.shape[:2] else ""
-    facts = f"{scan.modality}, {scan.stored_shape[1]} × {scan.stored_shape[0]} px{shrunk}{spacing}" + (
-        f", {scan.window} window" if scan.window in WINDOWS else "") + (
-        f", frame {st.session_state.get('scan_frame', 0) + 1} of {scan.n_frames}" if scan.n_frames > 1 else "")
     if scan.modality not in ("CT", "raster"):
         st.warning(f"This is a {scan.modality} image, not CT: the models were trained on head CT slices in the "
                    "brain window, so their outputs below mean nothing for it.")
-elif source == "series":
+    return Shown(scan.image, upload_facts(scan), mask, no_hu=not scan.is_hu)
+
+
+def from_series(run: Run, windows: str) -> Shown:
     uploads = st.file_uploader("Several slices of one series (DICOM, or images numbered in slice order)",
                                accept_multiple_files=True, key="scan_series")
     if len(uploads or []) < 2:
@@ -252,13 +251,15 @@ elif source == "series":
         st.error("The slices differ in size; upload slices of one series.")
         st.stop()
     order = slice_order(scans, [u.name for u in uploads])
-    series, no_hu = [scans[i].image for i in order], not all(sc.is_hu for sc in scans)
-    slice_names = [uploads[i].name + (f" #{scans[i].instance_number}" if scans[i].instance_number is not None else "")
-                   for i in order]
+    series = [scans[i].image for i in order]
+    names = [uploads[i].name + (f" #{scans[i].instance_number}" if scans[i].instance_number is not None else "")
+             for i in order]
     centre = st.slider("Slice", 1, len(series), (len(series) + 1) // 2, key="series_slice") - 1
-    image = series[centre]
-    facts = f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file name)"
-elif source == "test":
+    return Shown(series[centre], f"slice {centre + 1} of {len(series)} (ordered by position, instance number, file "
+                 "name)", series=series, centre=centre, names=names, no_hu=not all(sc.is_hu for sc in scans))
+
+
+def from_test(run: Run, windows: str) -> Shown:
     cases = test_probs(*run.key, run.models)
     truth = truth_of(cases)
     case = st.selectbox("Test case", cases.index, key="scan_case", format_func=lambda i: f"{i} ({truth[i]})")
@@ -266,59 +267,83 @@ elif source == "test":
     if image is None:
         st.error(problem)
         st.stop()
-    facts = f"{case}, truth: {truth[case]}"
-else:
+    return Shown(image, f"{case}, truth: {truth[case]}", mask, framed=True)
+
+
+def from_phantom(run: Run, windows: str) -> Shown:
     c1, c2, c3 = st.columns(3)
     subtype = c1.selectbox("Subtype", ["", *SUBTYPES], format_func=lambda s: s or "normal (no bleed)", key="ph_subtype")
     difficulty = c2.slider("Difficulty", 0.0, 1.0, 0.3, 0.05, key="ph_difficulty",
                            help="Higher: smaller bleeds, closer to brain density.")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="ph_seed")
     phantom = generate_slice(np.random.default_rng(int(seed)), 256, subtype or None, difficulty)
-    image, mask = render(phantom.hu, windows), (phantom.mask if phantom.mask.any() else None)   # a normal: no outline
-    facts = f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²"
+    return Shown(render(phantom.hu, windows), f"phantom: {subtype or 'normal'}, bleed {phantom.bleed_area_mm2:.0f} mm²",
+                 phantom.mask if phantom.mask.any() else None)   # a normal: no outline
 
-if source != "test" and run_framing(run) != "none":   # test cases come framed from case_image
-    image, mask = framed(image, mask, run_framing(run))
-    series = [framed(s, None, run_framing(run))[0] for s in series] if series else series
-    facts += ", framed to the head as the models were trained"
-if windows != "brain":
-    facts += f", shown in the brain window of the {', '.join(WINDOW_SETS[windows])} windows the models read"
-if no_hu and windows != "brain":
-    st.warning("This image holds no Hounsfield units, so it cannot be seen through the models' three CT windows: "
-               "each channel is given its grey instead, unlike anything they were trained on. Read their outputs "
-               "with care; a DICOM or NIfTI slice gives the real windows.")
-calls, seconds, failed = predict_all(run, image, series, centre)
-domain_banner(run, calls, input_problem(display_grey(image), head_region(display_grey(image))),
-              run_finds_unusual(run, image))
-left, right = st.columns([1, 2])
-left.image(outline(image, mask), caption=facts + (" (green: true bleed outline)" if mask is not None else ""),
-           width="stretch")
-right.subheader(f"{consensus(calls['hemorrhage'])}")
-right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000:.0f} ms for "
-              f"{len(calls)} models on this machine.")
-for start in range(0, len(calls), 3):
-    for col, (_, r) in zip(right.columns(3), calls.iloc[start:start + 3].iterrows()):
-        col.metric(r["Model"], f"{r['probability']:.1%}",
-                   f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.1%})"
-                   + (f" ⚠ says {r['one_class']} for every test case" if r["one_class"] else ""),
-                   delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off",
-                   help="At this threshold the model gives every test case the same call: its decision here "
-                        "says nothing; read its probability, or pick another operating point." if r["one_class"]
-                   else None)
-        col.caption(domain_note(r))
-subtyped = calls[calls["subtypes"].map(bool)]
-if len(subtyped):
-    right.markdown("**Subtype probabilities** of the models with a subtypes head (`train.py --subtypes`): one "
-                   "sigmoid each, so several can be high at once and they need not add up to the hemorrhage "
-                   "probability.")
-    right.dataframe(pd.DataFrame(subtyped["subtypes"].tolist(), index=subtyped["Model"]), width="stretch",
-                    column_config={c: st.column_config.NumberColumn(format="percent")
-                                   for c in subtyped["subtypes"].iloc[0]})
-for model, why in {**run.unavailable, **failed}.items():
-    right.warning(f"**{run.display(model)}**: unavailable: {why}")
-if series:
+
+READERS = {"upload": from_upload, "series": from_series, "test": from_test, "phantom": from_phantom}
+
+
+def as_trained(run: Run, shown: Shown, windows: str) -> Shown:
+    """The slice (and its series) framed as the run's models saw theirs, and the caption saying how they read it;
+    a warning where the image cannot give the windows they read."""
+    framing = run_framing(run)
+    if not shown.framed and framing != "none":
+        shown.image, shown.mask = framed(shown.image, shown.mask, framing)
+        shown.series = [framed(s, None, framing)[0] for s in shown.series] if shown.series else shown.series
+        shown.facts += ", framed to the head as the models were trained"
+    if windows != "brain":
+        shown.facts += f", shown in the brain window of the {', '.join(WINDOW_SETS[windows])} windows the models read"
+    if shown.no_hu and windows != "brain":
+        st.warning("This image holds no Hounsfield units, so it cannot be seen through the models' three CT windows: "
+                   "each channel is given its grey instead, unlike anything they were trained on. Read their outputs "
+                   "with care; a DICOM or NIfTI slice gives the real windows.")
+    return shown
+
+
+def show_calls(run: Run, shown: Shown, calls: pd.DataFrame, seconds: float, failed: dict[str, str]) -> dict:
+    """The slice beside every model's probability and call, subtype probabilities, and the models left out; returns
+    each tile's slot for its domain note, filled once the checks are made."""
+    left, right = st.columns([1, 2])
+    left.image(outline(shown.image, shown.mask), width="stretch",
+               caption=shown.facts + (" (green: true bleed outline)" if shown.mask is not None else ""))
+    right.subheader(f"{consensus(calls['hemorrhage'])}")
+    right.caption(f"Each model at its {PRESETS[preset()]} threshold; {seconds * 1000:.0f} ms for "
+                  f"{len(calls)} models on this machine.")
+    notes = call_tiles(right, calls)
+    subtyped = calls[calls["subtypes"].map(bool)]
+    if len(subtyped):
+        right.markdown("**Subtype probabilities** of the models with a subtypes head (`train.py --subtypes`): one "
+                       "sigmoid each, so several can be high at once and they need not add up to the hemorrhage "
+                       "probability.")
+        right.dataframe(pd.DataFrame(subtyped["subtypes"].tolist(), index=subtyped["Model"]), width="stretch",
+                        column_config={c: st.column_config.NumberColumn(format="percent")
+                                       for c in subtyped["subtypes"].iloc[0]})
+    for model, why in {**run.unavailable, **failed}.items():
+        right.warning(f"**{run.display(model)}**: unavailable: {why}")
+    return notes
+
+
+def call_tiles(container, calls: pd.DataFrame) -> dict:
+    """Three tiles a row: each model's probability and call at its threshold; returns each tile's slot for its note."""
+    notes = {}
+    for start in range(0, len(calls), 3):
+        for col, (_, r) in zip(container.columns(3), calls.iloc[start:start + 3].iterrows()):
+            col.metric(r["Model"], f"{r['probability']:.1%}",
+                       f"{'hemorrhage' if r['hemorrhage'] else 'normal'} (t = {r['threshold']:.1%})"
+                       + (f" ⚠ says {r['one_class']} for every test case" if r["one_class"] else ""),
+                       delta_color="red" if r["hemorrhage"] else "grey", delta_arrow="off",
+                       help="At this threshold the model gives every test case the same call: its decision here "
+                            "says nothing; read its probability, or pick another operating point." if r["one_class"]
+                       else None)
+            notes[r["model"]] = col.empty()
+            notes[r["model"]].caption("Checking this slice against its training data…")
+    return notes
+
+
+def show_series(calls: pd.DataFrame, names: list[str]) -> None:
     st.subheader("The whole series")
-    st.dataframe(most_suspicious(calls, slice_names), hide_index=True, width="stretch",
+    st.dataframe(series_table(calls, names), hide_index=True, width="stretch",
                  column_config={"Scan score (max)": st.column_config.NumberColumn(format="percent")})
     st.caption("Every model scores every slice; the series scores its most suspicious slice (as the scan-level "
                "metrics do) and is called at the model's threshold. The three most suspicious slices follow: file "
@@ -326,7 +351,7 @@ if series:
 
 
 @st.fragment
-def cam_grid():
+def cam_grid(run: Run, calls: pd.DataFrame, image: np.ndarray, mask: np.ndarray | None) -> None:
     explain = explain_api()
     c1, c2 = st.columns(2)
     method = c1.selectbox("CAM method", explain.METHOD_NAMES, key="cam_method",
@@ -348,12 +373,36 @@ def cam_grid():
                "one map, not one model with another.", unsafe_allow_html=True)
 
 
-st.subheader("Where the models look")
-st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
-           "the bleed is. Where the dataset knows the bleed (phantoms, painted sets, CT-ICH masks, BHX boxes) it is "
-           "outlined in green on every map, and each map says whether its peak fell on it (core.explain's pointing "
-           f"game: within {explain_api().DEFAULT_TOLERANCE_PX} px on a {explain_api().TOLERANCE_SIDE} px slice, "
-           "scaled with its size). A sequence model's map here is of this slice seen alone (a stack of one). "
-           "Classical models have no map: their permutation feature importances are on the Model cards page; "
-           "ensembles inherit their members' explanations.")
-cam_grid()
+def show_maps(run: Run, calls: pd.DataFrame, shown: Shown) -> None:
+    st.subheader("Where the models look")
+    st.caption("Class activation maps for the hemorrhage output. A map shows what moved the score, not where "
+               "the bleed is. Where the dataset knows the bleed (phantoms, painted sets, CT-ICH masks, BHX boxes) it "
+               "is outlined in green on every map, and each map says whether its peak fell on it (core.explain's "
+               f"pointing game: within {explain_api().DEFAULT_TOLERANCE_PX} px on a {explain_api().TOLERANCE_SIDE} px "
+               "slice, scaled with its size). A sequence model's map here is of this slice seen alone (a stack of "
+               "one). Classical models have no map: their permutation feature importances are on the Model cards "
+               "page; ensembles inherit their members' explanations.")
+    cam_grid(run, calls, shown.image, shown.mask)
+
+
+def main() -> None:
+    run = require_run()
+    st.title("Scan")
+    source = st.radio("Scan", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="scan_source")
+    windows = run_windows(run)   # a set of several: decoded through them, shown in the first (brain); no window choice
+    shown = as_trained(run, READERS[source](run, windows), windows)
+    banner = st.empty()   # the domain checks' verdict, drawn once every probability is on screen
+    calls, seconds, failed, loaded = score(run, shown)
+    notes = show_calls(run, shown, calls, seconds, failed)
+    calls = with_domain_checks(calls, loaded, shown.image)
+    grey = display_grey(shown.image)
+    with banner.container():
+        domain_banner(run, calls, input_problem(grey, head_region(grey)), run_finds_unusual(run, shown.image))
+    for _, r in calls.iterrows():
+        notes[r["model"]].caption(domain_note(r))
+    if shown.series:
+        show_series(calls, shown.names)
+    show_maps(run, calls, shown)
+
+
+main()
