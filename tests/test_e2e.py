@@ -7,6 +7,7 @@ the server by its PID. A second test opens the Leaderboard while a real trainer 
 waits for a model that was not on it at first to appear by itself. Skipped where /usr/bin/chromium is absent
 (.ci/run installs it).
 """
+import base64
 import contextlib
 import io
 import json
@@ -25,11 +26,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import ndimage
 
+from core.families import family_of_card
 from core.io import store as ckpt
+from core.io.framing import framing_of
+from core.io.imaging import MASK_COLOUR, display_grey, windows_of
 from core.io.progress import PROGRESS, trainer_alive
 from core.phantom.generate import generate_slice, render, write_dataset
 from core.registry import get_spec
+from core.teach import build_deck
+from dashboard.models import case_image
 from conftest import SHARED_DATA
 
 CHROMIUM = "/usr/bin/chromium"
@@ -168,10 +175,6 @@ TELLING = ("hemorrhage", "intraparenchymal", "subdural", "epidural", "subarachno
 def first_masked_bleed(run: Path) -> tuple[int, str, np.ndarray, np.ndarray]:
     """(place in the Teach page's deck, id, grey slice and bleed mask as shown) of the deck's first bleed with a mask:
     the deck's order follows from its cases and seed alone (core.teach.build_deck), never from the page."""
-    from core.io.framing import framing_of
-    from core.io.imaging import display_grey, windows_of
-    from core.teach import build_deck
-    from dashboard.models import case_image
     models = ckpt.list_models(run)
     rows = pd.concat([pd.read_csv(run / m / ckpt.PREDICTIONS, dtype={"id": str}).assign(model=m) for m in models])
     deck = build_deck(rows[rows["split"] == "test"], dict.fromkeys(models, 0.5))
@@ -184,26 +187,39 @@ def first_masked_bleed(run: Path) -> tuple[int, str, np.ndarray, np.ndarray]:
     pytest.skip("no test-split bleed of this run has a mask")
 
 
-def shown_image(page) -> np.ndarray:
-    """The slice the page's first Plotly chart draws, decoded from its data URI."""
-    import base64
+def shown_image(page) -> np.ndarray | None:
+    """The slice the page's first Plotly chart draws, decoded from its data URI; None while the chart has no image
+    yet (Plotly adds the element before its source)."""
     source = page.locator(".js-plotly-plot image").first.get_attribute("href")
+    if not source or "," not in source:
+        return None
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
 
 
 def showing(page, grey: np.ndarray) -> bool:
     """Whether the page's first chart draws exactly this grey slice."""
     shown = shown_image(page)
-    return shown.shape[:2] == grey.shape and bool((shown == grey[..., None]).all())
+    return shown is not None and shown.shape[:2] == grey.shape and bool((shown == grey[..., None]).all())
+
+
+def outlined(page) -> bool:
+    """Whether the page's first chart draws a bleed outline."""
+    shown = shown_image(page)
+    return shown is not None and bool((shown == MASK_COLOUR).all(axis=2).any())
+
+
+def wait_for(page, condition, failure: str, timeout_s: float = 60) -> None:
+    """Polls condition() until it holds (a rerun may leave the last chart up a moment); fails with `failure`."""
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, failure
+        page.wait_for_timeout(200)
 
 
 def test_a_quiz_round_on_the_teach_page(server, tmp_path):
     """Nothing tells the case before the reveal; a click inside the bleed is scored on it; the reveal shows the
     outline and every network's map; the session summary counts the answer. Next and Reveal by keyboard."""
     from playwright.sync_api import expect, sync_playwright
-    from scipy import ndimage
-    from core.families import family_of_card
-    from core.io.imaging import MASK_COLOUR
     url, run = server
     cam_models = [m for m in ckpt.list_models(run) if family_of_card(ckpt.load_card(run / m)).explained_by_cam]
     shots = Path(os.environ.get("E2E_SCREENSHOTS", tmp_path))
@@ -224,10 +240,7 @@ def test_a_quiz_round_on_the_teach_page(server, tmp_path):
         plot = page.locator(".js-plotly-plot .nsewdrag").first
         expect(plot).to_be_visible(timeout=60_000)
         # The chart shows this case's slice, bare: grey, no outline (the last case's chart may linger a moment).
-        deadline = time.time() + 60
-        while not showing(page, grey):
-            assert time.time() < deadline, "the quiz does not show the case's bare slice"
-            page.wait_for_timeout(200)
+        wait_for(page, lambda: showing(page, grey), "the quiz does not show the case's bare slice")
         html = page.content().lower()
         assert not [w for w in (*TELLING, case.lower(), Path(case).name.lower()) if w in html]
         box = plot.bounding_box()
@@ -247,7 +260,7 @@ def test_a_quiz_round_on_the_teach_page(server, tmp_path):
         expect(page.get_by_text(case)).to_be_visible()
         expect(page.locator("[data-testid=stImage] img")).to_have_count(len(cam_models), timeout=180_000)
         expect(page.get_by_text(re.compile("peak o(n|ff) the bleed"))).to_have_count(len(cam_models), timeout=60_000)
-        assert (shown_image(page) == MASK_COLOUR).all(axis=2).any(), "the reveal outlines the bleed"
+        wait_for(page, lambda: outlined(page), "the reveal does not outline the bleed")
         expect(page.get_by_text("1 case answered")).to_be_visible()
         expect(page.locator("[role=columnheader]", has_text="sensitivity").first).to_be_attached(timeout=60_000)
         page.set_viewport_size({"width": 1500, "height": 2700})   # the app scrolls inside: show maps and summary
