@@ -89,9 +89,9 @@ def test_a_run_stores_verified_domain_statistics_for_every_model_with_features(t
 def _flagged(run_dir, predictors: dict, images: list[np.ndarray], framing: str) -> np.ndarray:
     """Per image, whether the Scan page raises its banner: the run's image check, or half or more of the models'."""
     framed = lambda size: np.stack([framed_square(i, size, framing)[0] for i in images])
-    run_unusual = image_domain(run_dir)[0].unusual(image_domain_scores(image_domain(run_dir), framed))
-    models = np.array([predictors[m].domain.unusual(s) for m, s in domain_scores_all(predictors, framed).items()])
-    return np.array([out_of_domain(r, list(votes)) for r, votes in zip(run_unusual, models.T)])
+    run_place = image_domain(run_dir)[0].percentile(image_domain_scores(image_domain(run_dir), framed))
+    models = np.array([predictors[m].domain.percentile(s) for m, s in domain_scores_all(predictors, framed).items()])
+    return np.array([out_of_domain(r, list(places)) for r, places in zip(run_place, models.T)])
 
 
 def test_a_run_trained_on_phantoms_flags_real_slices_and_a_non_head_dicom_but_not_fresh_phantoms(
@@ -115,3 +115,10 @@ def test_the_run_stores_its_image_check_calibrated_on_validation(tiny_run):
     assert facts["calibrated_on"]["split"] == "val" and facts["pass_rate"] == PASS_RATE
     assert (domain.validation <= domain.threshold).mean() >= PASS_RATE
     assert image_domain(tiny_run.parent) is None, "a folder without the check has none, and says so"
+
+
+def test_the_banner_needs_a_case_beyond_every_validation_case_not_a_tile_flag():
+    assert not out_of_domain(0.99, [0.99] * 4), "past the 95th percentile everywhere, but inside the validation range"
+    assert out_of_domain(1.0, [0.2] * 4), "the run's image check alone, beyond all its validation slices"
+    assert out_of_domain(None, [1.0, 1.0, 0.5, 0.1]) and not out_of_domain(None, [1.0, 0.9, 0.5, 0.1])
+    assert not out_of_domain(None, [])

@@ -74,10 +74,17 @@ def fit_domain(train: np.ndarray, labels: np.ndarray, validation: np.ndarray,
                        float(np.quantile(calibration, pass_rate, method="higher")))   # at least pass_rate pass
 
 
-def out_of_domain(run_unusual: bool | None, models_unusual: list[bool]) -> bool:
-    """Whether a case is out of a run's domain, as the Scan page warns: the run's own image check says so, or half or
-    more of the models' own checks do (one model's 5 % false alarms do not raise a banner)."""
-    return bool(run_unusual) or (len(models_unusual) > 0 and 2 * sum(models_unusual) >= len(models_unusual))
+def beyond_validation(beyond: float | None) -> bool:
+    """Whether a case scores above every validation case (DomainModel.percentile 1.0): the banner's bar, stricter
+    than a tile's PASS_RATE flag, since two checks at 5 % each would warn on one in ten ordinary cases (NOTES)."""
+    return beyond is not None and beyond >= 1.0
+
+
+def out_of_domain(run_beyond: float | None, models_beyond: list[float]) -> bool:
+    """Whether a case is out of a run's domain, as the Scan page warns: the run's own image check puts it beyond
+    every validation case, or half or more of the models' own checks do (DomainModel.percentile of each)."""
+    outside = sum(map(beyond_validation, models_beyond))
+    return beyond_validation(run_beyond) or (len(models_beyond) > 0 and 2 * outside >= len(models_beyond))
 
 
 def input_problem(grey: np.ndarray, head: np.ndarray | None) -> str:

@@ -19,7 +19,7 @@ from core.io import store
 from core.io.framing import head_region
 from core.io.imaging import WINDOW_SETS, WINDOWS, Scan, ScanError, display_grey
 from core.metrics.binary import one_class_call
-from core.metrics.domain import input_problem, out_of_domain
+from core.metrics.domain import beyond_validation, input_problem, out_of_domain
 from core.metrics.labels import PRESETS
 from core.phantom.generate import generate_slice, render
 from core.subtypes import SUBTYPES
@@ -98,16 +98,16 @@ def series_table(calls: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_finds_unusual(run: Run, image: np.ndarray) -> bool | None:
-    """Whether the run's image domain check (core.inference.image_domain) finds the framed slice unlike its training
-    slices; None for a run that stores none."""
+def run_beyond(run: Run, image: np.ndarray) -> float | None:
+    """Where the run's image domain check (core.inference.image_domain) puts the framed slice among its validation
+    slices (1.0: beyond all of them); None for a run that stores none."""
     check = image_domain_of(*run.key)
     if check is None:
         return None
-    return bool(check[0].unusual(image_domain_scores(check, slice_images([image])))[0])
+    return float(check[0].percentile(image_domain_scores(check, slice_images([image])))[0])
 
 
-def domain_banner(run: Run, calls: pd.DataFrame, problem: str, run_unusual: bool | None) -> None:
+def domain_banner(run: Run, calls: pd.DataFrame, problem: str, run_place: float | None) -> None:
     """Whether the scan is like what the models were trained on (core.metrics.domain): a banner when it is not."""
     checked = calls[calls["unusual"].notna()]
     trained_on = store.training_data_text(store.run_facts(run.path))
@@ -115,15 +115,15 @@ def domain_banner(run: Run, calls: pd.DataFrame, problem: str, run_unusual: bool
     if problem:
         st.warning(f"**This does not look like a head CT slice** ({problem}). Every model below was trained on "
                    f"{trained_on}: their probabilities mean nothing for it.")
-    elif run_unusual is None and checked.empty:
+    elif run_place is None and checked.empty:
         st.info("This run stores no statistics of its training data (it predates the domain check), so nothing "
                 "here says whether this scan is like what the models saw. Retraining the run adds the check.")
-    elif out_of_domain(run_unusual, checked["unusual"].astype(bool).tolist()):
-        st.warning(f"**This scan is unlike the training data** ({trained_on}): "
-                   + ("its intensities and texture are outside what the run's training slices show, and " if
-                      run_unusual else "") + f"{outside} of {len(checked)} models find it outside what they "
-                   "learned. Read their probabilities as such: here a high score is not evidence of a bleed, nor a "
-                   "low one of its absence.")
+    elif out_of_domain(run_place, checked["beyond"].tolist()):
+        image_part = ("its intensities and texture are outside what the run's training slices show, and "
+                      if beyond_validation(run_place) else "")
+        st.warning(f"**This scan is unlike the training data** ({trained_on}): {image_part}{outside} of "
+                   f"{len(checked)} models find it outside what they learned. Read their probabilities as such: here a "
+                   "high score is not evidence of a bleed, nor a low one of its absence.")
     else:
         st.caption(f"Trained on {trained_on}. This scan's intensities and texture are like the run's training "
                    "slices" + (f"; {outside} of {len(checked)} models find it unusual for what they learned (⚠ below)."
@@ -397,7 +397,7 @@ def main() -> None:
     calls = with_domain_checks(calls, loaded, shown.image)
     grey = display_grey(shown.image)
     with banner.container():
-        domain_banner(run, calls, input_problem(grey, head_region(grey)), run_finds_unusual(run, shown.image))
+        domain_banner(run, calls, input_problem(grey, head_region(grey)), run_beyond(run, shown.image))
     for _, r in calls.iterrows():
         notes[r["model"]].caption(domain_note(r))
     if shown.series:
