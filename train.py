@@ -30,7 +30,7 @@ from core.phantom.scanner import OTHER
 from core.presets import (CPU_BUDGET_S, CPU_RUN_BUDGET_S, OTHER_SCANNER_S, OTHER_SCANNER_SEED, OTHER_SCANNER_SLICES,
                           PAINTED_COPIES, PAINTED_RECIPE, PAINTED_WARMUP, WARMUP_DIR, Preset, demo_preset,
                           evaluate_other_scanner, painted_root, phantom_root)
-from core.registry import CNN_NAMES, REGISTRY, SEQUENCE_NAMES
+from core.registry import CNN_NAMES, DEFAULT_BACKBONE, REGISTRY, SEQUENCE_NAMES
 from core.run import train_run
 
 
@@ -112,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "scanner (noise, kernel, slice thickness, field of view, window; core.phantom.scanner), stored "
                         f"with it as evaluations/{OTHER.set_name}; 0: none (default: a third of the phantoms, at most "
                         f"{OTHER_SCANNER_SLICES})")
-    p.add_argument("--sequence-backbone", default="resnet18", choices=CNN_NAMES,
+    p.add_argument("--sequence-backbone", default=DEFAULT_BACKBONE, choices=CNN_NAMES,
                    help="registry CNN that encodes each slice of cnn_gru / cnn_lstm stacks")
     p.add_argument("--stack-size", type=positive_int, default=5, help="slices per stack for the sequence models")
     return p.parse_args(argv)

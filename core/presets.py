@@ -18,7 +18,8 @@ from core.insert.write import write_painted
 from core.phantom.generate import write_dataset
 from core.phantom.scanner import DEFAULT, Scanner
 from core.report import write_report
-from core.registry import CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, REGISTRY, SEQUENCE_NAMES, ModelSpec
+from core.registry import (CLASSICAL_NAMES, CNN_NAMES, ENSEMBLE_NAMES, PAINTED_NETWORKS, REGISTRY, SEQUENCE_NAMES,
+                           ModelSpec)
 
 DATA_CACHE = Path(__file__).resolve().parents[1] / "data"
 PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
@@ -31,7 +32,7 @@ PAINTED_CACHE = Path(os.environ.get("HEMOLENS_PAINTED", DATA_CACHE / "painted"))
 PAINTED_COPIES = 2
 PAINTED_DIFFICULTY = (0.0, 0.5)
 PAINTED_RECIPE = {"image_size": 128, "epochs": 24, "batch_size": 16, "patience": None,
-                  "per_model": {"mobilenet_v2": {"lr": 2e-3}}, "models": ("resnet18", "mobilenet_v2")}
+                  "per_model": {PAINTED_NETWORKS[1]: {"lr": 2e-3}}, "models": PAINTED_NETWORKS}
 # The painted recipe's networks first learn bleeds on phantoms, whose masks are exact, then the painted slices
 # (docs/NOTES.md, "Phantom warm-up"): RUN/warmup, a phantom run of the same networks at the same size.
 PAINTED_WARMUP = {"phantoms": 1000, "epochs": 10, "epoch_size": 640, "lr": 2e-3}

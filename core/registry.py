@@ -103,6 +103,12 @@ CNN_NAMES = names_of("cnn")
 SEQUENCE_NAMES = names_of("sequence")
 CLASSICAL_NAMES = names_of("classical")
 ENSEMBLE_NAMES = names_of("ensemble")
+# CNNs that recipes pick by name, named here where each CNN is registered: a sequence model's per-slice network unless
+# told otherwise, and the painted recipe's pair, the two measured on external sets (core.presets, docs/NOTES.md).
+DEFAULT_BACKBONE = "resnet18"
+PAINTED_NETWORKS = ("resnet18", "mobilenet_v2")
+if unknown := sorted({DEFAULT_BACKBONE, *PAINTED_NETWORKS} - set(CNN_NAMES)):
+    raise ValueError(f"recipes name networks the registry has no CNN for: {', '.join(unknown)}")
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.distributed as dist
 
-from core.nets.sequence import DEFAULT_BACKBONE
+from core.registry import DEFAULT_BACKBONE
 from core.subtypes import OUTPUTS
 
 

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from core.nets.cnn import CNNS, create_cnn, last_linear
+from core.registry import DEFAULT_BACKBONE
 
-DEFAULT_BACKBONE, DEFAULT_STACK, DEFAULT_HIDDEN = "resnet18", 5, 128
+DEFAULT_STACK, DEFAULT_HIDDEN = 5, 128
 
 
 class SequenceClassifier(nn.Module):
