@@ -141,6 +141,7 @@ def test_model_card_page_and_published_table_checker(run_dir):
     assert table.loc["sensitivity", "from the matrix"] == 1.0
     warning = at.main.warning[-1].value
     assert "sensitivity" in warning and "f1" in warning and "accuracy" not in warning  # 97.34% is right
+    assert warning.startswith("The journal paper of 2025's summary table") and "Study B" not in texts(at)
 
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()

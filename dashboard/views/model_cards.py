@@ -108,11 +108,12 @@ if run is not None and run.models:
     show_card(run, st.selectbox("Model", run.models, format_func=run.display, key="card_model"))
 
 st.header("Check a published table")
+STUDY_B = "the {} of {}".format(*PUBLISHED["B"]["cited_as"].split(", "))   # as every page cites it
 st.markdown("Enter a confusion matrix as printed in a paper and see every metric it implies, with Wilson 95% "
-            "intervals. Worked example: study B printed these matrices for 1,016 test slices, and its summary "
+            f"intervals. Worked example: {STUDY_B} printed these matrices for 1,016 test slices, and its summary "
             "table does not match them.")
 example = st.selectbox("Start from", ["", *PUBLISHED["B"]["confusion"]], key="chk_example",
-                       format_func=lambda m: f"Study B, {m}" if m else "my own numbers")
+                       format_func=lambda m: f"{STUDY_B[0].upper()}{STUDY_B[1:]}, {m}" if m else "my own numbers")
 start = PUBLISHED["B"]["confusion"].get(example, {"tn": 50, "fp": 5, "fn": 5, "tp": 40})
 cols = st.columns(4)
 counts = {k: cols[i].number_input(k.upper(), 0, 10_000_000, start[k], key=f"chk_{k}_{example}")
@@ -127,7 +128,7 @@ st.dataframe(readable_check(table), hide_index=True, width="stretch",
 off = [f"{r['metric']} ({r['printed in the paper']:.2%} printed, {r['from the matrix']:.2%} from the matrix)"
        for r in table.to_dict("records") if r["matches print"] is False]
 if off:
-    st.warning(f"Study B's summary table disagrees with its own {example} matrix on " + "; ".join(off)
+    st.warning(f"{STUDY_B[0].upper()}{STUDY_B[1:]}'s summary table disagrees with its own {example} matrix on " + "; ".join(off)
                + ". Always recompute from the matrix.")
 elif printed:
-    st.success(f"Every figure study B printed for {example} matches its matrix.")
+    st.success(f"Every figure {STUDY_B} printed for {example} matches its matrix.")
